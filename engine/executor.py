@@ -1,0 +1,334 @@
+"""Run step attempts as supervised OS processes.
+
+Keeps one preloaded worker per job file (see worker.py) that forks each attempt
+into its own session and process group, pumps the attempt's output into its log
+file (logpump.py), and kills whole process trees on cancel or timeout. Knows
+nothing of DAGs, retries or the database: the runner asks, and the executor
+answers with events (Started, Exited, LogClosed) through the `notify` callback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from engine.logpump import LogPump
+from engine.worker import MAX_MESSAGE, env_key
+
+KILL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRequest:
+    key: int
+    """Caller's id for this attempt, echoed in every event."""
+    job_file: str
+    job: str
+    step: str
+    kind: str
+    """"python" or "shell"."""
+    command: str | None
+    inputs: dict[str, str]
+    """Upstream step name -> path of its persisted output."""
+    params: dict[str, str]
+    context: dict[str, Any]
+    """Fields of engine.context.StepContext."""
+    env: dict[str, str]
+    """The step's own env= additions."""
+    cwd: str
+    log_path: str
+    output_path: str
+    result_path: str
+    shell_output_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    key: int
+    pid: int
+    pid_started: float | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    key: int
+    exit_code: int | None
+    signal: int | None
+    cpu_s: float | None
+    peak_rss_bytes: int | None
+    at: float
+    lost: str | None = None
+    """Set when the process could not be started or its worker died: the reason."""
+    lost_detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LogClosed:
+    key: int
+    at: float
+
+
+ExecutorEvent = Started | Exited | LogClosed
+
+
+def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    context = request.context
+    env.update({
+        "STEPLINE_RUN_ID": str(context["run_id"]), "STEPLINE_JOB": request.job, "STEPLINE_STEP": request.step,
+        "STEPLINE_ATTEMPT": str(context["attempt"]), "STEPLINE_HOME": context["home"],
+        "PYTHONUNBUFFERED": "1",
+    })
+    for key, value in request.params.items():
+        env[f"STEPLINE_PARAM_{env_key(key)}"] = value
+    if request.kind == "shell":
+        env["STEPLINE_OUTPUT"] = request.shell_output_path
+    env.update(request.env)
+    return env
+
+
+class Worker:
+    """One `python -m engine.worker` process for one job file."""
+
+    def __init__(self, job_file: str, executor: Executor) -> None:
+        self.job_file = job_file
+        self._executor = executor
+        self.broken: tuple[str, str] | None = None
+        self.keys: set[int] = set()
+        engine_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = engine_end
+        self._send_lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), job_file],
+            pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
+            env={**os.environ, "PYTHONPATH": _engine_path()})
+        worker_end.close()
+        self._reader = threading.Thread(target=self._read, name=f"stepline-worker-{os.path.basename(job_file)}",
+                                        daemon=True)
+        self._reader.start()
+
+    def start(self, request: AttemptRequest, write_fd: int) -> None:
+        message = {"op": "start", "id": request.key, "job": request.job, "step": request.step,
+                   "kind": request.kind, "command": request.command, "inputs": request.inputs,
+                   "params": request.params, "context": request.context,
+                   "env": attempt_environment(request), "cwd": request.cwd,
+                   "output_path": request.output_path, "result_path": request.result_path}
+        with self._send_lock:
+            self.keys.add(request.key)
+            socket.send_fds(self._sock, [json.dumps(message).encode()], [write_fd])
+
+    def stop(self) -> None:
+        try:
+            with self._send_lock:
+                self._sock.send(json.dumps({"op": "stop"}).encode())
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._sock.close()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            message = json.loads(data)
+            self._executor._on_worker_message(self, message)
+        self._executor._on_worker_gone(self)
+
+
+class Executor:
+    """Starts, watches and kills attempts; reports through `notify` from its own threads."""
+
+    def __init__(self, notify: Callable[[ExecutorEvent], None], clock: Callable[[], float] = time.time,
+                 kill_grace_s: float = KILL_GRACE_S) -> None:
+        self._notify = notify
+        self._clock = clock
+        self.kill_grace_s = kill_grace_s
+        self._workers: dict[str, Worker] = {}
+        self._lock = threading.Lock()
+        self._pids: dict[int, int] = {}  # key -> pid
+        self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
+        self._read_fds: dict[int, int] = {}  # key -> pipe read end
+        self._logs = LogPump(self._on_log_closed, clock)
+
+    def start(self, request: AttemptRequest) -> None:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        self._read_fds[request.key] = read_fd
+        self._logs.add(read_fd, request.log_path, request.key)
+        try:
+            worker = self._worker_for(request.job_file)
+            if worker.broken:
+                raise _Broken(*worker.broken)
+            worker.start(request, write_fd)
+        except _Broken as broken:
+            os.write(write_fd, (broken.summary + "\n" + broken.detail).encode())
+            self._notify(Exited(request.key, None, None, None, None, self._clock(), lost=broken.summary,
+                                lost_detail=broken.detail))
+        except OSError as error:
+            self._notify(Exited(request.key, None, None, None, None, self._clock(),
+                                lost=f"could not start the step process: {error}"))
+        finally:
+            os.close(write_fd)
+
+    def kill(self, key: int, grace_s: float | None = None) -> None:
+        """Terminate the attempt's whole process tree: SIGTERM, then SIGKILL after the grace period."""
+        grace = self.kill_grace_s if grace_s is None else grace_s
+        with self._lock:
+            pid = self._pids.get(key)
+            if pid is None:
+                self._kill_pending[key] = grace
+                return
+        threading.Thread(target=kill_tree, args=(pid, grace), daemon=True, name="stepline-kill").start()
+
+    def reap_leftovers(self, key: int) -> None:
+        """The attempt's main process has exited but something still holds its output open: end it."""
+        with self._lock:
+            pid = self._pids.get(key)
+        if pid is not None:
+            kill_tree(pid, 0.5)
+        fd = self._read_fds.get(key)
+        if fd is not None:
+            self._logs.force_close(fd)
+
+    def forget(self, key: int) -> None:
+        with self._lock:
+            self._pids.pop(key, None)
+            self._kill_pending.pop(key, None)
+        self._read_fds.pop(key, None)
+
+    def pid_of(self, key: int) -> int | None:
+        with self._lock:
+            return self._pids.get(key)
+
+    def close(self) -> None:
+        for worker in list(self._workers.values()):
+            worker.stop()
+        self._workers.clear()
+        self._logs.stop()
+
+    def _worker_for(self, job_file: str) -> Worker:
+        worker = self._workers.get(job_file)
+        if worker is None or worker.process.poll() is not None or _changed_since(job_file, worker):
+            if worker is not None and not worker.keys:
+                worker.stop()
+            worker = Worker(job_file, self)
+            worker.mtime = _mtime(job_file)  # type: ignore[attr-defined]
+            self._workers[job_file] = worker
+        return worker
+
+    def _on_worker_message(self, worker: Worker, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "started":
+            key, pid = message["id"], message["pid"]
+            try:
+                pid_started: float | None = psutil.Process(pid).create_time()
+            except psutil.Error:
+                pid_started = None
+            with self._lock:
+                self._pids[key] = pid
+                grace = self._kill_pending.pop(key, None)
+            self._notify(Started(key, pid, pid_started, self._clock()))
+            if grace is not None:
+                threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
+        elif op == "exited":
+            worker.keys.discard(message["id"])
+            self._notify(Exited(message["id"], message["exit_code"], message["signal"], message["cpu_s"],
+                                message["peak_rss_bytes"], self._clock()))
+        elif op == "broken":
+            worker.broken = (message["summary"], message["detail"])
+            for key in list(worker.keys):
+                worker.keys.discard(key)
+                self._notify(Exited(key, None, None, None, None, self._clock(), lost=message["summary"],
+                                    lost_detail=message["detail"]))
+
+    def _on_worker_gone(self, worker: Worker) -> None:
+        for key in list(worker.keys):
+            worker.keys.discard(key)
+            with self._lock:
+                pid = self._pids.get(key)
+            if pid is not None:
+                kill_tree(pid, 1.0)
+            self._notify(Exited(key, None, None, None, None, self._clock(),
+                                lost="the worker process running this step died"))
+            fd = self._read_fds.get(key)
+            if fd is not None:
+                self._logs.force_close(fd)
+
+    def _on_log_closed(self, key: int) -> None:
+        self._notify(LogClosed(key, self._clock()))
+
+
+class _Broken(Exception):
+    def __init__(self, summary: str, detail: str) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.detail = detail
+
+
+def kill_tree(pid: int, grace_s: float) -> None:
+    """SIGTERM the process, its descendants and its process group; SIGKILL what survives `grace_s`."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    for process in children:
+        _signal_process(process, signal.SIGTERM)
+    _signal_group(pid, signal.SIGTERM)
+    try:
+        leader = [psutil.Process(pid)]
+    except psutil.Error:
+        leader = []
+    _, alive = psutil.wait_procs(leader + children, timeout=grace_s)
+    for process in alive:
+        _signal_process(process, signal.SIGKILL)
+    # A double-forked grandchild has left our process tree but not our group: only this reaches it.
+    _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_process(process: psutil.Process, number: int) -> None:
+    try:
+        process.send_signal(number)
+    except psutil.Error:
+        pass
+
+
+def _signal_group(pgid: int, number: int) -> None:
+    try:
+        os.killpg(pgid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _engine_path() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    existing = os.environ.get("PYTHONPATH")
+    return root + (os.pathsep + existing if existing else "")
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _changed_since(job_file: str, worker: Worker) -> bool:
+    """A new attempt gets the job file's current code: restart the worker when the file changed."""
+    return _mtime(job_file) != getattr(worker, "mtime", 0.0)

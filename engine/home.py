@@ -1,0 +1,89 @@
+"""The stepline home: the state directory holding the database, logs and outputs.
+
+Creates it on first use and turns every way it can be unusable (missing parent,
+read-only, a file in the way, a corrupt database) into one StateDirError naming
+the path and the fix.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import StateDirError
+
+DEFAULT_HOME = ".stepline"
+DATABASE_NAME = "stepline.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    root: Path
+    """The state directory."""
+
+    @property
+    def database(self) -> Path:
+        return self.root / DATABASE_NAME
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def engine_log(self) -> Path:
+        return self.root / "engine.log"
+
+    def run_log_dir(self, run_id: int) -> Path:
+        return self.logs / str(run_id)
+
+    def run_output_dir(self, run_id: int) -> Path:
+        return self.outputs / str(run_id)
+
+    def attempt_log(self, run_id: int, step: str, attempt: int) -> Path:
+        return self.run_log_dir(run_id) / f"{step}.{attempt}.log"
+
+    def output_file(self, run_id: int, step: str) -> Path:
+        return self.run_output_dir(run_id) / f"{step}.pkl"
+
+    def result_file(self, run_id: int, step: str, attempt: int) -> Path:
+        return self.run_output_dir(run_id) / f"{step}.{attempt}.result.json"
+
+    def shell_output_file(self, run_id: int, step: str, attempt: int) -> Path:
+        return self.run_output_dir(run_id) / f"{step}.{attempt}.out"
+
+
+def resolve_home(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path or os.environ.get("STEPLINE_HOME") or DEFAULT_HOME).expanduser().absolute()
+
+
+def prepare_home(path: str | os.PathLike[str] | None, create: bool = True) -> Home:
+    """The home at `path` (or STEPLINE_HOME, or ./.stepline), created when `create`."""
+    root = resolve_home(path)
+    if root.exists() and not root.is_dir():
+        raise StateDirError(f"state directory {root} is a file, not a directory; "
+                            "pass --home DIR (or set STEPLINE_HOME) to a directory")
+    if not root.exists():
+        if not create:
+            raise StateDirError(f"state directory {root} does not exist; run a job first "
+                                "or pass --home DIR (or set STEPLINE_HOME) to an existing home")
+        try:
+            root.mkdir(parents=True)
+        except OSError as error:
+            raise StateDirError(f"cannot create state directory {root}: {error.strerror}; "
+                                "pass --home DIR (or set STEPLINE_HOME) to a writable place") from None
+    if create and not os.access(root, os.W_OK | os.X_OK):
+        raise StateDirError(f"state directory {root} is read-only; stepline needs to write its database "
+                            "and logs there: fix its permissions or pass --home DIR to a writable place")
+    home = Home(root)
+    if create:
+        for folder in (home.logs, home.outputs):
+            try:
+                folder.mkdir(exist_ok=True)
+            except OSError as error:
+                raise StateDirError(f"cannot create {folder}: {error.strerror}; "
+                                    "fix the permissions of the state directory") from None
+    return home

@@ -1,0 +1,275 @@
+"""Import job files one by one, validate each job's DAG and collect every problem.
+
+A broken file (syntax error, import error, bad job) is reported with file:line
+and a sentence saying what to do; it never stops the other files from loading.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef
+from engine.errors import JobDefinitionError
+from engine.timing import ScheduleError, cron_trigger, parse_every, parse_zone
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    """Job file, as the user names it (relative when possible)."""
+    line: int
+    """1-based line, 0 when unknown."""
+    message: str
+    """What is wrong and what to do."""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    jobs: dict[str, JobDef] = field(default_factory=dict)
+    """Valid jobs by name."""
+    problems: tuple[Problem, ...] = ()
+    """Every problem of every file, in file order."""
+    files: tuple[str, ...] = ()
+    """Job files looked at."""
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """`path` relative to the working directory when it lies below it."""
+    text = os.fspath(path)
+    try:
+        relative = os.path.relpath(text)
+    except ValueError:
+        return text
+    return text if relative.startswith("..") else relative
+
+
+def module_name(path: Path) -> str:
+    digest = hashlib.blake2s(str(path.resolve()).encode(), digest_size=4).hexdigest()
+    return f"stepline_job_{path.stem}_{digest}"
+
+
+def import_job_file(path: Path) -> ModuleType:
+    """Import one job file as its own module; the job file's folder is importable."""
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = module_name(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def job_files(jobs_dir: Path) -> list[Path]:
+    return sorted(p for p in jobs_dir.glob("*.py") if not p.name.startswith(("_", ".")))
+
+
+def load_jobs(jobs_dir: str | os.PathLike[str]) -> LoadResult:
+    """Load every job file in `jobs_dir` (not recursive; files starting with _ are helpers)."""
+    folder = Path(jobs_dir)
+    if not folder.is_dir():
+        problem = Problem(display_path(folder), 0,
+                          "jobs directory not found; pass --jobs DIR or set STEPLINE_JOBS")
+        return LoadResult(problems=(problem,))
+    jobs: dict[str, JobDef] = {}
+    problems: list[Problem] = []
+    files = job_files(folder)
+    for path in files:
+        file_jobs, file_problems = load_file(path)
+        problems += file_problems
+        for job_def in file_jobs:
+            if job_def.name in jobs:
+                first = jobs[job_def.name]
+                problems.append(Problem(display_path(job_def.file), job_def.line,
+                                        f"job '{job_def.name}' is already defined at "
+                                        f"{display_path(first.file)}:{first.line}; rename one of them"))
+                continue
+            jobs[job_def.name] = job_def
+    return LoadResult(jobs=jobs, problems=tuple(problems), files=tuple(display_path(p) for p in files))
+
+
+def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
+    """The valid jobs of one file and the problems found in it."""
+    shown = display_path(path)
+    try:
+        module = import_job_file(path)
+    except SyntaxError as error:
+        where = display_path(error.filename) if error.filename else shown
+        return [], [Problem(where, error.lineno or 0,
+                            f"syntax error: {error.msg}; fix the file (other job files still load)")]
+    except JobDefinitionError as error:
+        return [], [_definition_problem(path, error)]
+    except BaseException as error:  # a job file may raise anything, SystemExit included
+        line = _line_in(path, error)
+        what = f"{type(error).__name__}: {error}".rstrip(": ")
+        hint = ("install the missing package in stepline's environment" if isinstance(error, ImportError)
+                else "fix the file (other job files still load)")
+        return [], [Problem(shown, line, f"importing the file failed with {what}; {hint}")]
+
+    namespace = vars(module)
+    job_defs = [v for v in namespace.values() if isinstance(v, JobDef) and _is_from(v.file, path)]
+    problems: list[Problem] = []
+    valid: list[JobDef] = []
+    seen: dict[str, JobDef] = {}
+    for job_def in job_defs:
+        if job_def.name in seen:
+            problems.append(Problem(shown, job_def.line, f"job '{job_def.name}' is already defined at line "
+                                    f"{seen[job_def.name].line}; rename one of them"))
+            continue
+        seen[job_def.name] = job_def
+        job_problems = validate_job(job_def)
+        problems += job_problems
+        if not job_problems:
+            valid.append(job_def)
+    used = {id(s) for j in job_defs for s in j.steps}
+    for value_name, value in namespace.items():
+        if isinstance(value, StepDef) and _is_from(value.file, path) and id(value) not in used:
+            problems.append(Problem(display_path(value.file), value.line,
+                                    f"step '{value.name}' is not part of any job; add it to a job(...) "
+                                    "or remove it"))
+    if not job_defs and not problems:
+        problems.append(Problem(shown, 0, "defines no job; add `name = job(\"name\", [steps])` "
+                                "or start the file name with _ if it is a helper module"))
+    return valid, problems
+
+
+def validate_job(job_def: JobDef) -> list[Problem]:
+    """Every whole-job problem: duplicate or unknown steps, cycles, schedule, time zone."""
+    shown = display_path(job_def.file)
+    problems: list[Problem] = []
+
+    def report(step_def: StepDef | None, message: str) -> None:
+        if step_def is None:
+            problems.append(Problem(shown, job_def.line, message))
+        else:
+            problems.append(Problem(display_path(step_def.file), step_def.line, message))
+
+    if not job_def.steps:
+        report(None, f"job '{job_def.name}' has no steps; list at least one step")
+    by_name: dict[str, StepDef] = {}
+    for step_def in job_def.steps:
+        if step_def.name in by_name:
+            first = by_name[step_def.name]
+            report(step_def, f"step '{step_def.name}' appears twice in job '{job_def.name}' "
+                             f"(also at {display_path(first.file)}:{first.line}); give one of them another name")
+            continue
+        by_name[step_def.name] = step_def
+    names = list(by_name)
+    for step_def in by_name.values():
+        for parameter in sorted(step_def.required - RESERVED_PARAMETERS - set(names)):
+            report(step_def, f"step '{step_def.name}' takes a parameter '{parameter}', which is not a step of "
+                             f"job '{job_def.name}'{_did_you_mean(parameter, names)}; a parameter names an "
+                             "upstream step, or is `params` or `context`, or has a default")
+        for upstream in step_def.after:
+            if upstream not in by_name:
+                report(step_def, f"step '{step_def.name}' waits on '{upstream}', which is not a step of "
+                                 f"job '{job_def.name}'{_did_you_mean(upstream, names)}")
+            elif upstream == step_def.name:
+                report(step_def, f"step '{step_def.name}' waits on itself; remove it from its after=")
+    if not problems:
+        cycle = find_cycle({n: job_def.dependencies(s) for n, s in by_name.items()})
+        if cycle:
+            report(by_name[cycle[0]], f"job '{job_def.name}' has a cycle: {' → '.join(cycle)}; "
+                                      "remove one of these dependencies")
+    try:
+        parse_zone(job_def.timezone)
+        if job_def.schedule is not None:
+            cron_trigger(job_def.schedule, job_def.timezone)
+        if job_def.every is not None:
+            parse_every(job_def.every)
+    except ScheduleError as error:
+        report(None, f"job '{job_def.name}': {error}")
+    return problems
+
+
+def find_cycle(dependencies: dict[str, tuple[str, ...]]) -> list[str]:
+    """One cycle as [a, b, c, a] (a waits on ... which waits on a), or [] if the graph is a DAG."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = dict.fromkeys(dependencies, WHITE)
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        color[node] = GREY
+        stack.append(node)
+        for upstream in dependencies.get(node, ()):
+            if color.get(upstream) == GREY:
+                cycle = stack[stack.index(upstream):] + [upstream]
+                return list(reversed(cycle))
+            if color.get(upstream) == WHITE:
+                found = visit(upstream)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = BLACK
+        return []
+
+    for node in dependencies:
+        if color[node] == WHITE:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def topological_order(job_def: JobDef) -> list[str]:
+    """Step names so that every step comes after its dependencies; ties keep file order."""
+    remaining = {s.name: set(job_def.dependencies(s)) for s in job_def.steps}
+    order: list[str] = []
+    while remaining:
+        ready = [name for name, deps in remaining.items() if not deps]
+        if not ready:
+            raise ValueError(f"job '{job_def.name}' has a cycle")
+        for name in ready:
+            del remaining[name]
+            order.append(name)
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return order
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _is_from(file: str, path: Path) -> bool:
+    try:
+        return Path(file).resolve() == path.resolve()
+    except OSError:
+        return False
+
+
+def _line_in(path: Path, error: BaseException) -> int:
+    """The deepest line of `path` in the traceback of `error` (0 if none)."""
+    line = 0
+    target = str(path.resolve())
+    for frame in traceback.extract_tb(error.__traceback__):
+        if os.path.abspath(frame.filename) == target:
+            line = frame.lineno or 0
+    return line
+
+
+def _definition_problem(path: Path, error: JobDefinitionError) -> Problem:
+    # JobDefinitionError messages start with "file:line: " already; split it back out.
+    text = str(error)
+    head, _, rest = text.partition(": ")
+    file, _, line = head.rpartition(":")
+    if file and line.isdigit():
+        return Problem(display_path(file), int(line), rest)
+    return Problem(display_path(path), _line_in(path, error), text)

@@ -1,0 +1,234 @@
+"""The read side: runs, steps, attempts and events as plain values for the CLI and the console.
+
+Every query is bounded (LIMIT or `id >`), selects what it needs and returns frozen
+dataclasses; no peewee row or open cursor leaves this module.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from peewee import fn
+
+from engine.errors import UnknownRunError
+from engine.plan import JobPlan
+from engine.states import FailureReason
+from engine.store import Attempt, Command, Event, Run, StepRun
+
+
+def utc(at: float | None) -> datetime | None:
+    """Epoch seconds as an aware UTC datetime (None stays None)."""
+    return None if at is None else datetime.fromtimestamp(at, timezone.utc)
+
+
+def _reason(summary: str | None, detail: str | None) -> FailureReason | None:
+    return FailureReason(summary, detail or "") if summary else None
+
+
+def _duration(started: datetime | None, ended: datetime | None, now: datetime | None) -> float | None:
+    if started is None:
+        return None
+    end = ended or now
+    return None if end is None else max(0.0, (end - started).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptView:
+    number: int
+    state: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    cpu_s: float | None
+    peak_rss_bytes: int | None
+    log_path: str
+    reason: FailureReason | None
+
+    def duration_s(self, now: datetime | None = None) -> float | None:
+        return _duration(self.started_at, self.ended_at, now)
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    name: str
+    position: int
+    state: str
+    kind: str
+    """"python" or "shell"."""
+    waiting_for: str | None
+    """Why a waiting step waits: "upstream", "pool warehouse", "retry 2/3 at 03:12:40"."""
+    attempts: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    reason: FailureReason | None
+    has_output: bool
+    output_preview: str | None
+    upstream: tuple[str, ...]
+    downstream: tuple[str, ...]
+
+    def duration_s(self, now: datetime | None = None) -> float | None:
+        return _duration(self.started_at, self.ended_at, now)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    id: int
+    job: str
+    state: str
+    trigger: str
+    created_at: datetime
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    reason: str | None
+    params: dict[str, str]
+
+    def duration_s(self, now: datetime | None = None) -> float | None:
+        return _duration(self.started_at, self.ended_at, now)
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    run: RunSummary
+    steps: tuple[StepView, ...]
+    """In DAG order."""
+    plan: JobPlan
+
+    def step(self, name: str) -> StepView:
+        for step_view in self.steps:
+            if step_view.name == name:
+                return step_view
+        raise KeyError(name)
+
+    @property
+    def id(self) -> int:
+        return self.run.id
+
+    @property
+    def state(self) -> str:
+        return self.run.state
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    id: int
+    at: datetime
+    run_id: int | None
+    step: str | None
+    kind: str
+    state: str | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandView:
+    id: int
+    kind: str
+    state: str
+    result: str | None
+    run_id: int | None = None
+    job: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+_RUN_COLUMNS = (Run.id, Run.job, Run.state, Run.trigger, Run.created_at, Run.scheduled_for, Run.started_at,
+                Run.ended_at, Run.reason, Run.params)
+
+
+def _run_summary(row: Run) -> RunSummary:
+    return RunSummary(id=row.id, job=row.job, state=row.state, trigger=row.trigger, created_at=utc(row.created_at),
+                      scheduled_for=utc(row.scheduled_for), started_at=utc(row.started_at),
+                      ended_at=utc(row.ended_at), reason=row.reason, params=json.loads(row.params or "{}"))
+
+
+def list_runs(job: str | None = None, state: str | None = None, limit: int = 50,
+              before_id: int | None = None) -> list[RunSummary]:
+    """Runs newest first; page with `before_id` (the smallest id of the previous page)."""
+    query = Run.select(*_RUN_COLUMNS)
+    if job is not None:
+        query = query.where(Run.job == job)
+    if state is not None:
+        query = query.where(Run.state == state)
+    if before_id is not None:
+        query = query.where(Run.id < before_id)
+    return [_run_summary(row) for row in query.order_by(Run.id.desc()).limit(limit)]
+
+
+def run_summary(run_id: int) -> RunSummary:
+    row = Run.select(*_RUN_COLUMNS).where(Run.id == run_id).first()
+    if row is None:
+        raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
+    return _run_summary(row)
+
+
+def get_run(run_id: int) -> RunView:
+    """A run with its steps in DAG order."""
+    row = Run.get_or_none(Run.id == run_id)
+    if row is None:
+        raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
+    plan = JobPlan.from_json(row.snapshot)
+    downstream = plan.downstream()
+    by_name = {s.name: s for s in plan.steps}
+    steps = []
+    for step_row in StepRun.select().where(StepRun.run == run_id).order_by(StepRun.position):
+        step_plan = by_name.get(step_row.name)
+        steps.append(StepView(
+            name=step_row.name, position=step_row.position, state=step_row.state,
+            kind=step_plan.kind if step_plan else "python", waiting_for=step_row.waiting_for,
+            attempts=step_row.attempts, started_at=utc(step_row.started_at), ended_at=utc(step_row.ended_at),
+            reason=_reason(step_row.reason, step_row.detail), has_output=step_row.has_output,
+            output_preview=step_row.output_preview,
+            upstream=step_plan.upstream if step_plan else (), downstream=tuple(downstream.get(step_row.name, ()))))
+    return RunView(run=_run_summary(row), steps=tuple(steps), plan=plan)
+
+
+def attempts(run_id: int, step: str) -> list[AttemptView]:
+    """Attempts of one step run, oldest first."""
+    query = (Attempt.select(Attempt).join(StepRun)
+             .where((StepRun.run == run_id) & (StepRun.name == step)).order_by(Attempt.number))
+    return [AttemptView(number=a.number, state=a.state, started_at=utc(a.started_at), ended_at=utc(a.ended_at),
+                        pid=a.pid, exit_code=a.exit_code, signal=a.signal, cpu_s=a.cpu_s,
+                        peak_rss_bytes=a.peak_rss_bytes, log_path=a.log_path, reason=_reason(a.reason, a.detail))
+            for a in query]
+
+
+def events_since(last_id: int, limit: int = 1000, run_id: int | None = None) -> list[EventView]:
+    """Events after `last_id`, oldest first, at most `limit`."""
+    query = Event.select().where(Event.id > last_id)
+    if run_id is not None:
+        query = query.where(Event.run_id == run_id)
+    return [EventView(id=e.id, at=utc(e.at), run_id=e.run_id, step=e.step, kind=e.kind, state=e.state,
+                      message=e.message) for e in query.order_by(Event.id).limit(limit)]
+
+
+def last_event_id() -> int:
+    return Event.select(fn.MAX(Event.id)).scalar() or 0
+
+
+def last_run_by_job() -> dict[str, RunSummary]:
+    """The newest run of every job that has one."""
+    newest = Run.select(fn.MAX(Run.id)).group_by(Run.job)
+    return {row.job: _run_summary(row) for row in Run.select(*_RUN_COLUMNS).where(Run.id.in_(newest))}
+
+
+def run_counts() -> dict[str, int]:
+    """Number of runs per run state."""
+    return {state: count for state, count in Run.select(Run.state, fn.COUNT(Run.id)).group_by(Run.state).tuples()}
+
+
+def command(command_id: int) -> CommandView:
+    row = Command.get_by_id(command_id)
+    return CommandView(id=row.id, kind=row.kind, state=row.state, result=row.result, run_id=row.run_id,
+                       job=row.job, payload=json.loads(row.payload or "{}"))
+
+
+def run_owner(run_id: int) -> tuple[int | None, float | None]:
+    """(pid, process create time) of the engine that last executed the run."""
+    row = Run.select(Run.owner_pid, Run.owner_started).where(Run.id == run_id).first()
+    if row is None:
+        raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
+    return row.owner_pid, row.owner_started

@@ -1,0 +1,530 @@
+"""Decide what runs: plan runs, walk their DAGs, retry, time out and cancel.
+
+The Engine owns the active runs and makes every decision on one thread: which
+step starts next (respecting the parallelism limit), when a failed attempt is
+retried (delay, backoff, jitter), which steps become upstream_failed, and the
+run's final state. It asks the executor to start and kill processes and never
+spawns one itself; every state change is written through store.py together
+with its event, and announced to an optional listener (the CLI prints them).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import pickle
+import queue
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import store
+from engine.definition import JobDef
+from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
+from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, LogClosed, Started
+from engine.home import Home
+from engine.plan import JobPlan, StepPlan, plan_job
+from engine.states import AttemptState, FailureReason, RunState, StepState
+from engine.worker import preview as preview_of
+
+COMMAND_POLL_S = 0.1
+LEFTOVER_GRACE_S = 2.0
+"""How long an exited step's leftover processes may keep its output open before they are killed."""
+DETAIL_LINES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A state change, as announced to the engine's listener."""
+    run_id: int
+    step: str | None
+    state: str
+    message: str | None
+    at: float
+    attempt: int | None = None
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    id: int
+    plan: JobPlan
+    params: dict[str, str]
+    step_ids: dict[str, int]
+    states: dict[str, StepState]
+    attempts: dict[str, int]
+    """Attempts made so far per step (the last attempt's number)."""
+    budget_base: dict[str, int]
+    """Attempt count when the current retry budget began (a manual retry starts a new one)."""
+    waiting_on: dict[str, int] = field(default_factory=dict)
+    """Upstream steps not yet succeeded, per step still to run."""
+    ready: list[str] = field(default_factory=list)
+    scheduled_for: float | None = None
+    cancelling: str | None = None
+
+
+@dataclass(slots=True)
+class RunningAttempt:
+    key: int
+    run_id: int
+    step: str
+    number: int
+    log_path: str
+    attempt_id: int | None = None
+    started_at: float | None = None
+    exited: Exited | None = None
+    log_closed: bool = False
+    kill_reason: FailureReason | None = None
+    kill_state: StepState = StepState.FAILED
+    finished: bool = False
+
+
+class Engine:
+    """Executes runs of jobs. Call its methods from one thread (the engine thread)."""
+
+    def __init__(self, home: Home, parallel: int | None = None, clock: Callable[[], float] = time.time,
+                 kill_grace_s: float = 5.0, listener: Callable[[Change], None] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.home = home
+        self.parallel = max(1, parallel or os.cpu_count() or 1)
+        self._clock = clock
+        self._listener = listener
+        self._rng = rng or random.Random()
+        self._events: queue.SimpleQueue[ExecutorEvent] = queue.SimpleQueue()
+        self._executor = Executor(self._events.put, clock, kill_grace_s)
+        self._runs: dict[int, ActiveRun] = {}
+        self._attempts: dict[int, RunningAttempt] = {}
+        self._keys = itertools.count(1)
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self._next_command_poll = 0.0
+        self.owner = store.process_identity()
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    @property
+    def active_run_ids(self) -> list[int]:
+        return list(self._runs)
+
+    def submit(self, job_def: JobDef, params: dict[str, str] | None = None, trigger: str = "manual",
+               scheduled_for: float | None = None) -> int:
+        """Create a run of `job_def` and start it; returns the run id."""
+        plan = plan_job(job_def)
+        merged = {**plan.params, **(params or {})}
+        now = self._clock()
+        run_id, step_ids = store.create_run(plan.job, trigger, merged, plan.to_json(),
+                                            [s.name for s in plan.steps], now, scheduled_for)
+        self._announce(Change(run_id, None, RunState.QUEUED, f"{trigger} run of {plan.job}", now))
+        run = ActiveRun(id=run_id, plan=plan, params=merged, step_ids=step_ids,
+                        states={s.name: StepState.PENDING for s in plan.steps},
+                        attempts={s.name: 0 for s in plan.steps}, budget_base={s.name: 0 for s in plan.steps},
+                        scheduled_for=scheduled_for)
+        self._activate(run, set(run.states))
+        return run_id
+
+    def retry(self, run_id: int, step: str | None = None) -> list[str]:
+        """Re-run the failed steps of a finished run (or `step` and what waits on it) in the same run.
+
+        Steps that succeeded keep their persisted outputs; returns the step names that will run again.
+        """
+        row = store.Run.get_or_none(store.Run.id == run_id)
+        if row is None:
+            raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
+        if run_id in self._runs or not RunState(row.state).is_terminal:
+            raise NotApplicableError(f"run {run_id} is still {row.state}; wait for it to end or cancel it "
+                                     f"(`stepline cancel {run_id}`) before retrying")
+        plan = JobPlan.from_json(row.snapshot)
+        rows = {r.name: r for r in store.StepRun.select().where(store.StepRun.run == run_id)}
+        states = {name: StepState(r.state) for name, r in rows.items()}
+        if step is not None:
+            if step not in states:
+                import difflib
+                close = difflib.get_close_matches(step, list(states), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise UnknownStepError(f"run {run_id} of job '{row.job}' has no step '{step}'{hint}; "
+                                       f"its steps are: {', '.join(states)}")
+            if not states[step].is_retryable:
+                raise NotApplicableError(f"step '{step}' of run {run_id} {states[step]}; only failed, "
+                                         "upstream_failed or cancelled steps can be retried")
+            again = [step] + [d for d in plan.all_downstream(step) if states[d] != StepState.SUCCEEDED]
+        else:
+            again = [name for name, state in states.items() if state.is_retryable]
+            if not again:
+                raise NotApplicableError(f"run {run_id} has no failed, upstream_failed or cancelled steps "
+                                         "to retry")
+        run = ActiveRun(id=run_id, plan=plan, params=json.loads(row.params),
+                        step_ids={n: r.id for n, r in rows.items()}, states=states,
+                        attempts={n: r.attempts for n, r in rows.items()},
+                        budget_base={n: r.attempts for n, r in rows.items()},
+                        scheduled_for=row.scheduled_for)
+        now = self._clock()
+        changes = []
+        for name in again:
+            run.states[name] = StepState.PENDING
+            changes.append((run.step_ids[name], name, StepState.PENDING.value,
+                            {"reason": None, "detail": None, "waiting_for": None, "ended_at": None}))
+        store.set_step_states(run_id, changes, now)
+        self._activate(run, set(again), retry=True)
+        return again
+
+    def cancel(self, run_id: int, reason: str = "cancelled by user") -> None:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise NotApplicableError(f"run {run_id} is not running in this engine")
+        if run.cancelling:
+            return
+        run.cancelling = reason
+        now = self._clock()
+        changes = []
+        for name, state in run.states.items():
+            if state in (StepState.PENDING, StepState.WAITING):
+                run.states[name] = StepState.CANCELLED
+                changes.append((run.step_ids[name], name, StepState.CANCELLED.value,
+                                {"reason": reason, "waiting_for": None, "ended_at": now}))
+        run.ready.clear()
+        self._write_steps(run, changes, now)
+        for attempt in self._attempts.values():
+            if attempt.run_id == run_id and not attempt.finished:
+                attempt.kill_reason = FailureReason(reason)
+                attempt.kill_state = StepState.CANCELLED
+                self._executor.kill(attempt.key)
+        self._maybe_finish_run(run)
+
+    def run_until_done(self, run_ids: list[int] | None = None, consume_commands: bool = True) -> None:
+        """Drive the engine until the given runs (default: all active runs) have ended."""
+        def pending() -> bool:
+            return any(r in self._runs for r in run_ids) if run_ids is not None else bool(self._runs)
+
+        while pending():
+            self.step(consume_commands=consume_commands)
+
+    def step(self, timeout_s: float = 0.5, consume_commands: bool = True) -> None:
+        """Handle what is due: start ready steps, process executor events and timers."""
+        self._fill_slots()
+        now = self._clock()
+        wait = timeout_s
+        if self._timers:
+            wait = max(0.0, min(wait, self._timers[0][0] - now))
+        if consume_commands and self._runs:
+            wait = min(wait, max(0.0, self._next_command_poll - now))
+        try:
+            event = self._events.get(timeout=wait)
+        except queue.Empty:
+            event = None
+        while event is not None:
+            self._handle(event)
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                event = None
+        self._run_timers()
+        if consume_commands and self._runs and self._clock() >= self._next_command_poll:
+            self._next_command_poll = self._clock() + COMMAND_POLL_S
+            self._consume_commands()
+
+    def close(self) -> None:
+        self._executor.close()
+
+    # --- run life cycle -------------------------------------------------------------------------------
+
+    def _activate(self, run: ActiveRun, to_run: set[str], retry: bool = False) -> None:
+        self.home.run_log_dir(run.id).mkdir(parents=True, exist_ok=True)
+        self.home.run_output_dir(run.id).mkdir(parents=True, exist_ok=True)
+        now = self._clock()
+        message = "retry: " + ", ".join(s.name for s in run.plan.steps if s.name in to_run) if retry else None
+        store.set_run_state(run.id, RunState.RUNNING, now, reason=message, started=True, owner=self.owner,
+                            clear_end=retry)
+        self._announce(Change(run.id, None, RunState.RUNNING, message, now))
+        self._runs[run.id] = run
+        changes = []
+        for step_plan in run.plan.steps:
+            name = step_plan.name
+            if name not in to_run:
+                continue
+            blocking = [u for u in step_plan.upstream if run.states[u] != StepState.SUCCEEDED]
+            run.waiting_on[name] = len(blocking)
+            if blocking:
+                run.states[name] = StepState.WAITING
+                changes.append((run.step_ids[name], name, StepState.WAITING.value, {"waiting_for": "upstream"}))
+            else:
+                run.ready.append(name)
+        self._write_steps(run, changes, now)
+
+    def _fill_slots(self) -> None:
+        running = sum(1 for a in self._attempts.values() if not a.finished)
+        for run in list(self._runs.values()):
+            while run.ready and running < self.parallel:
+                name = run.ready.pop(0)
+                if run.states[name] not in (StepState.PENDING, StepState.WAITING):
+                    continue
+                self._start_attempt(run, name)
+                running += 1
+            if run.ready:
+                now = self._clock()
+                changes = []
+                for name in run.ready:
+                    if run.states[name] != StepState.WAITING:
+                        run.states[name] = StepState.WAITING
+                        changes.append((run.step_ids[name], name, StepState.WAITING.value,
+                                        {"waiting_for": f"a free slot (--parallel {self.parallel})"}))
+                self._write_steps(run, changes, now)
+
+    def _start_attempt(self, run: ActiveRun, name: str) -> None:
+        step_plan = run.plan.step(name)
+        number = run.attempts[name] + 1
+        run.attempts[name] = number
+        run.states[name] = StepState.RUNNING
+        key = next(self._keys)
+        log_path = str(self.home.attempt_log(run.id, name, number))
+        self._attempts[key] = RunningAttempt(key, run.id, name, number, log_path)
+        inputs = {u: str(self.home.output_file(run.id, u)) for u in step_plan.inputs}
+        request = AttemptRequest(
+            key=key, job_file=run.plan.file, job=run.plan.job, step=name, kind=step_plan.kind,
+            command=step_plan.command, inputs=inputs, params=run.params,
+            context={"run_id": run.id, "job": run.plan.job, "step": name, "attempt": number,
+                     "params": run.params, "home": str(self.home.root),
+                     "scheduled_for": _iso(run.scheduled_for)},
+            env=step_plan.env, cwd=self._cwd(run.plan, step_plan), log_path=log_path,
+            output_path=str(self.home.output_file(run.id, name)),
+            result_path=str(self.home.result_file(run.id, name, number)),
+            shell_output_path=str(self.home.shell_output_file(run.id, name, number)))
+        self._executor.start(request)
+
+    def _cwd(self, plan: JobPlan, step_plan: StepPlan) -> str:
+        folder = os.path.dirname(plan.file)
+        return os.path.join(folder, step_plan.cwd) if step_plan.cwd else folder
+
+    # --- executor events ------------------------------------------------------------------------------
+
+    def _handle(self, event: ExecutorEvent) -> None:
+        attempt = self._attempts.get(event.key)
+        if attempt is None:
+            return
+        if isinstance(event, Started):
+            self._on_started(attempt, event)
+        elif isinstance(event, Exited):
+            attempt.exited = event
+            if event.lost and attempt.attempt_id is None:
+                self._record_start(attempt, None, None, event.at)
+            if not attempt.log_closed:
+                self._after(LEFTOVER_GRACE_S, lambda: self._reap_leftovers(attempt))
+        elif isinstance(event, LogClosed):
+            attempt.log_closed = True
+        if attempt.exited is not None and attempt.log_closed and not attempt.finished:
+            self._finish(attempt)
+
+    def _on_started(self, attempt: RunningAttempt, event: Started) -> None:
+        self._record_start(attempt, event.pid, event.pid_started, event.at)
+        run = self._runs[attempt.run_id]
+        timeout_s = run.plan.step(attempt.step).timeout_s
+        if timeout_s:
+            self._after(timeout_s, lambda: self._time_out(attempt, timeout_s))
+
+    def _record_start(self, attempt: RunningAttempt, pid: int | None, pid_started: float | None,
+                      at: float) -> None:
+        run = self._runs[attempt.run_id]
+        attempt.started_at = at
+        attempt.attempt_id = store.start_attempt(run.id, run.step_ids[attempt.step], attempt.step,
+                                                 attempt.number, pid, pid_started, attempt.log_path, at)
+        self._announce(Change(run.id, attempt.step, StepState.RUNNING, f"attempt {attempt.number}", at,
+                              attempt.number))
+
+    def _time_out(self, attempt: RunningAttempt, timeout_s: float) -> None:
+        if attempt.finished or attempt.exited is not None or attempt.kill_reason is not None:
+            return
+        attempt.kill_reason = FailureReason(f"timed out after {_seconds(timeout_s)}")
+        self._executor.kill(attempt.key)
+
+    def _reap_leftovers(self, attempt: RunningAttempt) -> None:
+        if not attempt.finished and not attempt.log_closed:
+            self._executor.reap_leftovers(attempt.key)
+
+    def _finish(self, attempt: RunningAttempt) -> None:
+        attempt.finished = True
+        self._executor.forget(attempt.key)
+        del self._attempts[attempt.key]
+        run = self._runs[attempt.run_id]
+        step_plan = run.plan.step(attempt.step)
+        exited = attempt.exited
+        assert exited is not None
+        now = self._clock()
+        state, reason, output = self._outcome(run, step_plan, attempt, exited)
+        outcome: dict[str, Any] = {"exit_code": exited.exit_code, "signal": exited.signal, "cpu_s": exited.cpu_s,
+                                   "peak_rss_bytes": exited.peak_rss_bytes,
+                                   "reason": reason.summary if reason else None,
+                                   "detail": reason.detail if reason else None}
+        name = attempt.step
+        extra: dict[str, Any] = {"reason": outcome["reason"], "detail": outcome["detail"], "ended_at": now}
+        changes = []
+        if state == StepState.SUCCEEDED:
+            extra.update(has_output=output[0], output_preview=output[1], waiting_for=None)
+            changes.append((run.step_ids[name], name, state.value, extra))
+            attempt_state = AttemptState.SUCCEEDED
+        elif state == StepState.FAILED and self._may_retry(run, step_plan) and not run.cancelling:
+            used = run.attempts[name] - run.budget_base[name]
+            delay = self._retry_delay(step_plan, used)
+            due = now + delay
+            label = f"retry {used}/{step_plan.retries} at {time.strftime('%H:%M:%S', time.localtime(due))}"
+            state = StepState.WAITING
+            extra.update(waiting_for=label, ended_at=None)
+            changes.append((run.step_ids[name], name, state.value, extra))
+            attempt_state = AttemptState.FAILED
+            self._after(delay, lambda: self._retry_due(run, name))
+        else:
+            attempt_state = AttemptState.CANCELLED if state == StepState.CANCELLED else AttemptState.FAILED
+            changes.append((run.step_ids[name], name, state.value, extra))
+            changes += self._fail_downstream(run, name, now)
+        run.states[name] = state
+        store.finish_attempt(run.id, attempt.attempt_id or 0, attempt_state, outcome, changes, now)
+        for step_run_id, changed, new_state, values in changes:
+            self._announce(Change(run.id, changed, new_state, values.get("reason") or values.get("waiting_for"),
+                                  now, attempt.number if changed == name else None))
+        if state == StepState.SUCCEEDED:
+            for downstream in run.plan.downstream()[name]:
+                if downstream in run.waiting_on and run.states[downstream] in (StepState.PENDING,
+                                                                                StepState.WAITING):
+                    run.waiting_on[downstream] -= 1
+                    if run.waiting_on[downstream] == 0:
+                        run.ready.append(downstream)
+        self._maybe_finish_run(run)
+
+    def _outcome(self, run: ActiveRun, step_plan: StepPlan, attempt: RunningAttempt,
+                 exited: Exited) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
+        no_output: tuple[bool, str | None] = (False, None)
+        if exited.lost:
+            return StepState.FAILED, FailureReason(exited.lost, exited.lost_detail), no_output
+        if attempt.kill_reason is not None:
+            detail = self._log_tail(attempt.log_path)
+            return attempt.kill_state, FailureReason(attempt.kill_reason.summary, detail), no_output
+        result = _read_json(self.home.result_file(run.id, step_plan.name, attempt.number))
+        if exited.exit_code == 0:
+            if step_plan.kind == "shell":
+                return self._shell_output(run, step_plan, attempt)
+            if result.get("ok"):
+                return StepState.SUCCEEDED, None, (bool(result.get("has_output")), result.get("preview"))
+            return StepState.SUCCEEDED, None, no_output
+        if result.get("summary"):
+            return StepState.FAILED, FailureReason(result["summary"], result.get("detail", "")), no_output
+        if exited.signal:
+            summary = f"killed by signal {exited.signal} ({_signal_name(exited.signal)})"
+        else:
+            summary = f"exit code {exited.exit_code}"
+        return StepState.FAILED, FailureReason(summary, self._log_tail(attempt.log_path)), no_output
+
+    def _shell_output(self, run: ActiveRun, step_plan: StepPlan,
+                      attempt: RunningAttempt) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
+        path = self.home.shell_output_file(run.id, step_plan.name, attempt.number)
+        try:
+            text = path.read_bytes().decode("utf-8", "replace").rstrip("\n")
+        except FileNotFoundError:
+            return StepState.SUCCEEDED, None, (False, None)
+        target = self.home.output_file(run.id, step_plan.name)
+        target.write_bytes(pickle.dumps(text))
+        return StepState.SUCCEEDED, None, (True, preview_of(text))
+
+    def _may_retry(self, run: ActiveRun, step_plan: StepPlan) -> bool:
+        used = run.attempts[step_plan.name] - run.budget_base[step_plan.name]
+        return used <= step_plan.retries
+
+    def _retry_delay(self, step_plan: StepPlan, failures: int) -> float:
+        delay = step_plan.retry_delay_s * step_plan.backoff ** (failures - 1)
+        if step_plan.jitter:
+            delay *= 1 + self._rng.uniform(0, step_plan.jitter)
+        return min(delay, step_plan.max_retry_delay_s)
+
+    def _retry_due(self, run: ActiveRun, name: str) -> None:
+        if run.states.get(name) == StepState.WAITING and not run.cancelling and run.id in self._runs:
+            run.ready.append(name)
+
+    def _fail_downstream(self, run: ActiveRun, name: str, now: float) -> list[tuple[int, str, str, dict[str, Any]]]:
+        changes = []
+        for downstream in run.plan.all_downstream(name):
+            if run.states[downstream] in (StepState.PENDING, StepState.WAITING):
+                run.states[downstream] = StepState.UPSTREAM_FAILED
+                if downstream in run.ready:
+                    run.ready.remove(downstream)
+                changes.append((run.step_ids[downstream], downstream, StepState.UPSTREAM_FAILED.value,
+                                {"reason": f"upstream step '{name}' did not succeed", "waiting_for": None,
+                                 "ended_at": now}))
+        return changes
+
+    def _maybe_finish_run(self, run: ActiveRun) -> None:
+        if not all(state.is_terminal for state in run.states.values()):
+            return
+        if any(a.run_id == run.id for a in self._attempts.values()):
+            return
+        states = set(run.states.values())
+        if run.cancelling:
+            state, reason = RunState.CANCELLED, run.cancelling
+        elif states & {StepState.FAILED, StepState.UPSTREAM_FAILED}:
+            failed = [n for n, s in run.states.items() if s == StepState.FAILED]
+            state, reason = RunState.FAILED, f"step {', '.join(repr(f) for f in failed)} failed" if failed else None
+        elif StepState.CANCELLED in states:
+            state, reason = RunState.CANCELLED, "steps were cancelled"
+        else:
+            state, reason = RunState.SUCCEEDED, None
+        now = self._clock()
+        store.set_run_state(run.id, state, now, reason=reason, ended=True)
+        del self._runs[run.id]
+        self._announce(Change(run.id, None, state, reason, now))
+
+    # --- commands, timers, helpers ----------------------------------------------------------------------
+
+    def _consume_commands(self) -> None:
+        for command in store.pending_commands(run_ids=list(self._runs), kinds=["cancel"]):
+            run_id = command["run_id"]
+            if run_id in self._runs:
+                self.cancel(run_id, command["payload"].get("reason") or "cancelled by user")
+                store.ack_command(command["id"], True, f"run {run_id} cancelling", self._clock())
+
+    def _after(self, delay_s: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (self._clock() + delay_s, next(self._timer_seq), callback))
+
+    def _run_timers(self) -> None:
+        now = self._clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self._timers)
+            callback()
+
+    def _write_steps(self, run: ActiveRun, changes: list[tuple[int, str, str, dict[str, Any]]], now: float) -> None:
+        store.set_step_states(run.id, changes, now)
+        for _, name, state, extra in changes:
+            self._announce(Change(run.id, name, state, extra.get("reason") or extra.get("waiting_for"), now))
+
+    def _announce(self, change: Change) -> None:
+        if self._listener is not None:
+            self._listener(change)
+
+    def _log_tail(self, path: str, lines: int = DETAIL_LINES) -> str:
+        from engine.logread import tail_lines
+        return "\n".join(tail_lines(path, lines))
+
+
+def _read_json(path: os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(at, timezone.utc).isoformat()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _signal_name(number: int) -> str:
+    import signal
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"

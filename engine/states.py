@@ -1,0 +1,69 @@
+"""States of runs, step runs and attempts, and the failure reason they carry.
+
+Values are the strings of DESIGN.md so they print and serialise as themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UPSTREAM_FAILED = "upstream_failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STEP_STATES
+
+    @property
+    def is_retryable(self) -> bool:
+        """True for the states `stepline retry` re-runs."""
+        return self in (StepState.FAILED, StepState.UPSTREAM_FAILED, StepState.CANCELLED)
+
+
+TERMINAL_STEP_STATES = frozenset({
+    StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED,
+    StepState.UPSTREAM_FAILED, StepState.CANCELLED,
+})
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+
+
+class AttemptState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    RETRY = "retry"
+    SENSOR = "sensor"
+    BACKFILL = "backfill"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReason:
+    summary: str
+    """One line for lists: "exit code 3", "timed out after 30s"."""
+    detail: str = ""
+    """Traceback or last log lines, shown in the details pane."""

@@ -1,0 +1,286 @@
+"""peewee models, database setup and migrations, and the write helpers.
+
+All state lives in one SQLite file per home, in WAL mode. Every write is a short
+`IMMEDIATE` transaction that changes state and appends its event row together,
+so a reader catching up on events (`id > last_seen`) never misses a change.
+peewee rows never leave this module and `query.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import peewee
+from peewee import (AutoField, BooleanField, CharField, FloatField, ForeignKeyField, IntegerField,
+                    Model, SqliteDatabase, TextField)
+
+from engine.errors import StateDirError
+from engine.home import Home
+
+SCHEMA_VERSION = 1
+PRAGMAS = {"journal_mode": "wal", "busy_timeout": 5000, "synchronous": "normal", "foreign_keys": 1}
+
+db = SqliteDatabase(None)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Meta(BaseModel):
+    key = CharField(primary_key=True)
+    value = TextField()
+
+
+class Run(BaseModel):
+    id = AutoField()
+    job = CharField(index=True)
+    state = CharField(index=True)
+    trigger = CharField()
+    params = TextField(default="{}")
+    """JSON object of the run parameters."""
+    snapshot = TextField()
+    """JSON of the job definition the run started with (see plan.py)."""
+    created_at = FloatField()
+    scheduled_for = FloatField(null=True)
+    started_at = FloatField(null=True)
+    ended_at = FloatField(null=True)
+    reason = TextField(null=True)
+    owner_pid = IntegerField(null=True)
+    """Engine process executing the run (with owner_started, safe against pid reuse)."""
+    owner_started = FloatField(null=True)
+
+
+class StepRun(BaseModel):
+    id = AutoField()
+    run = ForeignKeyField(Run, backref="step_runs", on_delete="CASCADE")
+    name = CharField()
+    position = IntegerField()
+    """Index in DAG order, for display."""
+    state = CharField()
+    waiting_for = TextField(null=True)
+    """Why a waiting step waits: "upstream", "a free slot", "pool warehouse", "retry 2/3 at 03:12:40"."""
+    attempts = IntegerField(default=0)
+    started_at = FloatField(null=True)
+    ended_at = FloatField(null=True)
+    reason = TextField(null=True)
+    detail = TextField(null=True)
+    has_output = BooleanField(default=False)
+    output_preview = TextField(null=True)
+
+    class Meta:
+        indexes = ((("run", "name"), True),)
+
+
+class Attempt(BaseModel):
+    id = AutoField()
+    step_run = ForeignKeyField(StepRun, backref="attempt_rows", on_delete="CASCADE")
+    run_id = IntegerField(index=True)
+    number = IntegerField()
+    state = CharField()
+    pid = IntegerField(null=True)
+    pid_started = FloatField(null=True)
+    """Process create time, so a reused pid is never mistaken for this attempt."""
+    started_at = FloatField()
+    ended_at = FloatField(null=True)
+    exit_code = IntegerField(null=True)
+    signal = IntegerField(null=True)
+    cpu_s = FloatField(null=True)
+    peak_rss_bytes = IntegerField(null=True)
+    log_path = TextField()
+    reason = TextField(null=True)
+    detail = TextField(null=True)
+
+
+class Event(BaseModel):
+    id = AutoField()
+    at = FloatField()
+    run_id = IntegerField(null=True, index=True)
+    step = CharField(null=True)
+    kind = CharField()
+    """run, step, attempt or command."""
+    state = CharField(null=True)
+    message = TextField(null=True)
+
+
+class Command(BaseModel):
+    id = AutoField()
+    created_at = FloatField()
+    kind = CharField()
+    """cancel, retry, trigger, pause, resume."""
+    run_id = IntegerField(null=True, index=True)
+    job = CharField(null=True)
+    step = CharField(null=True)
+    payload = TextField(default="{}")
+    state = CharField(default="pending", index=True)
+    """pending, done or failed."""
+    result = TextField(null=True)
+    acked_at = FloatField(null=True)
+
+
+MODELS = [Meta, Run, StepRun, Attempt, Event, Command]
+
+
+def _create_v1(database: SqliteDatabase) -> None:
+    database.create_tables(MODELS)
+
+
+# Migration N brings a database from schema N-1 to N; append, never edit.
+MIGRATIONS = {1: _create_v1}
+
+
+def open_database(home: Home) -> SqliteDatabase:
+    """Bind the models to the home's database, creating or migrating it."""
+    path = home.database
+    if not db.is_closed():
+        db.close()
+    db.init(str(path), pragmas=PRAGMAS, timeout=5, check_same_thread=False)
+    try:
+        db.connect(reuse_if_open=True)
+        migrate(db)
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
+        message = str(error)
+        if "readonly" in message or "unable to open" in message:
+            raise StateDirError(f"cannot write the database {path}: {message}; fix the permissions of "
+                                "the state directory or pass --home DIR to a writable place") from None
+        raise StateDirError(f"{path} is not a usable stepline database ({message}); move it aside "
+                            "and stepline will start a new one") from None
+    return db
+
+
+def schema_version(database: SqliteDatabase) -> int:
+    if not database.table_exists("meta"):
+        return 0
+    row = Meta.get_or_none(Meta.key == "schema_version")
+    return int(row.value) if row else 0
+
+
+def migrate(database: SqliteDatabase) -> None:
+    with database.atomic("IMMEDIATE"):
+        current = schema_version(database)
+        if current > SCHEMA_VERSION:
+            raise StateDirError(f"{database.database} has schema version {current}, newer than this "
+                                f"stepline understands ({SCHEMA_VERSION}); upgrade stepline")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](database)
+            Meta.replace(key="schema_version", value=str(version)).execute()
+
+
+def _event(kind: str, run_id: int | None, step: str | None, state: str | None,
+           message: str | None, at: float) -> dict[str, Any]:
+    return {"at": at, "run_id": run_id, "step": step, "kind": kind, "state": state, "message": message}
+
+
+# --- write helpers: each is one IMMEDIATE transaction -------------------------------------------------
+
+
+def create_run(job: str, trigger: str, params: dict[str, str], snapshot: str, steps: Iterable[str],
+               at: float, scheduled_for: float | None = None, state: str = "queued") -> tuple[int, dict[str, int]]:
+    """A new run with a pending step run per step; returns the run id and step run ids by name."""
+    with db.atomic("IMMEDIATE"):
+        run_id = Run.insert(job=job, state=state, trigger=trigger, params=json.dumps(params),
+                            snapshot=snapshot, created_at=at, scheduled_for=scheduled_for).execute()
+        rows = [{"run": run_id, "name": name, "position": i, "state": "pending"}
+                for i, name in enumerate(steps)]
+        for start in range(0, len(rows), 200):
+            StepRun.insert_many(rows[start:start + 200]).execute()
+        Event.insert(_event("run", run_id, None, state, f"{trigger} run of {job}", at)).execute()
+    ids = {r.name: r.id for r in StepRun.select(StepRun.id, StepRun.name).where(StepRun.run == run_id)}
+    return run_id, ids
+
+
+def set_run_state(run_id: int, state: str, at: float, reason: str | None = None,
+                  started: bool = False, ended: bool = False, owner: tuple[int, float] | None = None,
+                  clear_end: bool = False) -> None:
+    changes: dict[Any, Any] = {Run.state: state, Run.reason: reason}
+    if started:
+        changes[Run.started_at] = peewee.fn.COALESCE(Run.started_at, at)
+    if ended:
+        changes[Run.ended_at] = at
+    if clear_end:
+        changes[Run.ended_at] = None
+    if owner is not None:
+        changes[Run.owner_pid], changes[Run.owner_started] = owner
+    with db.atomic("IMMEDIATE"):
+        Run.update(changes).where(Run.id == run_id).execute()
+        Event.insert(_event("run", run_id, None, state, reason, at)).execute()
+
+
+def set_step_states(run_id: int, changes: list[tuple[int, str, str, dict[str, Any]]], at: float) -> None:
+    """Apply (step_run_id, step name, state, extra columns) changes and their events together."""
+    if not changes:
+        return
+    with db.atomic("IMMEDIATE"):
+        events = []
+        for step_run_id, name, state, extra in changes:
+            values: dict[str, Any] = {"state": state, **extra}
+            StepRun.update(values).where(StepRun.id == step_run_id).execute()
+            message = extra.get("reason") or extra.get("waiting_for")
+            events.append(_event("step", run_id, name, state, message, at))
+        Event.insert_many(events).execute()
+
+
+def start_attempt(run_id: int, step_run_id: int, step: str, number: int, pid: int | None,
+                  pid_started: float | None, log_path: str, at: float) -> int:
+    """Record a started attempt and its step as running; returns the attempt id."""
+    with db.atomic("IMMEDIATE"):
+        attempt_id = Attempt.insert(step_run=step_run_id, run_id=run_id, number=number, state="running",
+                                    pid=pid, pid_started=pid_started, started_at=at,
+                                    log_path=log_path).execute()
+        StepRun.update(state="running", waiting_for=None, attempts=number, started_at=at, ended_at=None,
+                       reason=None, detail=None).where(StepRun.id == step_run_id).execute()
+        Event.insert(_event("step", run_id, step, "running", f"attempt {number}", at)).execute()
+    return attempt_id
+
+
+def finish_attempt(run_id: int, attempt_id: int, attempt_state: str, outcome: dict[str, Any],
+                   step_changes: list[tuple[int, str, str, dict[str, Any]]], at: float) -> None:
+    """End an attempt and apply the step state changes it causes, in one transaction."""
+    with db.atomic("IMMEDIATE"):
+        Attempt.update(state=attempt_state, ended_at=at, **outcome).where(Attempt.id == attempt_id).execute()
+        events = []
+        for step_run_id, name, state, extra in step_changes:
+            StepRun.update({"state": state, **extra}).where(StepRun.id == step_run_id).execute()
+            events.append(_event("step", run_id, name, state, extra.get("reason") or extra.get("waiting_for"), at))
+        if events:
+            Event.insert_many(events).execute()
+
+
+def add_command(kind: str, at: float | None = None, run_id: int | None = None, job: str | None = None,
+                step: str | None = None, payload: dict[str, Any] | None = None) -> int:
+    at = time.time() if at is None else at
+    with db.atomic("IMMEDIATE"):
+        command_id = Command.insert(created_at=at, kind=kind, run_id=run_id, job=job, step=step,
+                                    payload=json.dumps(payload or {})).execute()
+        Event.insert(_event("command", run_id, step, "pending", f"{kind} requested", at)).execute()
+    return command_id
+
+
+def pending_commands(run_ids: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    query = Command.select().where(Command.state == "pending")
+    if run_ids is not None:
+        query = query.where(Command.run_id.in_(list(run_ids)))
+    if kinds is not None:
+        query = query.where(Command.kind.in_(list(kinds)))
+    return [{"id": c.id, "kind": c.kind, "run_id": c.run_id, "job": c.job, "step": c.step,
+             "payload": json.loads(c.payload or "{}")} for c in query.order_by(Command.id).limit(100)]
+
+
+def ack_command(command_id: int, ok: bool, result: str, at: float | None = None) -> None:
+    at = time.time() if at is None else at
+    with db.atomic("IMMEDIATE"):
+        Command.update(state="done" if ok else "failed", result=result, acked_at=at).where(
+            Command.id == command_id).execute()
+        Event.insert(_event("command", None, None, "done" if ok else "failed", result, at)).execute()
+
+
+def process_identity() -> tuple[int, float]:
+    """(pid, create time) of this process, as stored in Run.owner_*."""
+    import psutil
+    return os.getpid(), psutil.Process().create_time()

@@ -1,0 +1,322 @@
+"""The preloaded worker: imports one job file once, then forks a process per attempt.
+
+The executor starts one worker per job file (`python -m engine.worker FD FILE`)
+and talks to it over a SOCK_SEQPACKET socket: JSON messages, with the attempt's
+log pipe passed as a file descriptor. Forking a process that has already paid
+the interpreter start-up and the job module's imports makes a Python attempt
+cost about a fork. Shell attempts fork too and exec bash, so every attempt is a
+child of this process and its exit status comes with CPU time and peak RSS
+(wait4). The worker is single-threaded, which keeps fork safe.
+
+If the engine goes away (the socket closes) the worker terminates every attempt
+it started, so no step outlives its supervisor unseen.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+MAX_MESSAGE = 1 << 20
+MAX_ENV_INPUT = 128 * 1024
+PREVIEW_CHARS = 300
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def preview(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception as error:  # a user's __repr__ may raise
+        text = f"<{type(value).__name__}: repr failed: {error}>"
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(path + ".tmp", path)
+
+
+def load_input(path: str, step: str) -> Any:
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def as_env_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def find_step(module: Any, job_name: str, step_name: str) -> Any:
+    from engine.definition import JobDef
+
+    for value in vars(module).values():
+        if isinstance(value, JobDef) and value.name == job_name:
+            try:
+                return value.step(step_name)
+            except KeyError:
+                break
+    raise LookupError(f"step '{step_name}' of job '{job_name}' is no longer defined in {module.__file__}; "
+                      "restore it in the job file, or start a new run of the job")
+
+
+class StepFailed(Exception):
+    """Raised in an attempt process to fail it with a chosen reason."""
+
+    def __init__(self, summary: str, detail: str = "") -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.detail = detail
+
+
+def run_python_attempt(module: Any, request: dict[str, Any]) -> int:
+    """Body of a forked Python attempt; returns the exit code."""
+    from engine.context import StepContext
+
+    result_path = request["result_path"]
+    try:
+        step_def = find_step(module, request["job"], request["step"])
+        kwargs: dict[str, Any] = {}
+        for name in step_def.parameters:
+            if name in request["inputs"]:
+                kwargs[name] = load_input(request["inputs"][name], name)
+            elif name == "params":
+                kwargs[name] = dict(request["params"])
+            elif name == "context":
+                kwargs[name] = StepContext(**request["context"])
+        value = step_def.func(**kwargs)
+    except LookupError as error:
+        return fail(result_path, str(error), "")
+    except SystemExit as error:
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        if code == 0:
+            value = None
+        else:
+            traceback.print_exc()
+            return fail(result_path, f"SystemExit: {error.code}", traceback.format_exc(), code)
+    except BaseException as error:
+        detail = user_traceback(error)
+        sys.stderr.write(detail)
+        message = str(error).splitlines()[0] if str(error) else ""
+        return fail(result_path, f"{type(error).__name__}: {message}".rstrip(": "), detail)
+    try:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        summary = (f"output of step '{request['step']}' cannot be persisted: {type(error).__name__}: {error}; "
+                   "return plain data (str, numbers, lists, dicts, dataclasses) or write a file and return its path")
+        sys.stderr.write(summary + "\n")
+        return fail(result_path, summary, traceback.format_exc())
+    output_path = request["output_path"]
+    with open(output_path + ".tmp", "wb") as handle:
+        handle.write(data)
+    os.replace(output_path + ".tmp", output_path)
+    write_json(result_path, {"ok": True, "preview": preview(value), "has_output": value is not None})
+    return 0
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback from the step function down, without stepline's own frame on top."""
+    tb = error.__traceback__
+    if tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def fail(result_path: str, summary: str, detail: str, code: int = 1) -> int:
+    write_json(result_path, {"ok": False, "summary": summary, "detail": detail})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code or 1
+
+
+def shell_environment(request: dict[str, Any]) -> dict[str, str]:
+    """Environment of a shell attempt: upstream outputs and params as STEPLINE_* variables."""
+    env = dict(request["env"])
+    for name, path in request["inputs"].items():
+        text = as_env_text(load_input(path, name))
+        if len(text) > MAX_ENV_INPUT:
+            raise StepFailed(f"output of step '{name}' is {len(text)} characters, too large for the environment "
+                             f"variable STEPLINE_IN_{env_key(name)}; have '{name}' return a file path instead")
+        env[f"STEPLINE_IN_{env_key(name)}"] = text
+    return env
+
+
+def env_key(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).upper()
+
+
+def child_main(module: Any, request: dict[str, Any], log_fd: int, sock: socket.socket) -> None:
+    """Runs in the forked attempt process; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        sock.close()
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
+            signal.signal(number, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        os.close(devnull)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        if request["kind"] == "shell":
+            try:
+                env = shell_environment(request)
+            except StepFailed as error:
+                os.write(2, (error.summary + "\n").encode())
+                code = fail(request["result_path"], error.summary, "")
+                os._exit(code)
+            os.execve("/bin/bash", ["bash", "-c", request["command"]], env)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.stdin = open(os.devnull)
+        # Line buffering: the log shows each line as it is printed, and a killed step loses nothing it printed.
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        code = run_python_attempt(module, request)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def serve(sock: socket.socket, job_file: str) -> None:
+    from engine.loader import import_job_file
+    from pathlib import Path
+
+    try:
+        module = import_job_file(Path(job_file))
+    except BaseException as error:
+        detail = traceback.format_exc()
+        summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"
+        send(sock, {"op": "broken", "summary": summary, "detail": detail})
+        return
+    send(sock, {"op": "ready", "pid": os.getpid()})
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: dict[int, int] = {}  # pid -> attempt id
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            attempt_id = children.pop(pid, None)
+            if attempt_id is None:
+                continue
+            exit_code = os.waitstatus_to_exitcode(status)
+            send(sock, {"op": "exited", "id": attempt_id, "pid": pid,
+                        "exit_code": exit_code if exit_code >= 0 else None,
+                        "signal": -exit_code if exit_code < 0 else None,
+                        "cpu_s": usage.ru_utime + usage.ru_stime,
+                        "peak_rss_bytes": usage.ru_maxrss * 1024})
+
+    while True:
+        try:
+            readable, _, _ = select.select([sock, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+            reap()
+        if sock in readable:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
+            except ConnectionResetError:
+                data, fds = b"", []
+            if not data:
+                abandon(children)
+                return
+            request = json.loads(data)
+            if request["op"] == "start":
+                log_fd = fds[0]
+                pid = os.fork()
+                if pid == 0:
+                    child_main(module, request, log_fd, sock)
+                os.close(log_fd)
+                children[pid] = request["id"]
+                send(sock, {"op": "started", "id": request["id"], "pid": pid})
+            elif request["op"] == "stop":
+                abandon(children)
+                return
+            reap()
+
+
+def abandon(children: dict[int, int]) -> None:
+    """The engine is gone: terminate every attempt's process group, then kill what is left."""
+    import time
+
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + 5
+    while children and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            children.pop(pid, None)
+        else:
+            time.sleep(0.05)
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def main() -> None:
+    fd, job_file = int(sys.argv[1]), sys.argv[2]
+    sock = socket.socket(fileno=fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which decides
+    try:
+        serve(sock, job_file)
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()
