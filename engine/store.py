@@ -124,7 +124,29 @@ class Command(BaseModel):
     acked_at = FloatField(null=True)
 
 
-MODELS = [Meta, Run, StepRun, Attempt, Event, Command]
+class EngineState(BaseModel):
+    """One row per home: which engine process runs it and when it last proved alive."""
+    id = IntegerField(primary_key=True, default=1)
+    pid = IntegerField(null=True)
+    pid_started = FloatField(null=True)
+    mode = CharField(null=True)
+    """"daemon" or "embedded" (stepline up)."""
+    started_at = FloatField(null=True)
+    heartbeat_at = FloatField(null=True)
+    stopped_at = FloatField(null=True)
+
+
+class Schedule(BaseModel):
+    """stepline's own record of a job's schedule; APScheduler keeps nothing durable."""
+    job = CharField(primary_key=True)
+    paused = BooleanField(default=False)
+    last_fire_at = FloatField(null=True)
+    """Scheduled time of the last fire the engine acted on (for catch-up after downtime)."""
+    next_fire_at = FloatField(null=True)
+    updated_at = FloatField(null=True)
+
+
+MODELS = [Meta, Run, StepRun, Attempt, Event, Command, EngineState, Schedule]
 
 
 def _create_v1(database: SqliteDatabase) -> None:
