@@ -15,7 +15,12 @@ from peewee import fn
 from engine.errors import UnknownRunError
 from engine.plan import JobPlan
 from engine.states import FailureReason
-from engine.store import Attempt, Command, Event, Run, StepRun
+from engine.store import Attempt, Command, EngineState, Event, JobInfo, LoadProblem, Run, Schedule, StepRun
+
+HEARTBEAT_S = 1.0
+"""How often a running engine writes its heartbeat."""
+STALE_AFTER_S = 5.0
+"""A heartbeat older than this means the engine is not responding."""
 
 
 def utc(at: float | None) -> datetime | None:
@@ -232,3 +237,60 @@ def run_owner(run_id: int) -> tuple[int | None, float | None]:
     if row is None:
         raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
     return row.owner_pid, row.owner_started
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    name: str
+    file: str
+    description: str
+    schedule: str | None
+    every: str | None
+    timezone: str | None
+    plan: JobPlan
+    paused: bool
+    next_fire_at: datetime | None
+    last_fire_at: datetime | None
+
+
+def jobs() -> list[JobSummary]:
+    """The job catalogue the engine last published, by name."""
+    schedules = {s.job: s for s in Schedule.select()}
+    result = []
+    for row in JobInfo.select().order_by(JobInfo.name):
+        schedule = schedules.get(row.name)
+        result.append(JobSummary(
+            name=row.name, file=row.file, description=row.description, schedule=row.schedule, every=row.every,
+            timezone=row.timezone, plan=JobPlan.from_json(row.plan), paused=bool(schedule and schedule.paused),
+            next_fire_at=utc(schedule.next_fire_at) if schedule else None,
+            last_fire_at=utc(schedule.last_fire_at) if schedule else None))
+    return result
+
+
+def load_problems() -> list[tuple[str, int, str]]:
+    """(file, line, message) of every problem found when the engine last loaded the job files."""
+    return [(p.file, p.line, p.message) for p in LoadProblem.select().order_by(LoadProblem.id).limit(500)]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    state: str
+    """"running", "stopped", "not responding" or "never started"."""
+    pid: int | None = None
+    mode: str | None = None
+    """"daemon" or "embedded"."""
+    heartbeat_at: datetime | None = None
+    started_at: datetime | None = None
+
+
+def engine_status(now: float) -> EngineStatus:
+    """Whether an engine runs this home, from its heartbeat (no process lookups)."""
+    row = EngineState.get_or_none(EngineState.id == 1)
+    if row is None or row.started_at is None:
+        return EngineStatus("never started")
+    base = dict(pid=row.pid, mode=row.mode, heartbeat_at=utc(row.heartbeat_at), started_at=utc(row.started_at))
+    if row.stopped_at is not None:
+        return EngineStatus("stopped", **base)
+    if row.heartbeat_at is None or now - row.heartbeat_at > STALE_AFTER_S:
+        return EngineStatus("not responding", **base)
+    return EngineStatus("running", **base)

@@ -146,7 +146,29 @@ class Schedule(BaseModel):
     updated_at = FloatField(null=True)
 
 
-MODELS = [Meta, Run, StepRun, Attempt, Event, Command, EngineState, Schedule]
+class JobInfo(BaseModel):
+    """The job catalogue as the engine last loaded it, so readers never import job files."""
+    name = CharField(primary_key=True)
+    file = TextField()
+    line = IntegerField()
+    description = TextField(default="")
+    schedule = CharField(null=True)
+    every = CharField(null=True)
+    timezone = CharField(null=True)
+    plan = TextField()
+    """JSON of the job's plan (steps in DAG order with their upstream steps)."""
+    updated_at = FloatField()
+
+
+class LoadProblem(BaseModel):
+    """A problem the engine found loading job files (file:line and what to do)."""
+    id = AutoField()
+    file = TextField()
+    line = IntegerField()
+    message = TextField()
+
+
+MODELS = [Meta, Run, StepRun, Attempt, Event, Command, EngineState, Schedule, JobInfo, LoadProblem]
 
 
 def _create_v1(database: SqliteDatabase) -> None:
@@ -300,6 +322,35 @@ def ack_command(command_id: int, ok: bool, result: str, at: float | None = None)
         Command.update(state="done" if ok else "failed", result=result, acked_at=at).where(
             Command.id == command_id).execute()
         Event.insert(_event("command", None, None, "done" if ok else "failed", result, at)).execute()
+
+
+def publish_catalog(plans: list[tuple[Any, str]], problems: list[tuple[str, int, str]], at: float) -> None:
+    """Replace the job catalogue: (JobPlan, description) pairs and (file, line, message) problems."""
+    with db.atomic("IMMEDIATE"):
+        JobInfo.delete().execute()
+        LoadProblem.delete().execute()
+        for plan, description in plans:
+            JobInfo.insert(name=plan.job, file=plan.file, line=min((s.line for s in plan.steps), default=0),
+                           description=description, schedule=plan.schedule, every=plan.every,
+                           timezone=plan.timezone, plan=plan.to_json(), updated_at=at).execute()
+        for file, line, message in problems:
+            LoadProblem.insert(file=file, line=line, message=message).execute()
+        Event.insert(_event("catalog", None, None, None, f"{len(plans)} jobs, {len(problems)} problems", at)).execute()
+
+
+def heartbeat(pid: int, pid_started: float, mode: str, at: float, starting: bool = False) -> None:
+    values: dict[str, Any] = {"pid": pid, "pid_started": pid_started, "mode": mode, "heartbeat_at": at,
+                              "stopped_at": None}
+    if starting:
+        values["started_at"] = at
+    with db.atomic("IMMEDIATE"):
+        EngineState.insert(id=1, **values).on_conflict("REPLACE" if starting else "IGNORE").execute()
+        EngineState.update(values).where(EngineState.id == 1).execute()
+
+
+def engine_stopped(pid: int, at: float) -> None:
+    with db.atomic("IMMEDIATE"):
+        EngineState.update(stopped_at=at).where((EngineState.id == 1) & (EngineState.pid == pid)).execute()
 
 
 def process_identity() -> tuple[int, float]:
