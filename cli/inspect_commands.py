@@ -1,0 +1,257 @@
+"""Commands that look: check, jobs, runs, show, logs."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import click
+
+from cli import render
+from cli.main import Settings, group
+from engine import query
+from engine.errors import NotApplicableError, UnknownStepError, UsageError
+from engine.loader import LoadResult, load_jobs
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def load_or_report(settings: Settings) -> LoadResult:
+    return load_jobs(settings.jobs_dir)
+
+
+@group.command(epilog="Example: stepline check --jobs sample_jobs")
+@pass_settings
+def check(settings: Settings) -> None:
+    """Load and validate every job file; exit 1 listing every problem."""
+    result = load_or_report(settings)
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    count = len(result.jobs)
+    files = len(result.files)
+    if result.problems:
+        click.echo(f"{len(result.problems)} problem{'s' if len(result.problems) != 1 else ''} in "
+                   f"{settings.jobs_dir}; {count} job{'s' if count != 1 else ''} OK", err=True)
+        raise SystemExit(1)
+    click.echo(f"{count} job{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''}: OK")
+
+
+@group.command(epilog="Example: stepline jobs --json | jq '.jobs[].name'")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_settings
+def jobs(settings: Settings, as_json: bool) -> None:
+    """Jobs with their steps, schedule, next fire time and last run."""
+    from engine import timing
+
+    result = load_or_report(settings)
+    settings.open_home()
+    last = query.last_run_by_job()
+    paused = {j.name: j.paused for j in query.jobs()}
+    now = datetime.now(timezone.utc)
+    entries = []
+    for name, job_def in sorted(result.jobs.items()):
+        next_fire = timing.next_fire(job_def.schedule, job_def.every, job_def.timezone, now)
+        zone = timing.parse_zone(job_def.timezone)
+        last_run = last.get(name)
+        entries.append({
+            "name": name, "file": render_path(job_def.file), "steps": list(job_def.step_names),
+            "schedule": job_def.schedule or (f"every {job_def.every}" if job_def.every else None),
+            "timezone": job_def.timezone, "paused": paused.get(name, False),
+            "next_fire": next_fire.astimezone(zone) if next_fire and not paused.get(name) else None,
+            "last_run": {"id": last_run.id, "state": last_run.state, "ended_at": last_run.ended_at}
+            if last_run else None,
+        })
+    problems = [{"file": p.file, "line": p.line, "message": p.message} for p in result.problems]
+    if as_json:
+        render.print_json({"jobs": entries, "problems": problems})
+        return
+    color = render.use_color()
+    if not entries:
+        click.echo(f"no jobs in {settings.jobs_dir}; write one (see docs/jobs.md) or pass --jobs DIR")
+    else:
+        rows, states = [], []
+        for entry in entries:
+            fire = entry["next_fire"]
+            when = "paused" if entry["paused"] else (
+                f"{fire.strftime('%Y-%m-%d %H:%M %Z')} ({render.relative(fire, now)})" if fire else "-")
+            last_run = entry["last_run"]
+            rows.append([entry["name"], str(len(entry["steps"])), entry["schedule"] or "-", when,
+                         f"{last_run['id']} {last_run['state']}" if last_run else "-"])
+            states.append(last_run["state"] if last_run else None)
+        click.echo(render.table(["job", "steps", "schedule", "next fire", "last run"], rows, states, 4, color))
+    for problem in result.problems:
+        click.echo(render.paint(str(problem), "failed", render.use_color(click.get_text_stream("stderr"))),
+                   err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in job files; `stepline check` lists them", err=True)
+
+
+def render_path(path: str) -> str:
+    from engine.loader import display_path
+    return display_path(path)
+
+
+@group.command(epilog="Example: stepline runs --job nightly_sales --status failed --limit 5")
+@click.option("--job", help="Only runs of this job.")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+              help="Only runs in this state.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000), help="At most N runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_settings
+def runs(settings: Settings, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Run history, newest first."""
+    settings.open_home()
+    found = query.list_runs(job=job, state=status, limit=limit)
+    if as_json:
+        render.print_json({"runs": found})
+        return
+    if not found:
+        click.echo("no runs yet; start one with `stepline run JOB`" if not (job or status)
+                   else "no runs match")
+        return
+    now = datetime.now(timezone.utc)
+    rows = [[str(r.id), r.job, r.state, r.trigger, render.local_time(r.started_at or r.created_at),
+             render.duration(r.duration_s(now)), r.reason or ""] for r in found]
+    click.echo(render.table(["run", "job", "state", "trigger", "started", "duration", "reason"], rows,
+                            [r.state for r in found], 2, render.use_color()))
+
+
+@group.command(epilog="Example: stepline show 12 --json")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_settings
+def show(settings: Settings, run_id: int, as_json: bool) -> None:
+    """A run's steps: state, attempts, durations, exit codes, reasons and small outputs."""
+    settings.open_home()
+    run = query.get_run(run_id)
+    attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
+    if as_json:
+        render.print_json({"run": run.run, "steps": [
+            {**render.to_jsonable(s), "attempts": attempts[s.name]} for s in run.steps]})
+        return
+    click.echo(format_run(run, attempts, render.use_color()))
+
+
+def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]], color: bool) -> str:
+    now = datetime.now(timezone.utc)
+    summary = run.run
+    lines = [f"run {summary.id}  {summary.job}  " + render.paint(summary.state, summary.state, color)
+             + f"  ({summary.trigger})"]
+    when = f"started {render.local_time(summary.started_at)}" if summary.started_at else \
+        f"queued {render.local_time(summary.created_at)}"
+    if summary.ended_at:
+        when += f", ended {render.local_time(summary.ended_at, with_date=False)}"
+    lines.append(f"{when}, took {render.duration(summary.duration_s(now))}")
+    if summary.scheduled_for:
+        lines.append(f"scheduled for {render.local_time(summary.scheduled_for)}")
+    if summary.params:
+        lines.append("params: " + " ".join(f"{k}={v}" for k, v in summary.params.items()))
+    if summary.reason:
+        lines.append(f"reason: {summary.reason}")
+    lines.append("")
+    rows, states = [], []
+    for step in run.steps:
+        last = attempts[step.name][-1] if attempts[step.name] else None
+        exit_text = "-"
+        if last is not None:
+            exit_text = (f"signal {last.signal}" if last.signal else
+                         str(last.exit_code) if last.exit_code is not None else "-")
+        note = step.reason.summary if step.reason else (
+            f"waiting for {step.waiting_for}" if step.state == "waiting" and step.waiting_for else
+            f"→ {step.output_preview}" if step.output_preview else "")
+        rows.append([f"{render.GLYPHS.get(step.state, ' ')} {step.name}", step.state, str(step.attempts),
+                     render.duration(step.duration_s(now)), exit_text,
+                     render.duration(last.cpu_s) if last and last.cpu_s is not None else "-",
+                     render.bytes_size(last.peak_rss_bytes) if last else "-", note])
+        states.append(step.state)
+    lines.append(render.table(["step", "state", "tries", "duration", "exit", "cpu", "peak mem", "reason / output"],
+                              rows, states, 1, color))
+    for step in run.steps:
+        if step.state == "failed" and step.reason and step.reason.detail:
+            lines += ["", render.paint(f"── {step.name}: {step.reason.summary}", "failed", color)]
+            lines += ["   " + line for line in step.reason.detail.rstrip().splitlines()[-30:]]
+    if summary.state == "failed":
+        failed = [s.name for s in run.steps if s.state == "failed"]
+        lines += ["", f"next: stepline logs {summary.id} {failed[0] if failed else ''}".rstrip()
+                  + f"   ·   stepline retry {summary.id}"]
+    return "\n".join(lines)
+
+
+@group.command(epilog="""
+\b
+Examples:
+  stepline logs 12              every step's latest attempt, in DAG order
+  stepline logs 12 load         the latest attempt of step load
+  stepline logs 12 load --attempt 1
+  stepline logs 12 --follow     follow the run's logs until it ends
+""")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.argument("step", required=False)
+@click.option("--attempt", type=int, help="Attempt number (default: the latest).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the step (or run) ends.")
+@pass_settings
+def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None, follow: bool) -> None:
+    """Step logs of a run, each line with its UTC timestamp."""
+    settings.open_home()
+    run = query.get_run(run_id)
+    names = [s.name for s in run.steps]
+    if step is not None and step not in names:
+        import difflib
+        close = difflib.get_close_matches(step, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UnknownStepError(f"run {run_id} has no step '{step}'{hint}; its steps are: {', '.join(names)}")
+    if attempt is not None and step is None:
+        raise UsageError("--attempt needs a STEP: stepline logs RUN STEP --attempt N")
+    chosen = [step] if step else names
+    offsets: dict[tuple[str, int], int] = {}
+    multiple = len(chosen) > 1
+    while True:
+        for name in chosen:
+            found = query.attempts(run_id, name)
+            if attempt is not None:
+                picked = [a for a in found if a.number == attempt]
+                if not picked:
+                    raise NotApplicableError(f"step '{name}' of run {run_id} has {len(found)} attempt(s); "
+                                             f"there is no attempt {attempt}")
+                found = picked
+            elif found and not follow:
+                found = found[-1:]
+            for item in found:
+                _print_new_lines(item, name, offsets, prefix=f"{name} | " if multiple and follow else "",
+                                 header=None if follow or not multiple else f"== {name} (attempt {item.number}) ==")
+        if not follow:
+            return
+        current = query.run_summary(run_id)
+        if step is None and current.state in ("succeeded", "failed", "cancelled"):
+            _drain(run_id, chosen, offsets, multiple)
+            return
+        if step is not None:
+            state = query.get_run(run_id).step(step).state
+            if state in ("succeeded", "failed", "cancelled", "upstream_failed", "skipped") and \
+                    current.state in ("succeeded", "failed", "cancelled"):
+                _drain(run_id, chosen, offsets, multiple)
+                return
+        time.sleep(0.2)
+
+
+def _drain(run_id: int, names: list[str], offsets: dict[tuple[str, int], int], multiple: bool) -> None:
+    for name in names:
+        for item in query.attempts(run_id, name):
+            _print_new_lines(item, name, offsets, prefix=f"{name} | " if multiple else "", header=None)
+
+
+def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str, int], int], prefix: str,
+                     header: str | None) -> None:
+    from engine.logread import read_from
+
+    key = (name, item.number)
+    offset = offsets.get(key, 0)
+    if header is not None and key not in offsets:
+        click.echo(header)
+    while True:
+        lines, new_offset = read_from(item.log_path, offset)
+        for line in lines:
+            click.echo(prefix + line)
+        if new_offset == offset:
+            break
+        offset = new_offset
+    offsets[key] = offset

@@ -1,0 +1,98 @@
+"""The `stepline` group: global options, error handling, and the commands it gathers.
+
+SteplineError becomes one line on stderr (exit 1; usage errors exit 2). Anything
+else is a bug: its traceback goes to the home's engine.log and one line says where.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from engine.errors import SteplineError, UsageError
+from engine.home import Home, prepare_home, resolve_home
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@dataclass
+class Settings:
+    home_path: str | None
+    jobs_path: str | None
+
+    @property
+    def jobs_dir(self) -> Path:
+        return Path(self.jobs_path or os.environ.get("STEPLINE_JOBS") or "jobs").expanduser().absolute()
+
+    def open_home(self) -> Home:
+        """The home, created on first use, with its database open and migrated."""
+        from engine import store
+
+        home = prepare_home(self.home_path)
+        store.open_database(home)
+        return home
+
+
+class SteplineGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UsageError as error:
+            click.echo(f"stepline: {error}", err=True)
+            sys.exit(2)
+        except SteplineError as error:
+            click.echo(f"stepline: {error}", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as error:  # a bug: keep the traceback, show one line
+            where = _log_bug(ctx)
+            click.echo(f"stepline: internal error: {type(error).__name__}: {error} (traceback in {where}; "
+                       "please report it)", err=True)
+            sys.exit(70)
+
+
+def _log_bug(ctx: click.Context) -> str:
+    settings = ctx.find_object(Settings)
+    try:
+        path = resolve_home(settings.home_path if settings else None) / "engine.log"
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc())
+        return str(path)
+    except OSError:
+        import tempfile
+        fd, name = tempfile.mkstemp(prefix="stepline-error-", suffix=".log")
+        os.write(fd, traceback.format_exc().encode())
+        os.close(fd)
+        return name
+
+
+@click.group(cls=SteplineGroup, context_settings=CONTEXT_SETTINGS, epilog="""
+\b
+Examples:
+  stepline check                      validate every job file
+  stepline run nightly_sales -p day=2026-11-27
+  stepline runs --status failed       what failed lately
+  stepline show 12                    steps, attempts and reasons of run 12
+  stepline logs 12 load --follow      follow a step's log
+  stepline retry 12                   re-run the failed steps of run 12
+""")
+@click.option("--home", "home_path", metavar="DIR", envvar="STEPLINE_HOME",
+              help="State directory (database, logs, outputs). Env STEPLINE_HOME; default ./.stepline")
+@click.option("--jobs", "jobs_path", metavar="DIR", envvar="STEPLINE_JOBS",
+              help="Folder of job files. Env STEPLINE_JOBS; default ./jobs")
+@click.version_option(package_name="stepline", prog_name="stepline")
+@click.pass_context
+def group(ctx: click.Context, home_path: str | None, jobs_path: str | None) -> None:
+    """stepline: run jobs of steps on a schedule, see where and why they failed, retry from the keyboard."""
+    ctx.obj = Settings(home_path, jobs_path)
+
+
+def main() -> None:
+    from cli import inspect_commands, run_commands, service_commands  # noqa: F401  (registers commands)
+
+    group(prog_name="stepline")

@@ -1,0 +1,129 @@
+"""Human output for the command line: durations, times, aligned tables, colour, JSON.
+
+Colour only on a terminal and never when NO_COLOR is set; JSON output turns the
+engine's plain dataclasses into documents scripts can rely on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import click
+
+STATE_COLORS = {
+    "succeeded": "green", "failed": "red", "upstream_failed": "red", "running": "cyan", "waiting": "yellow",
+    "queued": "yellow", "pending": "bright_black", "cancelled": "magenta", "skipped": "bright_black",
+}
+GLYPHS = {
+    "succeeded": "✓", "failed": "✗", "upstream_failed": "⊘", "running": "●", "waiting": "◷", "queued": "◷",
+    "pending": "–", "cancelled": "⊘", "skipped": "–",
+}
+
+
+def use_color(stream: TextIO | None = None) -> bool:
+    if "NO_COLOR" in os.environ:
+        return False
+    stream = stream or sys.stdout
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def paint(text: str, state: str | None, color: bool) -> str:
+    if not color or state not in STATE_COLORS:
+        return text
+    return click.style(text, fg=STATE_COLORS[state], bold=state in ("failed",))
+
+
+def duration(seconds: float | None) -> str:
+    """As people read them: 850ms, 12.3s, 4m05s, 2h03m, 3d04h."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def local_time(at: datetime | None, with_date: bool = True) -> str:
+    if at is None:
+        return "-"
+    local = at.astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def relative(at: datetime | None, now: datetime) -> str:
+    """"in 4m", "3h ago"."""
+    if at is None:
+        return "-"
+    delta = (at - now).total_seconds()
+    text = duration(abs(delta)).replace("ms", "ms")
+    if abs(delta) < 1:
+        return "now"
+    return f"in {_coarse(abs(delta))}" if delta > 0 else f"{_coarse(abs(delta))} ago"
+
+
+def _coarse(seconds: float) -> str:
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+
+
+def bytes_size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}GB"
+
+
+def table(headers: list[str], rows: list[list[str]], states: list[str | None] | None = None,
+          state_column: int | None = None, color: bool = False) -> str:
+    """Left-aligned columns; the state column painted when `color`."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    for index, row in enumerate(rows):
+        cells = []
+        for i, cell in enumerate(row):
+            text = cell.ljust(widths[i]) if i < len(row) - 1 else cell
+            if color and state_column == i and states is not None:
+                text = paint(text, states[index], color)
+            cells.append(text)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def print_json(document: Any) -> None:
+    click.echo(json.dumps(to_jsonable(document), indent=2, ensure_ascii=False))

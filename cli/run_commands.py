@@ -1,0 +1,204 @@
+"""Commands that act: run, retry, cancel."""
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime, timezone
+
+import click
+
+from cli import render
+from cli.inspect_commands import format_run, pass_settings
+from cli.main import Settings, group
+from engine import query, store
+from engine.errors import NotApplicableError, UnknownJobError, UsageError
+from engine.home import Home
+from engine.loader import load_jobs
+from engine.runner import Change, Engine
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-p {pair!r}: write parameters as key=value, e.g. -p day=2026-11-27")
+        params[key.strip()] = value
+    return params
+
+
+class Printer:
+    """Prints the engine's state changes as they happen, one aligned line each."""
+
+    def __init__(self, color: bool, quiet: bool = False) -> None:
+        self.color = color
+        self.quiet = quiet
+        self.started: dict[tuple[int, str], float] = {}
+        self.width = 12
+
+    def __call__(self, change: Change) -> None:
+        if self.quiet:
+            return
+        clock = time.strftime("%H:%M:%S", time.localtime(change.at))
+        if change.state == "queued" or (change.state == "waiting" and change.message == "upstream"):
+            return  # every step waits for its upstream at first: saying so for each one is noise
+        if change.step is None:
+            text = f"run {change.run_id} {change.state}" + (f": {change.message}" if change.message else "")
+            click.echo(f"{clock}  " + render.paint(text, change.state, self.color))
+            return
+        key = (change.run_id, change.step)
+        note = change.message or ""
+        if change.state == "running":
+            self.started[key] = change.at
+        elif change.state in ("succeeded", "failed", "cancelled") and key in self.started:
+            took = render.duration(change.at - self.started[key])
+            note = f"{took}" + (f"  {note}" if note else "")
+        elif change.state == "waiting" and note:
+            note = f"waiting for {note}" if not note.startswith("retry") else note
+        glyph = render.GLYPHS.get(change.state, " ")
+        state = render.paint(f"{change.state:<15}", change.state, self.color)
+        click.echo(f"{clock}  {glyph} {change.step:<{self.width}} {state} {note}".rstrip())
+
+
+def install_interrupt() -> dict[str, int]:
+    """Ctrl-C, SIGTERM and SIGHUP ask the engine to cancel; a second Ctrl-C quits at once."""
+    caught = {"count": 0}
+
+    def handler(number: int, frame: object) -> None:
+        caught["count"] += 1
+        if caught["count"] > 1:
+            raise KeyboardInterrupt
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, handler)
+    return caught
+
+
+def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
+    cancelled = False
+    while run_id in engine.active_run_ids:
+        engine.step()
+        if caught["count"] and not cancelled:
+            cancelled = True
+            click.echo("interrupted: cancelling the run (its steps are stopped); press Ctrl-C again to quit now",
+                       err=True)
+            engine.cancel(run_id, "interrupted from the terminal")
+
+
+def finish(home: Home, run_id: int, as_json: bool) -> None:
+    run = query.get_run(run_id)
+    if as_json:
+        render.print_json({"run": run.run, "steps": run.steps})
+    else:
+        click.echo("")
+        attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
+        click.echo(format_run(run, attempts, render.use_color()))
+    raise SystemExit(0 if run.state == "succeeded" else 1)
+
+
+@group.command(epilog="""
+\b
+Examples:
+  stepline run etl_orders
+  stepline run etl_orders -p day=2026-11-27 -p region=eu
+  stepline run etl_orders --parallel 4 --json
+""")
+@click.argument("job_name", metavar="JOB")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Run parameter (repeatable).")
+@click.option("--parallel", type=click.IntRange(1, 512), help="Steps running at once (default: CPU count).")
+@click.option("--json", "as_json", is_flag=True, help="No streaming; print the finished run as JSON.")
+@pass_settings
+def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: int | None, as_json: bool) -> None:
+    """Run JOB now and stream its step states; exit 0 if the run succeeded, 1 if not."""
+    parsed = parse_params(params)
+    result = load_jobs(settings.jobs_dir)
+    if job_name not in result.jobs:
+        broken = [p for p in result.problems if f"'{job_name}'" in p.message]
+        if broken:
+            raise UnknownJobError(f"job '{job_name}' cannot run: {broken[0]}")
+        import difflib
+        close = difflib.get_close_matches(job_name, list(result.jobs), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}{hint}; `stepline jobs` lists them")
+    home = settings.open_home()
+    engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
+    caught = install_interrupt()
+    try:
+        run_id = engine.submit(result.jobs[job_name], parsed)
+        drive(engine, run_id, caught)
+    finally:
+        engine.close()
+    finish(home, run_id, as_json)
+
+
+@group.command(epilog="""
+\b
+Examples:
+  stepline retry 12             re-run every failed step of run 12 (and what waits on them)
+  stepline retry 12 load        re-run step load of run 12 and the steps after it
+""")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.argument("step", required=False)
+@click.option("--parallel", type=click.IntRange(1, 512), help="Steps running at once (default: CPU count).")
+@click.option("--json", "as_json", is_flag=True, help="No streaming; print the finished run as JSON.")
+@pass_settings
+def retry(settings: Settings, run_id: int, step: str | None, parallel: int | None, as_json: bool) -> None:
+    """Re-run the failed steps of RUN as new attempts in the same run, reusing the outputs of steps that succeeded."""
+    home = settings.open_home()
+    _close_if_abandoned(run_id)
+    engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
+    caught = install_interrupt()
+    try:
+        again = engine.retry(run_id, step)
+        if not as_json:
+            click.echo(f"retrying {', '.join(again)} in run {run_id}")
+        drive(engine, run_id, caught)
+    finally:
+        engine.close()
+    finish(home, run_id, as_json)
+
+
+def _close_if_abandoned(run_id: int) -> None:
+    """A run still marked running whose engine is gone is closed first, so it can be retried."""
+    from engine.recovery import close_abandoned_run, is_alive
+
+    summary = query.run_summary(run_id)
+    if summary.state in ("running", "queued"):
+        pid, started = query.run_owner(run_id)
+        if not is_alive(pid, started):
+            close_abandoned_run(run_id)
+
+
+@group.command(epilog="Example: stepline cancel 12")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run has ended.")
+@pass_settings
+def cancel(settings: Settings, run_id: int, wait: bool) -> None:
+    """Cancel a running run: its step processes are stopped and its steps say why."""
+    from engine.recovery import close_abandoned_run, is_alive
+
+    settings.open_home()
+    summary = query.run_summary(run_id)
+    if summary.state not in ("running", "queued"):
+        raise NotApplicableError(f"run {run_id} already {summary.state}; nothing to cancel")
+    pid, started = query.run_owner(run_id)
+    if not is_alive(pid, started):
+        close_abandoned_run(run_id, "cancelled by user (its engine had stopped)", cancelled=True)
+        click.echo(f"run {run_id} cancelled (the engine that ran it had stopped; leftover step processes ended)")
+        return
+    store.add_command("cancel", run_id=run_id, payload={"reason": "cancelled by user"})
+    click.echo(f"cancel requested for run {run_id} (engine pid {pid})")
+    if not wait:
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = query.run_summary(run_id)
+        if current.state not in ("running", "queued"):
+            click.echo(f"run {run_id} {current.state}" + (f": {current.reason}" if current.reason else ""))
+            return
+        if not is_alive(pid, started):
+            close_abandoned_run(run_id, "cancelled by user (its engine stopped)", cancelled=True)
+            click.echo(f"run {run_id} cancelled (its engine stopped meanwhile)")
+            return
+        time.sleep(0.1)
+    raise NotApplicableError(f"run {run_id} did not end within 60s of the cancel request; engine pid {pid} "
+                             "may be stuck: check `stepline show` and its engine.log")

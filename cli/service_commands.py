@@ -1,0 +1,103 @@
+"""Commands that keep running: up (engine + console), daemon (engine only), tui (console only)."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from cli.inspect_commands import pass_settings
+from cli.main import Settings, group
+from engine.home import Home
+
+
+def setup_logging(home: Home, to_stderr: bool) -> None:
+    logger = logging.getLogger("stepline")
+    logger.setLevel(logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [logging.FileHandler(home.engine_log, encoding="utf-8")]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+grace_option = click.option("--grace", "grace_s", type=float, default=10.0, show_default=True, metavar="SECONDS",
+                            help="On stop, how long running steps may finish before they are cancelled.")
+parallel_option = click.option("--parallel", type=click.IntRange(1, 512),
+                               help="Steps running at once (default: CPU count).")
+
+
+@group.command(epilog="""
+\b
+Example:
+  stepline --jobs sample_jobs up
+Keys are listed on the help screen (?). Closing the SSH link (SIGHUP) stops the
+engine like `q` does: running steps get --grace seconds, then are cancelled.
+Run `stepline daemon` instead when runs must outlive the terminal.
+""")
+@grace_option
+@parallel_option
+@pass_settings
+def up(settings: Settings, grace_s: float, parallel: int | None) -> None:
+    """Engine and console in one process: the usual way to start stepline."""
+    from engine.service import EngineService
+    from tui.app import SteplineApp
+
+    home = settings.open_home()
+    setup_logging(home, to_stderr=False)
+    service = EngineService(home, settings.jobs_dir, mode="embedded", parallel=parallel, stop_grace_s=grace_s)
+    service.start()
+    app = SteplineApp(home, mode="embedded")
+
+    def hang_up(number: int, frame: object) -> None:
+        # The terminal is gone: leave the console and stop the engine as `q` would.
+        app.call_later(app.exit)
+
+    signal.signal(signal.SIGHUP, hang_up)
+    try:
+        app.run()
+    finally:
+        service.stop(grace_s)
+
+
+@group.command(epilog="""
+\b
+Example:
+  stepline --home /srv/stepline --jobs /srv/jobs daemon
+Then, from any terminal on this host (over SSH too):  stepline --home /srv/stepline tui
+""")
+@grace_option
+@parallel_option
+@pass_settings
+def daemon(settings: Settings, grace_s: float, parallel: int | None) -> None:
+    """Engine only, headless, until SIGTERM or SIGINT; logs to stderr and HOME/engine.log."""
+    from engine.service import EngineService
+
+    home = settings.open_home()
+    setup_logging(home, to_stderr=True)
+    service = EngineService(home, settings.jobs_dir, mode="daemon", parallel=parallel, stop_grace_s=grace_s)
+
+    def stop(number: int, frame: object) -> None:
+        logging.getLogger("stepline.engine").info("%s received: stopping", signal.Signals(number).name)
+        service.request_stop()
+
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, stop)
+    service.run()
+
+
+@group.command(epilog="Example (over SSH on the engine's host):  stepline --home /srv/stepline tui")
+@pass_settings
+def tui(settings: Settings) -> None:
+    """The console, attached to the home of a running daemon."""
+    from engine import store
+    from engine.home import prepare_home
+    from tui.app import SteplineApp
+
+    home = prepare_home(settings.home_path, create=False)
+    store.open_database(home)
+    SteplineApp(home, mode="attached").run()

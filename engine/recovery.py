@@ -1,0 +1,82 @@
+"""Runs left behind by an engine that is gone: tell live owners from dead ones, and close the books.
+
+An engine that dies (kill -9, reboot) leaves runs and attempts marked running.
+Processes are identified by pid plus create time, so a reused pid is never taken
+for the original. Surviving step processes of a dead engine are terminated (not
+adopted): their output pipe died with the engine, so their logs could not be
+completed anyway, and a clean retry is the honest outcome.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psutil
+
+from engine import store
+from engine.executor import kill_tree
+from engine.states import AttemptState, RunState, StepState
+
+ENGINE_GONE = "engine stopped while running"
+
+
+def is_alive(pid: int | None, started: float | None) -> bool:
+    """True when process `pid` exists and is the one that started at `started`."""
+    if pid is None:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if started is not None and abs(process.create_time() - started) > 0.01:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool = False,
+                        clock: Callable[[], float] = time.time, kill_grace_s: float = 2.0) -> list[str]:
+    """End a run whose engine is gone: kill leftover step processes, end attempts and steps, derive the run.
+
+    Running attempts fail with `reason` (or are cancelled when `cancelled`); steps that never started are
+    cancelled. Returns the names of the steps whose attempts were cut short.
+    """
+    running = list(store.Attempt.select(store.Attempt, store.StepRun.name)
+                   .join(store.StepRun).where((store.Attempt.run_id == run_id) & (store.Attempt.state == "running")))
+    for attempt in running:
+        if is_alive(attempt.pid, attempt.pid_started):
+            kill_tree(attempt.pid, kill_grace_s)
+    now = clock()
+    cut_short = []
+    step_state = StepState.CANCELLED if cancelled else StepState.FAILED
+    with store.db.atomic("IMMEDIATE"):
+        for attempt in running:
+            store.Attempt.update(state=AttemptState.CANCELLED if cancelled else AttemptState.FAILED, ended_at=now,
+                                 reason=reason).where(store.Attempt.id == attempt.id).execute()
+        steps = list(store.StepRun.select().where(store.StepRun.run == run_id))
+        events = []
+        for step_run in steps:
+            state = StepState(step_run.state)
+            if state.is_terminal:
+                continue
+            new_state = step_state if state == StepState.RUNNING else StepState.CANCELLED
+            if state == StepState.RUNNING:
+                cut_short.append(step_run.name)
+            store.StepRun.update(state=new_state, reason=reason, waiting_for=None, ended_at=now).where(
+                store.StepRun.id == step_run.id).execute()
+            step_run.state = new_state
+            events.append({"at": now, "run_id": run_id, "step": step_run.name, "kind": "step",
+                           "state": new_state.value, "message": reason})
+        final = {StepState(s.state) for s in steps}
+        if cancelled:
+            run_state = RunState.CANCELLED
+        elif final & {StepState.FAILED, StepState.UPSTREAM_FAILED}:
+            run_state = RunState.FAILED
+        elif StepState.CANCELLED in final:
+            run_state = RunState.CANCELLED
+        else:
+            run_state = RunState.SUCCEEDED
+        store.Run.update(state=run_state, reason=reason, ended_at=now).where(store.Run.id == run_id).execute()
+        events.append({"at": now, "run_id": run_id, "step": None, "kind": "run", "state": run_state.value,
+                       "message": reason})
+        store.Event.insert_many(events).execute()
+    return cut_short
