@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import click
 
-from cli import render
+from cli import remote, render
 from cli.inspect_commands import format_run, pass_settings
 from cli.main import Settings, group
 from engine import query, store
@@ -106,9 +106,15 @@ Examples:
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Run parameter (repeatable).")
 @click.option("--parallel", type=click.IntRange(1, 512), help="Steps running at once (default: CPU count).")
 @click.option("--json", "as_json", is_flag=True, help="No streaming; print the finished run as JSON.")
+@click.option("--wait", is_flag=True, help="When a daemon runs the home: follow the run to its end and exit 0/1.")
 @pass_settings
-def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: int | None, as_json: bool) -> None:
-    """Run JOB now and stream its step states; exit 0 if the run succeeded, 1 if not."""
+def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: int | None, as_json: bool,
+        wait: bool) -> None:
+    """Run JOB now and stream its step states; exit 0 if the run succeeded, 1 if not.
+
+    When an engine (`stepline daemon` or `stepline up`) runs the home, the run is handed to it; add --wait
+    to follow it to the end.
+    """
     parsed = parse_params(params)
     result = load_jobs(settings.jobs_dir)
     if job_name not in result.jobs:
@@ -120,6 +126,16 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}{hint}; `stepline jobs` lists them")
     home = settings.open_home()
+    pid = remote.engine_holder(home)
+    if pid is not None:
+        since = query.last_event_id()
+        answer = remote.send("trigger", pid, job=job_name, payload={"params": parsed})
+        assert answer.run_id is not None
+        if not wait:
+            remote.handed_off("started", answer.run_id, pid)
+            return
+        remote.follow(answer.run_id, Printer(render.use_color(), quiet=as_json), since)
+        finish(home, answer.run_id, as_json)
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
     caught = install_interrupt()
     try:
@@ -140,10 +156,21 @@ Examples:
 @click.argument("step", required=False)
 @click.option("--parallel", type=click.IntRange(1, 512), help="Steps running at once (default: CPU count).")
 @click.option("--json", "as_json", is_flag=True, help="No streaming; print the finished run as JSON.")
+@click.option("--wait", is_flag=True, help="When a daemon runs the home: follow the run to its end and exit 0/1.")
 @pass_settings
-def retry(settings: Settings, run_id: int, step: str | None, parallel: int | None, as_json: bool) -> None:
+def retry(settings: Settings, run_id: int, step: str | None, parallel: int | None, as_json: bool,
+          wait: bool) -> None:
     """Re-run the failed steps of RUN as new attempts in the same run, reusing the outputs of steps that succeeded."""
     home = settings.open_home()
+    pid = remote.engine_holder(home)
+    if pid is not None:
+        since = query.last_event_id()
+        answer = remote.send("retry", pid, run_id=run_id, step=step)
+        if not wait:
+            remote.handed_off(answer.result or "retry started", run_id, pid)
+            return
+        remote.follow(run_id, Printer(render.use_color(), quiet=as_json), since)
+        finish(home, run_id, as_json)
     _close_if_abandoned(run_id)
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
     caught = install_interrupt()
@@ -202,3 +229,35 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
         time.sleep(0.1)
     raise NotApplicableError(f"run {run_id} did not end within 60s of the cancel request; engine pid {pid} "
                              "may be stuck: check `stepline show` and its engine.log")
+
+
+def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
+    from engine.service import set_paused
+
+    result = load_jobs(settings.jobs_dir)
+    if job_name not in result.jobs:
+        raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}; `stepline jobs` lists them")
+    home = settings.open_home()
+    pid = remote.engine_holder(home)
+    if pid is not None:
+        answer = remote.send("pause" if pause else "resume", pid, job=job_name)
+        click.echo(answer.result or "")
+        return
+    set_paused(job_name, pause, time.time())
+    click.echo(f"{job_name} {'paused' if pause else 'resumed'} (takes effect when an engine runs)")
+
+
+@group.command(epilog="Example: stepline pause nightly_sales")
+@click.argument("job_name", metavar="JOB")
+@pass_settings
+def pause(settings: Settings, job_name: str) -> None:
+    """Pause JOB's schedule (kept across restarts); manual runs still work."""
+    _pause_or_resume(settings, job_name, True)
+
+
+@group.command(epilog="Example: stepline resume nightly_sales")
+@click.argument("job_name", metavar="JOB")
+@pass_settings
+def resume(settings: Settings, job_name: str) -> None:
+    """Resume JOB's schedule."""
+    _pause_or_resume(settings, job_name, False)

@@ -63,6 +63,8 @@ class ActiveRun:
     ready: list[str] = field(default_factory=list)
     scheduled_for: float | None = None
     cancelling: str | None = None
+    slot_waiting: set[str] = field(default_factory=set)
+    """Ready steps whose waiting_for already says they wait for a free slot."""
 
 
 @dataclass(slots=True)
@@ -100,29 +102,54 @@ class Engine:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self._next_command_poll = 0.0
+        self._queued: list[tuple[ActiveRun, int]] = []
         self.owner = store.process_identity()
 
     # --- public API -----------------------------------------------------------------------------------
 
     @property
     def active_run_ids(self) -> list[int]:
-        return list(self._runs)
+        """Runs this engine has started or queued and not yet ended."""
+        return list(self._runs) + [r.id for r, _ in self._queued]
 
     def submit(self, job_def: JobDef, params: dict[str, str] | None = None, trigger: str = "manual",
                scheduled_for: float | None = None) -> int:
-        """Create a run of `job_def` and start it; returns the run id."""
+        """Create a run of `job_def` and start it now; returns the run id."""
+        run = self._create_run(job_def, params, trigger, scheduled_for)
+        self._activate(run, set(run.states))
+        return run.id
+
+    def enqueue(self, job_def: JobDef, params: dict[str, str] | None = None, trigger: str = "manual",
+                scheduled_for: float | None = None, max_active_runs: int = 1) -> int:
+        """Create a queued run that starts once fewer than `max_active_runs` runs of its job are active."""
+        run = self._create_run(job_def, params, trigger, scheduled_for)
+        self._queued.append((run, max_active_runs))
+        return run.id
+
+    def active_runs_of(self, job: str) -> int:
+        """Runs of `job` running or queued in this engine."""
+        return (sum(1 for r in self._runs.values() if r.plan.job == job)
+                + sum(1 for r, _ in self._queued if r.plan.job == job))
+
+    def _create_run(self, job_def: JobDef, params: dict[str, str] | None, trigger: str,
+                    scheduled_for: float | None) -> ActiveRun:
         plan = plan_job(job_def)
         merged = {**plan.params, **(params or {})}
         now = self._clock()
         run_id, step_ids = store.create_run(plan.job, trigger, merged, plan.to_json(),
                                             [s.name for s in plan.steps], now, scheduled_for)
         self._announce(Change(run_id, None, RunState.QUEUED, f"{trigger} run of {plan.job}", now))
-        run = ActiveRun(id=run_id, plan=plan, params=merged, step_ids=step_ids,
-                        states={s.name: StepState.PENDING for s in plan.steps},
-                        attempts={s.name: 0 for s in plan.steps}, budget_base={s.name: 0 for s in plan.steps},
-                        scheduled_for=scheduled_for)
-        self._activate(run, set(run.states))
-        return run_id
+        return ActiveRun(id=run_id, plan=plan, params=merged, step_ids=step_ids,
+                         states={s.name: StepState.PENDING for s in plan.steps},
+                         attempts={s.name: 0 for s in plan.steps}, budget_base={s.name: 0 for s in plan.steps},
+                         scheduled_for=scheduled_for)
+
+    def _start_queued(self) -> None:
+        for entry in list(self._queued):
+            run, max_active = entry
+            if sum(1 for r in self._runs.values() if r.plan.job == run.plan.job) < max_active:
+                self._queued.remove(entry)
+                self._activate(run, set(run.states))
 
     def retry(self, run_id: int, step: str | None = None) -> list[str]:
         """Re-run the failed steps of a finished run (or `step` and what waits on it) in the same run.
@@ -132,7 +159,7 @@ class Engine:
         row = store.Run.get_or_none(store.Run.id == run_id)
         if row is None:
             raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
-        if run_id in self._runs or not RunState(row.state).is_terminal:
+        if run_id in self.active_run_ids or not RunState(row.state).is_terminal:
             raise NotApplicableError(f"run {run_id} is still {row.state}; wait for it to end or cancel it "
                                      f"(`stepline cancel {run_id}`) before retrying")
         plan = JobPlan.from_json(row.snapshot)
@@ -170,6 +197,11 @@ class Engine:
         return again
 
     def cancel(self, run_id: int, reason: str = "cancelled by user") -> None:
+        for entry in self._queued:
+            if entry[0].id == run_id:
+                self._queued.remove(entry)
+                self._runs[run_id] = entry[0]  # a queued run ends here, through the usual path
+                break
         run = self._runs.get(run_id)
         if run is None:
             raise NotApplicableError(f"run {run_id} is not running in this engine")
@@ -195,13 +227,15 @@ class Engine:
     def run_until_done(self, run_ids: list[int] | None = None, consume_commands: bool = True) -> None:
         """Drive the engine until the given runs (default: all active runs) have ended."""
         def pending() -> bool:
-            return any(r in self._runs for r in run_ids) if run_ids is not None else bool(self._runs)
+            active = set(self.active_run_ids)
+            return any(r in active for r in run_ids) if run_ids is not None else bool(active)
 
         while pending():
             self.step(consume_commands=consume_commands)
 
     def step(self, timeout_s: float = 0.5, consume_commands: bool = True) -> None:
-        """Handle what is due: start ready steps, process executor events and timers."""
+        """Handle what is due: start queued runs and ready steps, process executor events and timers."""
+        self._start_queued()
         self._fill_slots()
         now = self._clock()
         wait = timeout_s
@@ -259,13 +293,16 @@ class Engine:
                 name = run.ready.pop(0)
                 if run.states[name] not in (StepState.PENDING, StepState.WAITING):
                     continue
+                run.slot_waiting.discard(name)
                 self._start_attempt(run, name)
                 running += 1
             if run.ready:
                 now = self._clock()
                 changes = []
                 for name in run.ready:
-                    if run.states[name] != StepState.WAITING:
+                    # A step released by its upstream or a retry timer is already waiting, for that reason.
+                    if name not in run.slot_waiting:
+                        run.slot_waiting.add(name)
                         run.states[name] = StepState.WAITING
                         changes.append((run.step_ids[name], name, StepState.WAITING.value,
                                         {"waiting_for": f"a free slot (--parallel {self.parallel})"}))

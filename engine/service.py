@@ -53,6 +53,20 @@ class EngineLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    def holder(self) -> int | None:
+        """The pid of the engine holding this home, or None when no engine runs it."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -190,11 +204,12 @@ class EngineService:
             kind = command["kind"]
             if kind == "cancel" and not self._owns_or_orphan(command["run_id"]):
                 continue  # another live engine (a `stepline run`) executes it and will take this command
+            run_id = command["run_id"]
             try:
-                ok, result = True, self._execute(command)
+                ok, (result, run_id) = True, self._execute(command)
             except SteplineError as error:
                 ok, result = False, str(error)
-            store.ack_command(command["id"], ok, result, self.clock())
+            store.ack_command(command["id"], ok, result, self.clock(), run_id=run_id)
 
     def _owns_or_orphan(self, run_id: int | None) -> bool:
         assert self.engine is not None
@@ -206,7 +221,8 @@ class EngineService:
             return True
         return not is_alive(pid, started)
 
-    def _execute(self, command: dict) -> str:
+    def _execute(self, command: dict) -> tuple[str, int | None]:
+        """Carry out one command; returns its result line and the run it concerns."""
         from engine.errors import NotApplicableError, UnknownJobError
 
         assert self.engine is not None
@@ -217,7 +233,7 @@ class EngineService:
                 raise UnknownJobError(f"no job '{job}' is loaded; `stepline check` shows problems in job files")
             new_id = self.engine.submit(job_def, command["payload"].get("params") or {},
                                         trigger=command["payload"].get("trigger", "manual"))
-            return f"run {new_id} of {job} started"
+            return f"run {new_id} of {job} started", new_id
         if kind == "retry":
             summary = query.run_summary(run_id)
             if summary.state in ("running", "queued") and run_id not in self.engine.active_run_ids:
@@ -225,22 +241,22 @@ class EngineService:
                 if not is_alive(pid, started):
                     close_abandoned_run(run_id, clock=self.clock)
             again = self.engine.retry(run_id, command["step"])
-            return f"retrying {', '.join(again)} in run {run_id}"
+            return f"retrying {', '.join(again)} in run {run_id}", run_id
         if kind == "cancel":
             if run_id in self.engine.active_run_ids:
                 self.engine.cancel(run_id, command["payload"].get("reason") or "cancelled by user")
-                return f"run {run_id} cancelling"
+                return f"run {run_id} cancelling", run_id
             summary = query.run_summary(run_id)
             if summary.state not in ("running", "queued"):
                 raise NotApplicableError(f"run {run_id} already {summary.state}; nothing to cancel")
             close_abandoned_run(run_id, "cancelled by user (its engine had stopped)", cancelled=True,
                                 clock=self.clock)
-            return f"run {run_id} cancelled"
+            return f"run {run_id} cancelled", run_id
         if kind in ("pause", "resume"):
             if job not in self.jobs.jobs:
                 raise UnknownJobError(f"no job '{job}' is loaded")
             set_paused(job, kind == "pause", self.clock())
-            return f"{job} {'paused' if kind == 'pause' else 'resumed'}"
+            return f"{job} {'paused' if kind == 'pause' else 'resumed'}", None
         raise NotApplicableError(f"unknown command '{kind}'")
 
 

@@ -7,6 +7,7 @@ peewee rows never leave this module and `query.py`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -214,11 +215,42 @@ def migrate(database: SqliteDatabase) -> None:
         for version in range(current + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[version](database)
             Meta.replace(key="schema_version", value=str(version)).execute()
+        # SQLite opens a file it may not write read-only without a word; find out now, not at the first run.
+        Meta.update(value=Meta.value).where(Meta.key == "schema_version").execute()
 
 
 def _event(kind: str, run_id: int | None, step: str | None, state: str | None,
            message: str | None, at: float) -> dict[str, Any]:
     return {"at": at, "run_id": run_id, "step": step, "kind": kind, "state": state, "message": message}
+
+
+# The per-attempt helpers run several times per step; building their statements with peewee's query
+# builder cost about as much as the SQLite work itself (bench/: ~0.5 ms per transaction), so they
+# execute cached, parameterised SQL for the same statements instead.
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(model: type[BaseModel], names: tuple[str, ...]) -> tuple[str, tuple[peewee.Field, ...]]:
+    fields = tuple(model._meta.fields[name] for name in names)
+    sets = ", ".join(f'"{f.column_name}" = ?' for f in fields)
+    return f'UPDATE "{model._meta.table_name}" SET {sets} WHERE "id" = ?', fields
+
+
+def _update_by_id(model: type[BaseModel], row_id: int, values: dict[str, Any]) -> None:
+    sql, fields = _update_sql(model, tuple(values))
+    db.execute_sql(sql, [f.db_value(v) for f, v in zip(fields, values.values())] + [row_id])
+
+
+_EVENT_COLUMNS = ("at", "run_id", "step", "kind", "state", "message")
+_INSERT_EVENT = (f'INSERT INTO "event" ({", ".join(chr(34) + c + chr(34) for c in _EVENT_COLUMNS)}) '
+                 f'VALUES ({", ".join("?" for _ in _EVENT_COLUMNS)})')
+_INSERT_ATTEMPT = ('INSERT INTO "attempt" ("step_run_id", "run_id", "number", "state", "pid", "pid_started", '
+                   '"started_at", "log_path") VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+
+
+def _insert_events(events: list[dict[str, Any]]) -> None:
+    for event in events:
+        db.execute_sql(_INSERT_EVENT, [event[c] for c in _EVENT_COLUMNS])
 
 
 # --- write helpers: each is one IMMEDIATE transaction -------------------------------------------------
@@ -264,22 +296,22 @@ def set_step_states(run_id: int, changes: list[tuple[int, str, str, dict[str, An
         events = []
         for step_run_id, name, state, extra in changes:
             values: dict[str, Any] = {"state": state, **extra}
-            StepRun.update(values).where(StepRun.id == step_run_id).execute()
+            _update_by_id(StepRun, step_run_id, values)
             message = extra.get("reason") or extra.get("waiting_for")
             events.append(_event("step", run_id, name, state, message, at))
-        Event.insert_many(events).execute()
+        _insert_events(events)
 
 
 def start_attempt(run_id: int, step_run_id: int, step: str, number: int, pid: int | None,
                   pid_started: float | None, log_path: str, at: float) -> int:
     """Record a started attempt and its step as running; returns the attempt id."""
     with db.atomic("IMMEDIATE"):
-        attempt_id = Attempt.insert(step_run=step_run_id, run_id=run_id, number=number, state="running",
-                                    pid=pid, pid_started=pid_started, started_at=at,
-                                    log_path=log_path).execute()
-        StepRun.update(state="running", waiting_for=None, attempts=number, started_at=at, ended_at=None,
-                       reason=None, detail=None).where(StepRun.id == step_run_id).execute()
-        Event.insert(_event("step", run_id, step, "running", f"attempt {number}", at)).execute()
+        cursor = db.execute_sql(_INSERT_ATTEMPT, [step_run_id, run_id, number, "running", pid, pid_started, at,
+                                                  log_path])
+        attempt_id = cursor.lastrowid
+        _update_by_id(StepRun, step_run_id, {"state": "running", "waiting_for": None, "attempts": number,
+                                             "started_at": at, "ended_at": None, "reason": None, "detail": None})
+        _insert_events([_event("step", run_id, step, "running", f"attempt {number}", at)])
     return attempt_id
 
 
@@ -287,13 +319,12 @@ def finish_attempt(run_id: int, attempt_id: int, attempt_state: str, outcome: di
                    step_changes: list[tuple[int, str, str, dict[str, Any]]], at: float) -> None:
     """End an attempt and apply the step state changes it causes, in one transaction."""
     with db.atomic("IMMEDIATE"):
-        Attempt.update(state=attempt_state, ended_at=at, **outcome).where(Attempt.id == attempt_id).execute()
+        _update_by_id(Attempt, attempt_id, {"state": attempt_state, "ended_at": at, **outcome})
         events = []
         for step_run_id, name, state, extra in step_changes:
-            StepRun.update({"state": state, **extra}).where(StepRun.id == step_run_id).execute()
+            _update_by_id(StepRun, step_run_id, {"state": state, **extra})
             events.append(_event("step", run_id, name, state, extra.get("reason") or extra.get("waiting_for"), at))
-        if events:
-            Event.insert_many(events).execute()
+        _insert_events(events)
 
 
 def add_command(kind: str, at: float | None = None, run_id: int | None = None, job: str | None = None,
@@ -316,12 +347,16 @@ def pending_commands(run_ids: Iterable[int] | None = None, kinds: Iterable[str] 
              "payload": json.loads(c.payload or "{}")} for c in query.order_by(Command.id).limit(100)]
 
 
-def ack_command(command_id: int, ok: bool, result: str, at: float | None = None) -> None:
+def ack_command(command_id: int, ok: bool, result: str, at: float | None = None,
+                run_id: int | None = None) -> None:
+    """Answer a command; `run_id` names the run it created or acted on, for the writer to follow."""
     at = time.time() if at is None else at
+    values: dict[Any, Any] = {Command.state: "done" if ok else "failed", Command.result: result, Command.acked_at: at}
+    if run_id is not None:
+        values[Command.run_id] = run_id
     with db.atomic("IMMEDIATE"):
-        Command.update(state="done" if ok else "failed", result=result, acked_at=at).where(
-            Command.id == command_id).execute()
-        Event.insert(_event("command", None, None, "done" if ok else "failed", result, at)).execute()
+        Command.update(values).where(Command.id == command_id).execute()
+        Event.insert(_event("command", run_id, None, "done" if ok else "failed", result, at)).execute()
 
 
 def publish_catalog(plans: list[tuple[Any, str]], problems: list[tuple[str, int, str]], at: float) -> None:

@@ -1,0 +1,58 @@
+"""Talking to a running engine through the commands table: send, wait for the answer, follow a run."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from engine import query, store
+from engine.errors import NotApplicableError, SteplineError
+from engine.home import Home
+from engine.runner import Change
+
+ACK_TIMEOUT_S = 15.0
+
+
+def engine_holder(home: Home) -> int | None:
+    """The pid of the engine (daemon or `stepline up`) running this home, if any."""
+    from engine.service import EngineLock
+
+    return EngineLock(home).holder()
+
+
+def send(kind: str, pid: int, **fields: Any) -> query.CommandView:
+    """Write a command and wait for the engine's answer; a refusal becomes a SteplineError."""
+    command_id = store.add_command(kind, **fields)
+    deadline = time.monotonic() + ACK_TIMEOUT_S
+    while time.monotonic() < deadline:
+        answer = query.command(command_id)
+        if answer.state != "pending":
+            if answer.state == "failed":
+                raise NotApplicableError(answer.result or f"the engine refused the {kind} command")
+            return answer
+        time.sleep(0.05)
+    raise SteplineError(f"the engine (pid {pid}) did not answer the {kind} command within {ACK_TIMEOUT_S:.0f}s; "
+                        "check HOME/engine.log, or stop it and run again")
+
+
+def follow(run_id: int, printer: Any, since_event: int) -> str:
+    """Print the run's state changes from the event log until it ends; returns its final state."""
+    last = since_event
+    while True:
+        for event in query.events_since(last, run_id=run_id):
+            last = event.id
+            if event.kind in ("run", "step") and event.state:
+                printer(Change(run_id, event.step, event.state, event.message, event.at.timestamp()))
+        state = query.run_summary(run_id).state
+        if state in ("succeeded", "failed", "cancelled"):
+            for event in query.events_since(last, run_id=run_id):
+                if event.kind in ("run", "step") and event.state:
+                    printer(Change(run_id, event.step, event.state, event.message, event.at.timestamp()))
+            return state
+        time.sleep(0.1)
+
+
+def handed_off(what: str, run_id: int, pid: int) -> None:
+    click.echo(f"{what} by the engine (pid {pid}) as run {run_id}; follow it with "
+               f"`stepline logs {run_id} --follow` or `stepline show {run_id}`")
