@@ -151,10 +151,12 @@ class Engine:
                 self._queued.remove(entry)
                 self._activate(run, set(run.states))
 
-    def retry(self, run_id: int, step: str | None = None) -> list[str]:
+    def retry(self, run_id: int, step: str | None = None, new_budget: bool = True) -> list[str]:
         """Re-run the failed steps of a finished run (or `step` and what waits on it) in the same run.
 
         Steps that succeeded keep their persisted outputs; returns the step names that will run again.
+        A manual retry gives each step a `new_budget` of automatic retries; recovery after a crash
+        continues the old one.
         """
         row = store.Run.get_or_none(store.Run.id == run_id)
         if row is None:
@@ -184,7 +186,7 @@ class Engine:
         run = ActiveRun(id=run_id, plan=plan, params=json.loads(row.params),
                         step_ids={n: r.id for n, r in rows.items()}, states=states,
                         attempts={n: r.attempts for n, r in rows.items()},
-                        budget_base={n: r.attempts for n, r in rows.items()},
+                        budget_base={n: r.attempts if new_budget else 0 for n, r in rows.items()},
                         scheduled_for=row.scheduled_for)
         now = self._clock()
         changes = []

@@ -183,12 +183,21 @@ class EngineService:
 
     def recover(self) -> None:
         """Close runs left running by an engine that is gone (pid + start time, safe against pid reuse)."""
+        assert self.engine is not None
         for summary in query.list_runs(state="running", limit=10_000) + query.list_runs(state="queued", limit=10_000):
             pid, started = query.run_owner(summary.id)
             if (pid, started) != self.identity and not is_alive(pid, started):
                 cut = close_abandoned_run(summary.id, clock=self.clock)
                 log.warning("run %s of %s was left running by a stopped engine; closed (steps cut short: %s)",
                             summary.id, summary.job, ", ".join(cut) or "none")
+                if cut and self._retries_left(summary.id, cut):
+                    again = self.engine.retry(summary.id, new_budget=False)
+                    log.info("run %s: retrying %s, as their retry policy allows", summary.id, ", ".join(again))
+
+    def _retries_left(self, run_id: int, steps: list[str]) -> bool:
+        """Whether any of `steps` has attempts left under its retries= policy."""
+        run = query.get_run(run_id)
+        return any(run.step(name).attempts <= run.plan.step(name).retries for name in steps)
 
     def reload_jobs(self) -> LoadResult:
         self.jobs = load_jobs(self.jobs_dir)

@@ -1,0 +1,193 @@
+"""The long-running engine: one per home, commands round-trip, graceful stop, recovery after kill -9."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from engine import query, store
+from engine.service import EngineLock, EngineLockedError, EngineService
+from tests.conftest import ROOT, wait_until
+
+
+def start_daemon(harness, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "STEPLINE_HOME": str(harness.home.root), "STEPLINE_JOBS": str(harness.jobs_dir),
+           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "cli", "daemon", *args], env=env, cwd=harness.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: query.engine_status(time.time()).state == "running" and
+               query.engine_status(time.time()).pid == process.pid or process.poll() is not None)
+    assert process.poll() is None, process.communicate()
+    return process
+
+
+@pytest.fixture
+def service(harness):
+    services = []
+
+    def start(**options):
+        svc = EngineService(harness.home, harness.jobs_dir, command_poll_s=0.05, **options)
+        svc.start()
+        services.append(svc)
+        return svc
+
+    yield start
+    for svc in services:
+        svc.stop(0)
+
+
+def answered(command_id: int) -> query.CommandView | None:
+    answer = query.command(command_id)
+    return answer if answer.state != "pending" else None
+
+
+def test_a_second_engine_on_the_same_home_exits_naming_the_holder(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    first = start_daemon(harness)
+    try:
+        second = harness.cli("daemon")
+        assert second.returncode == 1
+        assert f"another stepline engine (pid {first.pid}) already runs {harness.home.root}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+
+
+def test_a_stale_lock_file_from_a_dead_engine_is_taken_over(harness):
+    (harness.home.root / "engine.lock").write_text("999999")
+    lock = EngineLock(harness.home)
+    lock.acquire()
+    try:
+        assert lock.holder() is None or lock.holder() == os.getpid()
+        with pytest.raises(EngineLockedError, match=f"pid {os.getpid()}"):
+            EngineLock(harness.home).acquire()
+    finally:
+        lock.release()
+
+
+def test_commands_are_carried_out_and_acknowledged(harness, service):
+    harness.write_job("j.py", """
+        @step
+        def flaky(context):
+            if context.attempt == 1:
+                raise RuntimeError("first attempt fails")
+            return "ok"
+        j = job("j", [flaky], schedule="0 6 * * *")
+    """)
+    service()
+    trigger = store.add_command("trigger", job="j", payload={"params": {"day": "monday"}})
+    answer = wait_until(lambda: answered(trigger))
+    assert answer.state == "done" and answer.run_id is not None
+    run_id = answer.run_id
+    wait_until(lambda: query.run_summary(run_id).state == "failed")
+    assert query.run_summary(run_id).params == {"day": "monday"}
+
+    retry = store.add_command("retry", run_id=run_id)
+    assert wait_until(lambda: answered(retry)).result == f"retrying flaky in run {run_id}"
+    wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    assert query.get_run(run_id).step("flaky").attempts == 2
+
+    refused = store.add_command("retry", run_id=run_id)
+    answer = wait_until(lambda: answered(refused))
+    assert answer.state == "failed"
+    assert answer.result == f"run {run_id} has no failed, upstream_failed or cancelled steps to retry"
+
+    pause = store.add_command("pause", job="j")
+    assert wait_until(lambda: answered(pause)).result == "j paused"
+    assert [j.paused for j in query.jobs() if j.name == "j"] == [True]
+    unknown = store.add_command("trigger", job="nope")
+    assert wait_until(lambda: answered(unknown)).state == "failed"
+
+
+def test_cancel_command_stops_a_running_run(harness, service):
+    harness.write_job("j.py", """
+        a = shell("a", "sleep 60")
+        b = shell("b", "true", after=["a"])
+        j = job("j", [a, b])
+    """)
+    service(kill_grace_s=0.5)
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.get_run(run_id).step("a").state == "running")
+    store.add_command("cancel", run_id=run_id)
+    wait_until(lambda: query.run_summary(run_id).state == "cancelled")
+    run = query.get_run(run_id)
+    assert run.step("a").state == "cancelled" and run.step("a").reason.summary == "cancelled by user"
+    assert run.step("b").state == "cancelled"
+    pid = query.attempts(run_id, "a")[0].pid
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stopping_the_engine_kills_a_step_that_ignores_sigterm_after_the_grace_period(harness):
+    harness.write_job("j.py", """
+        a = shell("a", "trap '' TERM; echo started; while true; do sleep 0.1; done")
+        j = job("j", [a])
+    """)
+    daemon = start_daemon(harness, "--grace", "0.2")
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.get_run(run_id).step("a").state == "running")
+    pid = query.attempts(run_id, "a")[0].pid
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0
+    run = query.get_run(run_id)
+    assert run.state == "cancelled"
+    assert run.step("a").reason.summary == "engine stopping"
+    assert not psutil.pid_exists(pid)
+    assert query.engine_status(time.time()).state == "stopped"
+
+
+def test_after_kill_9_the_next_engine_closes_the_run_and_retries_as_policy_allows(harness):
+    harness.write_job("j.py", """
+        @step(retries=1)
+        def slow(context):
+            import os, time
+            print("attempt", context.attempt, "pid", os.getpid(), flush=True)
+            if context.attempt == 1:
+                time.sleep(120)
+            return context.attempt
+        j = job("j", [slow])
+    """)
+    daemon = start_daemon(harness)
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.get_run(run_id).step("slow").state == "running"
+               and query.attempts(run_id, "slow")[0].pid)
+    step_pid = query.attempts(run_id, "slow")[0].pid
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(timeout=10)
+    # The worker notices its engine is gone and ends the attempt's process group.
+    wait_until(lambda: not psutil.pid_exists(step_pid) or psutil.Process(step_pid).status() == "zombie")
+    assert query.run_summary(run_id).state == "running"  # what the dead engine left behind
+
+    second = start_daemon(harness)
+    try:
+        wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    attempts = query.attempts(run_id, "slow")
+    assert [a.state for a in attempts] == ["failed", "succeeded"]
+    assert attempts[0].reason.summary == "engine stopped while running"
+    assert "attempt 1" in open(attempts[0].log_path).read()
+
+
+def test_run_hands_the_run_to_a_running_daemon_and_wait_follows_it(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo hi"), shell("b", "exit 4", after=["a"])])\n')
+    daemon = start_daemon(harness)
+    try:
+        result = harness.cli("run", "j", "--wait")
+        assert result.returncode == 1, result.stderr
+        assert "b" in result.stdout and "exit code 4" in result.stdout
+        owner, _ = query.run_owner(query.list_runs(limit=1)[0].id)
+        assert owner == daemon.pid
+        quick = harness.cli("run", "j")
+        assert quick.returncode == 0 and "by the engine (pid" in quick.stdout
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
