@@ -1,15 +1,19 @@
 """Job and step definitions: what a job file declares, as plain frozen values.
 
 `step`, `shell` and `job` (re-exported by `engine/__init__.py`) build these.
-They check the arguments they are given one by one; whole-job rules (unknown
-dependencies, cycles, schedules) are checked by the loader, so one broken job
-never stops the rest of its file from loading.
+They check the arguments they are given one by one and keep what is wrong as
+`problems` on the value instead of raising, so one broken step or job never
+stops the rest of its file from loading; the loader reports those problems and
+checks the whole-job rules (unknown dependencies, cycles, schedules).
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +21,35 @@ from engine.errors import JobDefinitionError
 
 #: Parameter names of a Python step that are not dependencies.
 RESERVED_PARAMETERS = frozenset({"params", "context"})
+#: Keyword options of step() and shell().
+STEP_OPTIONS = ("retries", "retry_delay", "backoff", "jitter", "max_retry_delay", "timeout", "pool", "env",
+                "cwd", "after")
+
+
+@dataclass(slots=True)
+class _Loading:
+    path: str
+    """Real path of the job file being imported."""
+    jobs: list[JobDef] = field(default_factory=list)
+    """Every job() made while it imports, in order."""
+
+
+_loading: ContextVar[_Loading | None] = ContextVar("stepline_loading", default=None)
+
+
+@contextlib.contextmanager
+def collecting_jobs(path: str | os.PathLike[str]) -> Iterator[list[JobDef]]:
+    """Collect every job() made while importing the job file `path`, even ones not bound to a name.
+
+    While active, job() and shell() place themselves at the deepest line of that file in
+    the call stack, so a job made by a helper function is reported where the file calls it.
+    """
+    state = _Loading(os.path.realpath(path))
+    token = _loading.set(state)
+    try:
+        yield state.jobs
+    finally:
+        _loading.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +88,8 @@ class StepDef:
     """Job file that defines the step."""
     line: int = 0
     """Line of the definition in `file`."""
+    problems: tuple[str, ...] = ()
+    """Bad arguments, as messages without file:line; the loader reports them and rejects the job."""
 
     @property
     def kind(self) -> str:
@@ -83,6 +118,16 @@ class JobDef:
     """Job file that defines the job."""
     line: int = 0
     """Line of the job() call in `file`."""
+    problems: tuple[str, ...] = ()
+    """Bad arguments of job(), as messages without file:line; the loader reports them."""
+    misfire: str = "once"
+    """Fires missed while the engine was down or late: "skip", "once" (one catch-up run) or "all"."""
+    misfire_grace_s: float = 60.0
+    """A fire noticed later than this after its scheduled time is a misfire."""
+    max_active_runs: int = 1
+    """Runs of this job that may be queued or running at once."""
+    overlap: str = "queue"
+    """A fire while max_active_runs runs are active: "queue" it or "skip" it."""
 
     def step(self, name: str) -> StepDef:
         for step_def in self.steps:
@@ -108,69 +153,133 @@ def _replace(obj: Any, **changes: Any) -> Any:
 
 
 def _caller_location(depth: int = 2) -> tuple[str, int]:
+    """File and line of the caller `depth` frames up, or of the job file being loaded if it is further up."""
     frame = inspect.currentframe()
     for _ in range(depth):
         frame = frame.f_back if frame is not None else None
     if frame is None:
         return "", 0
-    return frame.f_code.co_filename, frame.f_lineno
+    caller = frame.f_code.co_filename, frame.f_lineno
+    loading = _loading.get()
+    if loading is not None:
+        while frame is not None:
+            if os.path.realpath(frame.f_code.co_filename) == loading.path:
+                return frame.f_code.co_filename, frame.f_lineno
+            frame = frame.f_back
+    return caller
 
 
-def _number(value: Any, what: str, where: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise JobDefinitionError(f"{where}: {what} must be a number >= {minimum:g}, got {value!r}")
+def _number(value: Any, what: str, minimum: float = 0.0) -> float:
+    """`value` as a float, or JobDefinitionError("<what>, got <value>") if it is not a number >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+        raise JobDefinitionError(f"{what}, got {value!r}")
     return float(value)
 
 
-def _names(value: Iterable[str] | str | None, what: str, where: str) -> tuple[str, ...]:
+def _after(value: Any) -> tuple[str, ...]:
+    """Step names of an after= value: a name, a step, or a list of names and steps."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    items = tuple(value)
+    items = (value,) if isinstance(value, (str, StepDef)) else value
+    if not isinstance(items, Iterable):
+        raise JobDefinitionError(f"after must be a list of step names, got {value!r}")
+    names = []
     for item in items:
-        if not isinstance(item, str):
-            raise JobDefinitionError(f"{where}: {what} must list step names as strings, got {item!r}")
-    return items
+        if isinstance(item, StepDef):
+            names.append(item.name)
+        elif isinstance(item, str) and item:
+            names.append(item)
+        else:
+            raise JobDefinitionError(f"after must be a list of step names, got {item!r} in it")
+    return tuple(names)
 
 
-def _options(where: str, *, retries: int = 0, retry_delay: float = 0, backoff: float | bool = 1.0,
-             jitter: float | bool = 0.0, max_retry_delay: float = 3600, timeout: float | None = None,
-             pool: str | None = None, env: Mapping[str, Any] | None = None,
-             cwd: str | os.PathLike[str] | None = None, after: Iterable[str] | str | None = None) -> dict[str, Any]:
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise JobDefinitionError(f"{where}: retries must be a whole number >= 0, got {retries!r}")
-    if backoff is True:
-        backoff = 2.0
-    elif backoff is False:
-        backoff = 1.0
-    if jitter is True:
-        jitter = 0.5
-    elif jitter is False:
-        jitter = 0.0
-    if timeout is not None:
-        timeout = _number(timeout, "timeout (seconds)", where)
-        if timeout == 0:
-            raise JobDefinitionError(f"{where}: timeout must be more than 0 seconds (leave it out for no limit)")
-    if pool is not None and (not isinstance(pool, str) or not pool):
-        raise JobDefinitionError(f"{where}: pool must be a non-empty name, got {pool!r}")
-    if env is not None and not isinstance(env, Mapping):
-        raise JobDefinitionError(f"{where}: env must be a dict of NAME: value, got {type(env).__name__}")
-    jitter_fraction = _number(jitter, "jitter (a fraction of the delay)", where)
-    if jitter_fraction > 1:
-        raise JobDefinitionError(f"{where}: jitter is a fraction of the delay between 0 and 1, got {jitter!r}")
-    return dict(
-        retries=retries,
-        retry_delay_s=_number(retry_delay, "retry_delay (seconds)", where),
-        backoff=_number(backoff, "backoff (a multiplier)", where, minimum=1.0),
-        jitter=jitter_fraction,
-        max_retry_delay_s=_number(max_retry_delay, "max_retry_delay (seconds)", where),
-        timeout_s=timeout,
-        pool=pool,
-        env={str(k): str(v) for k, v in (env or {}).items()},
-        cwd=os.fspath(cwd) if cwd is not None else None,
-        after=_names(after, "after", where),
+def _options(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """StepDef fields from the keyword options of step() or shell(), and a message per bad option.
+
+    A bad option keeps its default, so the step still exists for the loader to report on.
+    """
+    problems: list[str] = []
+    for key in options:
+        if key not in STEP_OPTIONS:
+            close = difflib.get_close_matches(key, STEP_OPTIONS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "options are " + ", ".join(STEP_OPTIONS)
+            problems.append(f"there is no option '{key}' ({hint})")
+
+    def check(name: str, default: Any, convert: Callable[[Any], Any]) -> Any:
+        if name not in options:
+            return default
+        try:
+            return convert(options[name])
+        except JobDefinitionError as error:
+            problems.append(str(error))
+            return default
+
+    def retries(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise JobDefinitionError(f"retries must be a whole number of extra attempts (0 or more), got {value!r}")
+        return value
+
+    def backoff(value: Any) -> float:
+        value = {True: 2.0, False: 1.0}.get(value, value) if isinstance(value, bool) else value
+        return _number(value, "backoff multiplies the delay before each further retry and must be 1 or more "
+                              "(True means 2)", minimum=1.0)
+
+    def jitter(value: Any) -> float:
+        value = {True: 0.5, False: 0.0}.get(value, value) if isinstance(value, bool) else value
+        fraction = _number(value, "jitter is the fraction of the delay added at random and must be between 0 "
+                                  "and 1 (True means 0.5)")
+        if fraction > 1:
+            raise JobDefinitionError("jitter is the fraction of the delay added at random and must be between 0 "
+                                     f"and 1 (True means 0.5), got {value!r}")
+        return fraction
+
+    def timeout(value: Any) -> float | None:
+        if value is None:
+            return None
+        seconds = _number(value, "timeout must be a number of seconds more than 0 (leave it out for no limit)")
+        if seconds == 0:
+            raise JobDefinitionError(f"timeout must be a number of seconds more than 0 (leave it out for no limit), "
+                                     f"got {value!r}")
+        return seconds
+
+    def pool(value: Any) -> str | None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise JobDefinitionError(f"pool must be a non-empty name, got {value!r}")
+        return value
+
+    def env(value: Any) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise JobDefinitionError(f"env must be a dict of NAME: value, got {type(value).__name__} {value!r}")
+        for key in value:
+            if not isinstance(key, str) or not key or "=" in key:
+                raise JobDefinitionError(f"env must be a dict of NAME: value, got the name {key!r}")
+        return {k: str(v) for k, v in value.items()}
+
+    def cwd(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise JobDefinitionError(f"cwd must be a folder path, got {value!r}")
+        return os.fspath(value)
+
+    fields = dict(
+        retries=check("retries", 0, retries),
+        retry_delay_s=check("retry_delay", 0.0, lambda v: _number(
+            v, "retry_delay must be a number of seconds (0 or more)")),
+        backoff=check("backoff", 1.0, backoff),
+        jitter=check("jitter", 0.0, jitter),
+        max_retry_delay_s=check("max_retry_delay", 3600.0, lambda v: _number(
+            v, "max_retry_delay must be a number of seconds (0 or more)")),
+        timeout_s=check("timeout", None, timeout),
+        pool=check("pool", None, pool),
+        env=check("env", {}, env),
+        cwd=check("cwd", None, cwd),
+        after=check("after", (), _after),
     )
+    return fields, problems
 
 
 def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any) -> Any:
@@ -184,23 +293,24 @@ def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, 
     file, line = _caller_location()
 
     def decorate(fn: Callable[..., Any]) -> StepDef:
-        if not callable(fn):
+        if isinstance(fn, StepDef) or not callable(fn):
             raise JobDefinitionError(f"{file}:{line}: @step decorates a function, got {fn!r}")
         code = getattr(fn, "__code__", None)
         fn_file = code.co_filename if code else file
         fn_line = code.co_firstlineno if code else line
-        where = f"{fn_file}:{fn_line}: step '{name or fn.__name__}'"
-        signature = inspect.signature(fn)
+        step_name = name or getattr(fn, "__name__", "")
+        problems = ([] if isinstance(step_name, str) and step_name
+                    else [f"the name must be a non-empty string, got {step_name!r}"])
         parameters, required = [], set()
-        for parameter in signature.parameters.values():
+        for parameter in inspect.signature(fn).parameters.values():
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 continue
             parameters.append(parameter.name)
             if parameter.default is parameter.empty:
                 required.add(parameter.name)
-        return StepDef(name=name or fn.__name__, func=fn, parameters=tuple(parameters),
-                       required=frozenset(required), file=fn_file, line=fn_line,
-                       **_options(where, **options))
+        fields, option_problems = _options(options)
+        return StepDef(name=str(step_name), func=fn, parameters=tuple(parameters), required=frozenset(required),
+                       file=fn_file, line=fn_line, problems=tuple(problems + option_problems), **fields)
 
     if func is not None:
         return decorate(func)
@@ -215,33 +325,91 @@ def shell(name: str, command: str, **options: Any) -> StepDef:
     the command writes to the file named by $STEPLINE_OUTPUT becomes its output.
     """
     file, line = _caller_location()
-    where = f"{file}:{line}: shell step '{name}'"
     if not isinstance(name, str) or not name:
         raise JobDefinitionError(f"{file}:{line}: shell() needs a step name as its first argument, got {name!r}")
+    problems = []
     if not isinstance(command, str) or not command.strip():
-        raise JobDefinitionError(f"{where}: the command must be a non-empty string, got {command!r}")
-    return StepDef(name=name, command=command, file=file, line=line, **_options(where, **options))
+        problems.append(f"the command must be a non-empty string, got {command!r}")
+    fields, option_problems = _options(options)
+    return StepDef(name=name, command=command if isinstance(command, str) else "", file=file, line=line,
+                   problems=tuple(problems + option_problems), **fields)
+
+
+def _choice(value: Any, option: str, choices: dict[str, str]) -> str:
+    """`value` if it is one of `choices` (name: meaning), else JobDefinitionError listing them."""
+    if isinstance(value, str) and value in choices:
+        return value
+    listed = ", ".join(f"'{name}' ({meaning})" for name, meaning in choices.items())
+    close = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise JobDefinitionError(f"{option} must be one of {listed}, got {value!r}{hint}")
+
+
+def _job_options(misfire: Any, misfire_grace: Any, max_active_runs: Any,
+                 overlap: Any) -> tuple[dict[str, Any], list[str]]:
+    """JobDef fields of job()'s scheduling options, and a message per bad one (which keeps its default)."""
+    problems: list[str] = []
+
+    def check(default: Any, convert: Callable[[], Any]) -> Any:
+        try:
+            return convert()
+        except JobDefinitionError as error:
+            problems.append(str(error))
+            return default
+
+    def active_runs() -> int:
+        if isinstance(max_active_runs, bool) or not isinstance(max_active_runs, int) or max_active_runs < 1:
+            raise JobDefinitionError(f"max_active_runs must be a whole number of runs (1 or more), "
+                                     f"got {max_active_runs!r}")
+        return max_active_runs
+
+    fields = dict(
+        misfire=check("once", lambda: _choice(misfire, "misfire", {
+            "skip": "no catch-up run", "once": "one catch-up run", "all": "a run per missed fire"})),
+        misfire_grace_s=check(60.0, lambda: _number(
+            misfire_grace, "misfire_grace must be a number of seconds (0 or more)")),
+        max_active_runs=check(1, active_runs),
+        overlap=check("queue", lambda: _choice(overlap, "overlap", {
+            "queue": "wait for a running one to end", "skip": "drop the fire"})),
+    )
+    return fields, problems
 
 
 def job(name: str, steps: Iterable[StepDef], *, schedule: str | None = None, every: str | None = None,
         timezone: str | None = None, params: Mapping[str, Any] | None = None,
-        description: str = "") -> JobDef:
+        description: str = "", misfire: str = "once", misfire_grace: float = 60,
+        max_active_runs: int = 1, overlap: str = "queue") -> JobDef:
     """A named DAG of steps, optionally on a cron `schedule` (in `timezone`) or `every` interval."""
     file, line = _caller_location()
-    where = f"{file}:{line}: job '{name}'"
     if not isinstance(name, str) or not name:
         raise JobDefinitionError(f"{file}:{line}: job() needs a name as its first argument, got {name!r}")
-    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
-        raise JobDefinitionError(f"{where}: steps must be a list of steps, got {steps!r}")
-    step_defs = tuple(steps)
-    for item in step_defs:
-        if not isinstance(item, StepDef):
-            hint = " (did you forget @step on it?)" if callable(item) else ""
-            raise JobDefinitionError(f"{where}: {item!r} is not a step{hint}")
+    problems: list[str] = []
+    step_defs: list[StepDef] = []
+    if isinstance(steps, (str, bytes, StepDef)) or not isinstance(steps, Iterable):
+        problems.append(f"steps must be a list of steps, got {steps!r}")
+        steps = ()
+    for item in steps:
+        if isinstance(item, StepDef):
+            step_defs.append(item)
+        elif inspect.isfunction(item):
+            problems.append(f"'{item.__name__}' in its steps is a plain function, not a step "
+                            "(did you forget @step on it?)")
+        else:
+            problems.append(f"{item!r} in its steps is not a step; list what @step or shell() returned")
     if schedule is not None and every is not None:
-        raise JobDefinitionError(f"{where}: give either schedule= (cron) or every= (interval), not both")
+        problems.append("schedule= (cron) and every= (interval) are both given; keep one of them")
     if params is not None and not isinstance(params, Mapping):
-        raise JobDefinitionError(f"{where}: params must be a dict of default run parameters")
-    return JobDef(name=name, steps=step_defs, schedule=schedule, every=every, timezone=timezone,
-                  params={str(k): str(v) for k, v in (params or {}).items()},
-                  description=description, file=file, line=line)
+        problems.append(f"params must be a dict of default run parameters, got {type(params).__name__}")
+        params = None
+    if not isinstance(description, str):
+        problems.append(f"description must be a string, got {description!r}")
+        description = ""
+    options, option_problems = _job_options(misfire, misfire_grace, max_active_runs, overlap)
+    problems += option_problems
+    job_def = JobDef(name=name, steps=tuple(step_defs), schedule=schedule, every=every, timezone=timezone,
+                     params={str(k): str(v) for k, v in (params or {}).items()},
+                     description=description, file=file, line=line, problems=tuple(problems), **options)
+    loading = _loading.get()
+    if loading is not None:
+        loading.jobs.append(job_def)
+    return job_def

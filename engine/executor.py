@@ -101,8 +101,10 @@ def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = N
 class Worker:
     """One `python -m engine.worker` process for one job file."""
 
-    def __init__(self, job_file: str, executor: Executor) -> None:
+    def __init__(self, job_file: str, executor: Executor, source_file: str | None = None) -> None:
         self.job_file = job_file
+        self.source_file = source_file
+        """A copy of the job file's last good version to import instead of the file, or None."""
         self._executor = executor
         self.broken: tuple[str, str] | None = None
         self.keys: set[int] = set()
@@ -110,7 +112,8 @@ class Worker:
         self._sock = engine_end
         self._send_lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), job_file],
+            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), job_file]
+            + ([source_file] if source_file else []),
             pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
             env={**os.environ, "PYTHONPATH": _engine_path()})
         worker_end.close()
@@ -167,6 +170,8 @@ class Executor:
         self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
         self._read_fds: dict[int, int] = {}  # key -> pipe read end
         self._logs = LogPump(self._on_log_closed, clock)
+        self._kept: dict[str, str] = {}
+        self._retired: list[Worker] = []
 
     def start(self, request: AttemptRequest) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -217,18 +222,33 @@ class Executor:
         with self._lock:
             return self._pids.get(key)
 
-    def close(self) -> None:
-        for worker in list(self._workers.values()):
+    def _retire(self, worker: Worker) -> None:
+        """A worker with old code finishes its running attempts, then stops."""
+        if worker.keys and worker.process.poll() is None:
+            self._retired.append(worker)
+        else:
             worker.stop()
+
+    def close(self) -> None:
+        for worker in list(self._workers.values()) + self._retired:
+            worker.stop()
+        self._retired.clear()
         self._workers.clear()
         self._logs.stop()
 
+    def keep_code(self, sources: dict[str, str]) -> None:
+        """Job file -> copy of its last good version: attempts of these (broken) files run the copy."""
+        self._kept = dict(sources)
+
     def _worker_for(self, job_file: str) -> Worker:
         worker = self._workers.get(job_file)
-        if worker is None or worker.process.poll() is not None or _changed_since(job_file, worker):
-            if worker is not None and not worker.keys:
-                worker.stop()
-            worker = Worker(job_file, self)
+        source = self._kept.get(job_file)
+        stale = worker is not None and (worker.source_file != source
+                                        or (source is None and _changed_since(job_file, worker)))
+        if worker is None or worker.process.poll() is not None or stale:
+            if worker is not None:
+                self._retire(worker)
+            worker = Worker(job_file, self, source)
             worker.mtime = _mtime(job_file)  # type: ignore[attr-defined]
             self._workers[job_file] = worker
         return worker
@@ -249,6 +269,9 @@ class Executor:
                 threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
         elif op == "exited":
             worker.keys.discard(message["id"])
+            if worker in self._retired and not worker.keys:
+                self._retired.remove(worker)
+                threading.Thread(target=worker.stop, daemon=True, name="stepline-worker-stop").start()
             self._notify(Exited(message["id"], message["exit_code"], message["signal"], message["cpu_s"],
                                 message["peak_rss_bytes"], self._clock()))
         elif op == "broken":

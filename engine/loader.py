@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef
+from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
 from engine.timing import ScheduleError, cron_trigger, parse_every, parse_zone
 
@@ -58,8 +58,13 @@ def module_name(path: Path) -> str:
     return f"stepline_job_{path.stem}_{digest}"
 
 
-def import_job_file(path: Path) -> ModuleType:
-    """Import one job file as its own module; the job file's folder is importable."""
+def import_job_file(path: Path, source: bytes | None = None) -> ModuleType:
+    """Import one job file as its own module; the job file's folder is importable.
+
+    The source is compiled afresh on every import, never read from __pycache__: a file
+    rewritten within the same second (and size) would otherwise run its stale bytecode.
+    `source` replaces the file's current text (the engine's copy of its last good version).
+    """
     folder = str(path.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -69,7 +74,9 @@ def import_job_file(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        code = compile(path.read_bytes() if source is None else source, os.fspath(path), "exec",
+                       dont_inherit=True)
+        exec(code, module.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -108,7 +115,10 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
     """The valid jobs of one file and the problems found in it."""
     shown = display_path(path)
     try:
-        module = import_job_file(path)
+        with collecting_jobs(path) as made:
+            module = import_job_file(path)
+    except KeyboardInterrupt:
+        raise
     except SyntaxError as error:
         where = display_path(error.filename) if error.filename else shown
         return [], [Problem(where, error.lineno or 0,
@@ -116,14 +126,9 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
     except JobDefinitionError as error:
         return [], [_definition_problem(path, error)]
     except BaseException as error:  # a job file may raise anything, SystemExit included
-        line = _line_in(path, error)
-        what = f"{type(error).__name__}: {error}".rstrip(": ")
-        hint = ("install the missing package in stepline's environment" if isinstance(error, ImportError)
-                else "fix the file (other job files still load)")
-        return [], [Problem(shown, line, f"importing the file failed with {what}; {hint}")]
+        return [], [Problem(shown, _line_in(path, error), _import_failure(error))]
 
-    namespace = vars(module)
-    job_defs = [v for v in namespace.values() if isinstance(v, JobDef) and _is_from(v.file, path)]
+    job_defs = [j for j in made if _is_from(j.file, path)]
     problems: list[Problem] = []
     valid: list[JobDef] = []
     seen: dict[str, JobDef] = {}
@@ -134,15 +139,18 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
             continue
         seen[job_def.name] = job_def
         job_problems = validate_job(job_def)
-        problems += job_problems
+        problems += [p for p in job_problems if p not in problems]  # a step shared by two jobs: once
         if not job_problems:
             valid.append(job_def)
-    used = {id(s) for j in job_defs for s in j.steps}
-    for value_name, value in namespace.items():
-        if isinstance(value, StepDef) and _is_from(value.file, path) and id(value) not in used:
+    used = {(s.file, s.line) for j in job_defs for s in j.steps}
+    for value in vars(module).values():
+        if isinstance(value, StepDef) and _is_from(value.file, path) and (value.file, value.line) not in used:
+            used.add((value.file, value.line))
             problems.append(Problem(display_path(value.file), value.line,
-                                    f"step '{value.name}' is not part of any job; add it to a job(...) "
-                                    "or remove it"))
+                                    f"step '{value.name}' is not part of any job; add it to a job's list of "
+                                    "steps or remove it"))
+            problems += [Problem(display_path(value.file), value.line, f"step '{value.name}': {message}")
+                         for message in value.problems]
     if not job_defs and not problems:
         problems.append(Problem(shown, 0, "defines no job; add `name = job(\"name\", [steps])` "
                                 "or start the file name with _ if it is a helper module"))
@@ -150,7 +158,7 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
 
 
 def validate_job(job_def: JobDef) -> list[Problem]:
-    """Every whole-job problem: duplicate or unknown steps, cycles, schedule, time zone."""
+    """Every problem of one job: bad arguments, duplicate or unknown steps, cycles, schedule, time zone."""
     shown = display_path(job_def.file)
     problems: list[Problem] = []
 
@@ -160,10 +168,14 @@ def validate_job(job_def: JobDef) -> list[Problem]:
         else:
             problems.append(Problem(display_path(step_def.file), step_def.line, message))
 
-    if not job_def.steps:
+    for message in job_def.problems:
+        report(None, f"job '{job_def.name}': {message}")
+    if not job_def.steps and not job_def.problems:
         report(None, f"job '{job_def.name}' has no steps; list at least one step")
     by_name: dict[str, StepDef] = {}
     for step_def in job_def.steps:
+        for message in step_def.problems:
+            report(step_def, f"step '{step_def.name}': {message}")
         if step_def.name in by_name:
             first = by_name[step_def.name]
             report(step_def, f"step '{step_def.name}' appears twice in job '{job_def.name}' "
@@ -172,25 +184,37 @@ def validate_job(job_def: JobDef) -> list[Problem]:
         by_name[step_def.name] = step_def
     names = list(by_name)
     for step_def in by_name.values():
-        for parameter in sorted(step_def.required - RESERVED_PARAMETERS - set(names)):
-            report(step_def, f"step '{step_def.name}' takes a parameter '{parameter}', which is not a step of "
-                             f"job '{job_def.name}'{_did_you_mean(parameter, names)}; a parameter names an "
-                             "upstream step, or is `params` or `context`, or has a default")
+        for parameter in sorted(step_def.required - RESERVED_PARAMETERS):
+            if parameter == step_def.name:
+                report(step_def, f"step '{step_def.name}' takes a parameter named after itself, so it would "
+                                 "wait on itself; rename the parameter or give it a default")
+            elif parameter not in by_name:
+                report(step_def, f"step '{step_def.name}' takes a parameter '{parameter}', which is not a step "
+                                 f"of job '{job_def.name}'{_did_you_mean(parameter, names)}; a parameter "
+                                 "names an upstream step, or is `params` or `context`, or has a default")
         for upstream in step_def.after:
-            if upstream not in by_name:
+            if upstream == step_def.name:
+                report(step_def, f"step '{step_def.name}' waits on itself; remove '{upstream}' from its after=")
+            elif upstream not in by_name:
                 report(step_def, f"step '{step_def.name}' waits on '{upstream}', which is not a step of "
                                  f"job '{job_def.name}'{_did_you_mean(upstream, names)}")
-            elif upstream == step_def.name:
-                report(step_def, f"step '{step_def.name}' waits on itself; remove it from its after=")
-    if not problems:
-        cycle = find_cycle({n: job_def.dependencies(s) for n, s in by_name.items()})
-        if cycle:
-            report(by_name[cycle[0]], f"job '{job_def.name}' has a cycle: {' → '.join(cycle)}; "
-                                      "remove one of these dependencies")
+    graph = {n: tuple(d for d in job_def.dependencies(s) if d != n and d in by_name) for n, s in by_name.items()}
+    cycle = find_cycle(graph)
+    if cycle:
+        report(by_name[cycle[0]], f"job '{job_def.name}' has a cycle: {' → '.join(cycle)} (each step waits "
+                                  "on the one before it); remove one of these dependencies")
+    zone = job_def.timezone
     try:
-        parse_zone(job_def.timezone)
+        parse_zone(zone)
+    except ScheduleError as error:
+        report(None, f"job '{job_def.name}': {error}")
+        zone = "UTC"  # still check the schedule, without reporting the zone twice
+    try:
         if job_def.schedule is not None:
-            cron_trigger(job_def.schedule, job_def.timezone)
+            cron_trigger(job_def.schedule, zone)
+    except ScheduleError as error:
+        report(None, f"job '{job_def.name}': {error}")
+    try:
         if job_def.every is not None:
             parse_every(job_def.every)
     except ScheduleError as error:
@@ -202,6 +226,7 @@ def find_cycle(dependencies: dict[str, tuple[str, ...]]) -> list[str]:
     """One cycle as [a, b, c, a] (a waits on ... which waits on a), or [] if the graph is a DAG."""
     WHITE, GREY, BLACK = 0, 1, 2
     color = dict.fromkeys(dependencies, WHITE)
+    order = {node: index for index, node in enumerate(dependencies)}
     stack: list[str] = []
 
     def visit(node: str) -> list[str]:
@@ -223,23 +248,30 @@ def find_cycle(dependencies: dict[str, tuple[str, ...]]) -> list[str]:
         if color[node] == WHITE:
             found = visit(node)
             if found:
-                return found
+                # Start at the cycle's step that comes first in the file, so the message is stable.
+                ring = found[:-1]
+                first = min(range(len(ring)), key=lambda i: order.get(ring[i], len(order)))
+                ring = ring[first:] + ring[:first]
+                return ring + [ring[0]]
     return []
 
 
 def topological_order(job_def: JobDef) -> list[str]:
-    """Step names so that every step comes after its dependencies; ties keep file order."""
-    remaining = {s.name: set(job_def.dependencies(s)) for s in job_def.steps}
+    """Step names so that every step comes after its dependencies; ties keep file order.
+
+    Each position takes the first step in file order whose dependencies are all placed,
+    so a file already listed in a valid order comes back unchanged.
+    """
+    remaining = {s.name: set(job_def.dependencies(s)) - {s.name} for s in job_def.steps}
     order: list[str] = []
     while remaining:
-        ready = [name for name, deps in remaining.items() if not deps]
-        if not ready:
+        name = next((n for n, deps in remaining.items() if not deps), None)
+        if name is None:
             raise ValueError(f"job '{job_def.name}' has a cycle")
-        for name in ready:
-            del remaining[name]
-            order.append(name)
+        del remaining[name]
+        order.append(name)
         for deps in remaining.values():
-            deps.difference_update(ready)
+            deps.discard(name)
     return order
 
 
@@ -263,6 +295,17 @@ def _line_in(path: Path, error: BaseException) -> int:
         if os.path.abspath(frame.filename) == target:
             line = frame.lineno or 0
     return line
+
+
+def _import_failure(error: BaseException) -> str:
+    """What went wrong importing a job file, and what to do about it."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        return (f"the file imports '{error.name}', which is not installed; install the package that provides "
+                "it into the Python environment stepline runs in, or fix the import")
+    what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, ImportError):
+        return f"importing the file failed with {what}; check the import and the installed package's version"
+    return f"importing the file failed with {what}; fix the file (other job files still load)"
 
 
 def _definition_problem(path: Path, error: JobDefinitionError) -> Problem:

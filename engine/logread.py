@@ -31,8 +31,8 @@ def tail_lines(path: str | os.PathLike[str], count: int, max_bytes: int = 4 << 2
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    if position > 0 and lines:
-        lines.pop(0)  # the first piece is probably a partial line
+    if position > 0 and len(lines) > count:
+        lines.pop(0)  # the first piece is probably a partial line (kept when it is all there is: a huge line)
     return [decode_line(line) for line in lines[-count:]]
 
 
@@ -49,7 +49,7 @@ def read_from(path: str | os.PathLike[str], offset: int, max_bytes: int = 1 << 2
     if cut < 0:
         if len(data) < max_bytes:
             return [], offset
-        cut = len(data) - 1  # one enormous line: show what we have
+        return [decode_line(data)], offset + len(data)  # one enormous line: show what we have
     lines = data[:cut + 1].split(b"\n")[:-1]
     return [decode_line(line) for line in lines], offset + cut + 1
 

@@ -260,6 +260,10 @@ class Engine:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
 
+    def keep_code(self, sources: dict[str, str]) -> None:
+        """Job file -> copy of its last good version: attempts of broken files run the copy."""
+        self._executor.keep_code(sources)
+
     def close(self) -> None:
         self._executor.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from engine.loader import LoadResult, load_jobs
 from engine.plan import plan_job
 from engine.recovery import close_abandoned_run, is_alive
 from engine.runner import Change, Engine
+from engine.scheduler import Due, Scheduler
 
 log = logging.getLogger("stepline.engine")
 
@@ -80,7 +82,7 @@ class EngineService:
                  parallel: int | None = None, clock: Callable[[], float] = time.time,
                  heartbeat_s: float = query.HEARTBEAT_S, command_poll_s: float = 0.1,
                  kill_grace_s: float = 5.0, stop_grace_s: float = 10.0,
-                 listener: Callable[[Change], None] | None = None) -> None:
+                 listener: Callable[[Change], None] | None = None, watch_files: bool = True) -> None:
         self.home = home
         self.jobs_dir = Path(jobs_dir)
         self.mode = mode
@@ -97,9 +99,15 @@ class EngineService:
         self.stopped = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._jobs_changed = threading.Event()
+        self._good_sources: dict[str, str] = {}
+        self._watching = threading.Event()
+        self.watch_files = watch_files
         self._lock = EngineLock(home)
         self._thread: threading.Thread | None = None
         self.engine: Engine | None = None
+        self._due: queue.SimpleQueue[Due] = queue.SimpleQueue()
+        self.scheduler = Scheduler(self._due.put, clock)
         self.identity = store.process_identity()
 
     # --- life cycle --------------------------------------------------------------------------------------
@@ -139,10 +147,16 @@ class EngineService:
                                  kill_grace_s=self.kill_grace_s, listener=self.listener)
             store.heartbeat(*self.identity, self.mode, self.clock(), starting=True)
             self.recover()
+            if self.watch_files:
+                # Watch before loading, so no edit falls between the load and the first look.
+                threading.Thread(target=self._watch, name="stepline-watch", daemon=True).start()
+                self._watching.wait(5)
             self.reload_jobs()
+            self.scheduler.start()
             self.ready.set()
             log.info("engine started (pid %s, %s mode, home %s)", os.getpid(), self.mode, self.home.root)
             self._loop()
+            self.scheduler.shutdown()  # stop firing first, then let running steps finish
             self._shutdown()
         finally:
             if self.engine is not None:
@@ -160,10 +174,35 @@ class EngineService:
             if now >= next_beat:
                 store.heartbeat(*self.identity, self.mode, now)
                 next_beat = now + self.heartbeat_s
+            self._start_due_runs()
             if now >= next_poll:
+                if self._jobs_changed.is_set():
+                    self._jobs_changed.clear()
+                    self.reload_jobs()
+                    log.info("job files reloaded: %d jobs, %d problems", len(self.jobs.jobs),
+                             len(self.jobs.problems))
                 self.consume_commands()
                 next_poll = now + self.command_poll_s
             self.engine.step(timeout_s=min(self.command_poll_s, self.heartbeat_s), consume_commands=False)
+
+    def _watch(self) -> None:
+        """Flag job-file changes (inotify, debounced); the engine thread reloads at its next turn."""
+        import watchfiles
+
+        def is_job_file(change: watchfiles.Change, path: str) -> bool:
+            return path.endswith(".py")
+
+        try:
+            for changes in watchfiles.watch(self.jobs_dir, watch_filter=is_job_file, stop_event=self._stop,
+                                            debounce=300, raise_interrupt=False, yield_on_timeout=True,
+                                            rust_timeout=200):
+                self._watching.set()  # the first (empty) yield means the watch is live
+                if changes:
+                    self._jobs_changed.set()
+        except Exception as error:  # no inotify, folder gone: say so, keep the engine running
+            self._watching.set()
+            log.warning("not watching %s for changes (%s); restart the engine after editing job files",
+                        self.jobs_dir, error)
 
     def _shutdown(self) -> None:
         assert self.engine is not None
@@ -200,12 +239,68 @@ class EngineService:
         return any(run.step(name).attempts <= run.plan.step(name).retries for name in steps)
 
     def reload_jobs(self) -> LoadResult:
-        self.jobs = load_jobs(self.jobs_dir)
+        """Load the job files; jobs of a file that is now broken keep their last good definition."""
+        assert self.engine is not None
+        fresh = load_jobs(self.jobs_dir)
+        broken = {os.path.abspath(p.file) for p in fresh.problems}
+        jobs = dict(fresh.jobs)
+        for name, job_def in self.jobs.jobs.items():
+            if name not in jobs and os.path.abspath(job_def.file) in broken:
+                jobs[name] = job_def
+        self.jobs = LoadResult(jobs=jobs, problems=fresh.problems, files=fresh.files)
+        self.engine.keep_code(self._keep_good_sources(jobs, broken))
+        self.scheduler.sync(self.jobs.jobs)
         plans = [(plan_job(j), j.description) for j in self.jobs.jobs.values()]
         store.publish_catalog(plans, [(p.file, p.line, p.message) for p in self.jobs.problems], self.clock())
         for problem in self.jobs.problems:
             log.warning("%s", problem)
         return self.jobs
+
+    def _keep_good_sources(self, jobs: dict, broken: set[str]) -> dict[str, str]:
+        """Copy every good job file aside; return the copies standing in for files now broken."""
+        import hashlib
+
+        folder = self.home.root / "code"
+        kept = {}
+        for path in {os.path.abspath(j.file) for j in jobs.values()}:
+            if path in broken:
+                if path in self._good_sources:
+                    kept[path] = self._good_sources[path]
+                continue
+            try:
+                source = Path(path).read_bytes()
+            except OSError:
+                continue
+            copy = folder / f"{Path(path).stem}-{hashlib.blake2s(source, digest_size=6).hexdigest()}.py"
+            if not copy.exists():
+                folder.mkdir(exist_ok=True)
+                copy.write_bytes(source)
+            self._good_sources[path] = str(copy)
+        return kept
+
+    def _start_due_runs(self) -> None:
+        """Turn schedule fires into runs, honouring each job's max_active_runs and overlap policy."""
+        assert self.engine is not None
+        while True:
+            try:
+                due = self._due.get_nowait()
+            except queue.Empty:
+                return
+            job_def = self.jobs.jobs.get(due.job)
+            if job_def is None:
+                continue
+            active = self.engine.active_runs_of(due.job)
+            if job_def.overlap == "skip" and active >= job_def.max_active_runs:
+                message = (f"{due.job}: fire for {time.strftime('%H:%M:%S', time.localtime(due.scheduled_for))} "
+                           f"skipped, {active} run(s) still active (overlap='skip')")
+                log.info("%s", message)
+                store.record_schedule_event("skipped", message, self.clock())
+            else:
+                run_id = self.engine.enqueue(job_def, {}, trigger="schedule", scheduled_for=due.scheduled_for,
+                                             max_active_runs=job_def.max_active_runs)
+                log.info("run %s of %s %s for %s", run_id, due.job, "catches up" if due.catch_up else "scheduled",
+                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(due.scheduled_for)))
+            self.scheduler.fired(due.job, due.scheduled_for)
 
     def consume_commands(self) -> None:
         assert self.engine is not None
@@ -264,7 +359,10 @@ class EngineService:
         if kind in ("pause", "resume"):
             if job not in self.jobs.jobs:
                 raise UnknownJobError(f"no job '{job}' is loaded")
-            set_paused(job, kind == "pause", self.clock())
+            if kind == "pause":
+                self.scheduler.pause(job)
+            else:
+                self.scheduler.resume(job)
             return f"{job} {'paused' if kind == 'pause' else 'resumed'}", None
         raise NotApplicableError(f"unknown command '{kind}'")
 

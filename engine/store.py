@@ -388,6 +388,11 @@ def engine_stopped(pid: int, at: float) -> None:
         EngineState.update(stopped_at=at).where((EngineState.id == 1) & (EngineState.pid == pid)).execute()
 
 
+def record_schedule_event(state: str, message: str, at: float) -> None:
+    with db.atomic("IMMEDIATE"):
+        Event.insert(_event("schedule", None, None, state, message, at)).execute()
+
+
 def process_identity() -> tuple[int, float]:
     """(pid, create time) of this process, as stored in Run.owner_*."""
     import psutil

@@ -52,7 +52,11 @@ def write_json(path: str, data: dict[str, Any]) -> None:
 
 
 def load_input(path: str, step: str) -> Any:
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return None  # an upstream shell step that wrote nothing to $STEPLINE_OUTPUT has no output
+    with handle:
         return pickle.load(handle)
 
 
@@ -112,8 +116,9 @@ def run_python_attempt(module: Any, request: dict[str, Any]) -> int:
         if code == 0:
             value = None
         else:
-            traceback.print_exc()
-            return fail(result_path, f"SystemExit: {error.code}", traceback.format_exc(), code)
+            detail = user_traceback(error)
+            sys.stderr.write(detail)
+            return fail(result_path, f"SystemExit: {error.code}", detail, code)
     except BaseException as error:
         detail = user_traceback(error)
         sys.stderr.write(detail)
@@ -146,7 +151,8 @@ def fail(result_path: str, summary: str, detail: str, code: int = 1) -> int:
     write_json(result_path, {"ok": False, "summary": summary, "detail": detail})
     sys.stdout.flush()
     sys.stderr.flush()
-    return code or 1
+    # An exit status is one byte: sys.exit(256) must not turn into a success.
+    return code if 0 < code < 256 else 1
 
 
 def shell_environment(request: dict[str, Any]) -> dict[str, str]:
@@ -210,12 +216,13 @@ def child_main(module: Any, request: dict[str, Any], log_fd: int, sock: socket.s
     os._exit(code)
 
 
-def serve(sock: socket.socket, job_file: str) -> None:
+def serve(sock: socket.socket, job_file: str, source_file: str | None = None) -> None:
     from engine.loader import import_job_file
     from pathlib import Path
 
     try:
-        module = import_job_file(Path(job_file))
+        source = Path(source_file).read_bytes() if source_file else None
+        module = import_job_file(Path(job_file), source)
     except BaseException as error:
         detail = traceback.format_exc()
         summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"
@@ -310,10 +317,11 @@ def abandon(children: dict[int, int]) -> None:
 
 def main() -> None:
     fd, job_file = int(sys.argv[1]), sys.argv[2]
+    source_file = sys.argv[3] if len(sys.argv) > 3 else None
     sock = socket.socket(fileno=fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which decides
     try:
-        serve(sock, job_file)
+        serve(sock, job_file, source_file)
     finally:
         sock.close()
 

@@ -191,3 +191,52 @@ def test_run_hands_the_run_to_a_running_daemon_and_wait_follows_it(harness):
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
+
+
+def test_an_edited_job_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_definition(harness, service):
+    path = harness.write_job("j.py", 'j = job("j", [shell("a", "echo one")])\n')
+    svc = service()
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo two"), shell("b", "true", after=["a"])])\n')
+    wait_until(lambda: [len(j.plan.steps) for j in query.jobs()] == [2])
+
+    path.write_text(path.read_text() + "def broken(:\n")
+    wait_until(lambda: query.load_problems())
+    file, line, message = query.load_problems()[0]
+    assert file.endswith("j.py") and line == 3 and message.startswith("syntax error")
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    assert [s.name for s in query.get_run(run_id).steps] == ["a", "b"]
+    assert "two" in open(query.attempts(run_id, "a")[0].log_path).read()
+    assert svc.jobs.jobs["j"].step_names == ("a", "b")
+
+
+def test_a_scheduled_job_fires_and_its_runs_record_the_scheduled_time(harness, service):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo tick")], every="0.5s")\n')
+    service()
+    run = wait_until(lambda: next((r for r in query.list_runs(job="j") if r.state == "succeeded"), None))
+    assert run.trigger == "schedule"
+    assert run.scheduled_for is not None and run.started_at >= run.scheduled_for
+    assert [j.next_fire_at is not None for j in query.jobs()] == [True]
+
+
+def test_a_paused_schedule_stays_paused_across_a_real_restart(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")], schedule="0 6 * * *", timezone="UTC")\n')
+    daemon = start_daemon(harness)
+    try:
+        paused = harness.cli("pause", "j")
+        assert paused.returncode == 0 and paused.stdout.strip() == "j paused", paused.stderr
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    again = start_daemon(harness)
+    try:
+        listing = harness.cli("jobs", "--json", check=True)
+        import json
+        (entry,) = json.loads(listing.stdout)["jobs"]
+        assert entry["paused"] is True and entry["next_fire"] is None
+        assert harness.cli("resume", "j", check=True).stdout.strip() == "j resumed"
+        wait_until(lambda: [j.next_fire_at is not None for j in query.jobs()] == [True])
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=30)

@@ -1,0 +1,1 @@
+"""The stepline benchmark: standard workloads, timed in fresh engines (`python -m bench`)."""

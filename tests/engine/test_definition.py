@@ -1,0 +1,132 @@
+"""The job-file API: step(), shell() and job() build plain values and keep bad arguments as problems."""
+from __future__ import annotations
+
+import pytest
+
+from engine import job, shell, step
+from engine.definition import JobDef, StepDef, collecting_jobs
+from engine.errors import JobDefinitionError
+
+HERE = __file__
+
+
+def test_step_without_arguments_makes_a_python_step_named_after_the_function():
+    @step
+    def extract(params, context, limit=5):
+        return limit
+
+    assert isinstance(extract, StepDef)
+    assert (extract.name, extract.kind, extract.parameters) == ("extract", "python", ("params", "context", "limit"))
+    assert extract.required == frozenset({"params", "context"})
+    assert extract.problems == ()
+
+
+def test_step_is_placed_at_its_decorator_line():
+    @step(retries=1)
+    def extract():
+        return 1
+
+    assert (extract.file, extract.line) == (HERE, extract.func.__code__.co_firstlineno)
+
+
+def test_step_can_be_renamed():
+    @step(name="pull")
+    def extract():
+        return 1
+
+    assert extract.name == "pull"
+
+
+def test_shell_makes_a_shell_step_placed_at_its_call():
+    load = shell("load", "psql -f load.sql", after="transform", pool="warehouse"); line = _line()
+    assert (load.kind, load.command, load.after, load.pool) == (
+        "shell", "psql -f load.sql", ("transform",), "warehouse")
+    assert (load.file, load.line) == (HERE, line)
+
+
+def test_true_backoff_doubles_and_true_jitter_is_half_the_delay():
+    a = shell("a", "true", backoff=True, jitter=True)
+    assert (a.backoff, a.jitter) == (2.0, 0.5)
+
+
+def test_option_defaults_retry_nothing_and_never_time_out():
+    a = shell("a", "true")
+    assert (a.retries, a.retry_delay_s, a.backoff, a.jitter, a.timeout_s, a.pool, dict(a.env), a.cwd) == (
+        0, 0.0, 1.0, 0.0, None, None, {}, None)
+
+
+def test_bad_options_are_kept_as_problems_and_fall_back_to_defaults():
+    a = shell("a", "true", retries=-1, env="A=1", timeout=5)
+    assert a.problems == (
+        "retries must be a whole number of extra attempts (0 or more), got -1",
+        "env must be a dict of NAME: value, got str 'A=1'",
+    )
+    assert (a.retries, dict(a.env), a.timeout_s) == (0, {}, 5.0)
+
+
+def test_step_on_something_that_is_not_a_function_raises_with_the_place():
+    line = _line() + 2
+    with pytest.raises(JobDefinitionError) as caught:
+        step(retries=1)(42)
+    assert str(caught.value) == f"{HERE}:{line}: @step decorates a function, got 42"
+
+
+def test_shell_without_a_name_raises_with_the_place():
+    line = _line() + 2
+    with pytest.raises(JobDefinitionError) as caught:
+        shell("", "true")
+    assert str(caught.value) == f"{HERE}:{line}: shell() needs a step name as its first argument, got ''"
+
+
+def test_job_without_a_name_raises_with_the_place():
+    line = _line() + 2
+    with pytest.raises(JobDefinitionError) as caught:
+        job(None, [])  # type: ignore[arg-type]
+    assert str(caught.value) == f"{HERE}:{line}: job() needs a name as its first argument, got None"
+
+
+def test_job_keeps_steps_in_file_order_and_its_own_place():
+    a, b = shell("a", "true"), shell("b", "true")
+    j = job("j", [b, a], schedule="@daily", timezone="UTC", params={"day": 1}); line = _line()
+    assert j.step_names == ("b", "a")
+    assert (j.file, j.line, dict(j.params)) == (HERE, line, {"day": "1"})
+
+
+def test_job_problems_are_kept_not_raised():
+    def plain():
+        return 1
+
+    j = job("j", [plain, "x"], schedule="@daily", every="1h", params=[1])  # type: ignore[list-item]
+    assert j.problems == (
+        "'plain' in its steps is a plain function, not a step (did you forget @step on it?)",
+        "'x' in its steps is not a step; list what @step or shell() returned",
+        "schedule= (cron) and every= (interval) are both given; keep one of them",
+        "params must be a dict of default run parameters, got list",
+    )
+    assert j.steps == ()
+
+
+def test_dependencies_are_parameters_naming_steps_then_after():
+    @step(after=["c"])
+    def b(a, params):
+        return a
+
+    a, c = shell("a", "true"), shell("c", "true")
+    j = job("j", [a, b, c])
+    assert j.dependencies(j.step("b")) == ("a", "c")
+
+
+def test_collecting_jobs_sees_jobs_made_while_a_file_loads_and_only_then():
+    with collecting_jobs(HERE) as made:
+        j = job("j", [shell("a", "true")])
+    k = job("k", [shell("a", "true")])
+    assert made == [j]
+    assert isinstance(k, JobDef)
+
+
+def _line() -> int:
+    """The caller's line number."""
+    import inspect
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None
+    return frame.f_back.f_lineno

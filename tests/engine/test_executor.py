@@ -1,0 +1,172 @@
+"""The executor: attempt processes, their environment, their trees, and what happens when things die."""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from engine import query
+from engine.executor import AttemptRequest, Executor, Exited, LogClosed, Started, attempt_environment, kill_tree
+from tests.conftest import wait_until
+from tests.engine.test_runner import Background, gone, read_pids
+
+DOUBLE_FORK_TREE = """trap '' TERM
+sleep 300 & echo $! >> {pids}
+( trap '' TERM; sleep 300 & echo $! >> {pids} )
+bash -c 'trap "" TERM; sleep 300 & echo $! >> {pids}; wait' &
+echo $$ >> {pids}
+wait
+"""
+
+
+def test_kill_tree_ends_a_tree_with_double_forks_that_ignores_sigterm(tmp_path):
+    pids = tmp_path / "pids"
+    leader = subprocess.Popen(["bash", "-c", DOUBLE_FORK_TREE.format(pids=pids)], start_new_session=True)
+    started = wait_until(lambda: read_pids(pids, 4))
+    kill_tree(leader.pid, 0.3)
+    assert leader.wait(10) == -signal.SIGKILL
+    for pid, created in started:
+        wait_until(lambda: gone(pid, created), timeout_s=10)
+
+
+def request(harness, tmp_path: Path, key: int, command: str, **changes: object) -> AttemptRequest:
+    job_file = harness.write_job("e.py", f"""
+        s = shell("s", {command!r})
+        j = job("j", [s])
+    """)
+    values = dict(
+        key=key, job_file=str(job_file), job="j", step="s", kind="shell", command=command, inputs={},
+        params={"my-key": "v", "region": "eu"},
+        context={"run_id": 7, "job": "j", "step": "s", "attempt": 2, "params": {}, "home": str(tmp_path),
+                 "scheduled_for": None},
+        env={"EXTRA": "1"}, cwd=str(tmp_path), log_path=str(tmp_path / f"{key}.log"),
+        output_path=str(tmp_path / f"{key}.pkl"), result_path=str(tmp_path / f"{key}.json"),
+        shell_output_path=str(tmp_path / f"{key}.out"))
+    values.update(changes)
+    return AttemptRequest(**values)  # type: ignore[arg-type]
+
+
+def collect(events: queue.SimpleQueue, key: int) -> dict[type, object]:
+    """Events of one attempt until it has exited and its log is closed."""
+    seen: dict[type, object] = {}
+    while Exited not in seen or LogClosed not in seen:
+        event = events.get(timeout=30)
+        if event.key == key:
+            seen[type(event)] = event
+    return seen
+
+
+def test_an_attempt_reports_started_exited_and_log_closed(harness, tmp_path):
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    executor = Executor(events.put, kill_grace_s=0.5)
+    try:
+        executor.start(request(harness, tmp_path, 1, "echo $STEPLINE_RUN_ID $STEPLINE_ATTEMPT $EXTRA; exit 6"))
+        seen = collect(events, 1)
+    finally:
+        executor.close()
+    assert isinstance(seen[Started], Started) and seen[Started].pid > 0
+    exited = seen[Exited]
+    assert (exited.exit_code, exited.signal, exited.lost) == (6, None, None)
+    assert exited.cpu_s is not None and exited.peak_rss_bytes > 0
+    assert (tmp_path / "1.log").read_bytes()[25:] == b"7 2 1\n"
+
+
+def test_a_kill_asked_before_the_process_is_known_still_kills_it(harness, tmp_path):
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    executor = Executor(events.put, kill_grace_s=0.5)
+    try:
+        executor.start(request(harness, tmp_path, 1, "sleep 300"))
+        executor.kill(1)
+        seen = collect(events, 1)
+    finally:
+        executor.close()
+    assert seen[Exited].signal == signal.SIGTERM
+
+
+def test_the_attempt_environment_carries_identity_params_and_step_env(harness, tmp_path):
+    env = attempt_environment(request(harness, tmp_path, 3, "true", env={"EXTRA": "mine", "PATH": "/x"}),
+                              base={"PATH": "/usr/bin", "HOME": "/root"})
+    assert env["STEPLINE_RUN_ID"] == "7"
+    assert env["STEPLINE_ATTEMPT"] == "2"
+    assert env["STEPLINE_JOB"] == "j" and env["STEPLINE_STEP"] == "s"
+    assert env["STEPLINE_PARAM_MY_KEY"] == "v" and env["STEPLINE_PARAM_REGION"] == "eu"
+    assert env["STEPLINE_OUTPUT"] == str(tmp_path / "3.out")
+    assert env["EXTRA"] == "mine" and env["PATH"] == "/x" and env["HOME"] == "/root"
+
+
+def test_a_background_process_left_by_a_finished_step_is_ended(home, write_job, tmp_path):
+    pids = tmp_path / "pids"
+    write_job("j.py", f"""
+        leaves = shell("leaves", "sleep 300 & echo $! > {pids}; echo done")
+        j = job("j", [leaves])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    [(pid, created)] = read_pids(pids, 1)
+    wait_until(lambda: gone(pid, created), timeout_s=10)
+
+
+def test_a_step_whose_worker_dies_fails_and_its_process_is_ended(home, write_job, tmp_path):
+    pids = tmp_path / "pids"
+    write_job("j.py", f"""
+        victim = shell("victim", "echo $$ > {pids}; sleep 300")
+        j = job("j", [victim])
+    """)
+    background = Background(home, "j", kill_grace_s=0.5)
+    [(pid, created)] = wait_until(lambda: read_pids(pids, 1))
+    psutil.Process(pid).parent().kill()
+    run = background.join()
+    assert run.state == "failed"
+    assert run.step("victim").reason.summary == "the worker process running this step died"
+    wait_until(lambda: gone(pid, created), timeout_s=10)
+
+
+def test_a_job_file_broken_after_loading_fails_the_step_with_the_import_error(home, write_job):
+    path = write_job("j.py", """
+        a = shell("a", "true")
+        j = job("j", [a])
+    """)
+    result = home.load()
+    path.write_text("def broken(:\n")
+    os.utime(path, (1, 1))
+    engine = home.engine()
+    try:
+        run_id = engine.submit(result.jobs["j"])
+        engine.run_until_done([run_id])
+    finally:
+        engine.close()
+    step = query.get_run(run_id).step("a")
+    assert step.state == "failed"
+    assert step.reason.summary.startswith(f"job file {path} failed to import: SyntaxError")
+
+
+def test_a_new_attempt_runs_the_job_files_current_code(home, write_job):
+    path = write_job("j.py", """
+        @step
+        def which():
+            return "old"
+
+        j = job("j", [which])
+    """)
+    engine = home.engine()
+    try:
+        first = engine.submit(home.load().jobs["j"])
+        engine.run_until_done([first])
+        write_job("j.py", """
+            @step
+            def which():
+                return "new"
+
+            j = job("j", [which])
+        """)
+        os.utime(path, (2, 2))
+        second = engine.submit(home.load().jobs["j"])
+        engine.run_until_done([second])
+    finally:
+        engine.close()
+    assert query.get_run(first).step("which").output_preview == "'old'"
+    assert query.get_run(second).step("which").output_preview == "'new'"

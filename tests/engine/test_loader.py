@@ -1,0 +1,527 @@
+"""The job-file loading contract: every problem with file:line and what to do; no file stops another.
+
+Job files written by `write_job` start with `from engine import job, step, shell` on line 1,
+so the first line of each body below is line 2.
+"""
+from __future__ import annotations
+
+import pytest
+
+from engine.definition import JobDef
+from engine.loader import find_cycle, topological_order
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(harness, monkeypatch):
+    """Run from the harness root, so problems name files as a user sees them: jobs/j.py."""
+    monkeypatch.chdir(harness.root)
+
+
+def problems(harness) -> list[str]:
+    return [str(p) for p in harness.load().problems]
+
+
+# --- files that do not import -------------------------------------------------------------
+
+def test_syntax_error_names_the_line_of_the_error(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true")
+        j = job("j", [a]
+        x = 1
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:3: syntax error: '(' was never closed; fix the file (other job files still load)"]
+
+
+def test_missing_module_says_to_install_it(harness, write_job):
+    write_job("j.py", """\
+        import surely_not_installed_pkg
+        j = job("j", [shell("a", "true")])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: the file imports 'surely_not_installed_pkg', which is not installed; install the "
+        "package that provides it into the Python environment stepline runs in, or fix the import"]
+
+
+def test_exception_at_import_names_the_deepest_line_in_the_job_file(harness, write_job):
+    write_job("_helpers.py", """\
+        def explode():
+            raise ValueError("no config for nightly")
+    """, header=False)
+    write_job("j.py", """\
+        from _helpers import explode
+
+        def build():
+            explode()
+
+        build()
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:5: importing the file failed with ValueError: no config for nightly; "
+        "fix the file (other job files still load)"]
+
+
+def test_system_exit_in_a_job_file_is_a_problem_not_an_exit(harness, write_job):
+    write_job("j.py", """\
+        import sys
+        sys.exit(3)
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:3: importing the file failed with SystemExit: 3; fix the file (other job files still load)"]
+
+
+def test_a_broken_file_does_not_stop_a_good_file_from_loading(harness, write_job):
+    write_job("a_broken.py", """\
+        j = job("broken", [shell("a", "true")]
+    """)
+    write_job("b_good.py", """\
+        j = job("good", [shell("a", "true")])
+    """)
+    result = harness.load()
+    assert list(result.jobs) == ["good"]
+    assert [str(p) for p in result.problems] == [
+        "jobs/a_broken.py:2: syntax error: '(' was never closed; fix the file (other job files still load)"]
+
+
+def test_problems_of_every_file_are_all_reported_in_file_order(harness, write_job):
+    write_job("a.py", """\
+        import surely_not_installed_pkg
+    """)
+    write_job("b.py", """\
+        j = job("b", [shell("x", "true", after=["y"])])
+    """)
+    write_job("c.py", """\
+        j = job("c", [shell("x", "true")], schedule="0 0 * *")
+    """)
+    write_job("d.py", """\
+        j = job("d", [shell("x", "true")])
+    """)
+    result = harness.load()
+    assert list(result.jobs) == ["d"]
+    assert [p.file for p in result.problems] == ["jobs/a.py", "jobs/b.py", "jobs/c.py"]
+
+
+def test_a_file_with_no_job_says_how_to_add_one_or_mark_it_a_helper(harness, write_job):
+    write_job("j.py", """\
+        X = 1
+    """)
+    assert problems(harness) == [
+        "jobs/j.py: defines no job; add `name = job(\"name\", [steps])` "
+        "or start the file name with _ if it is a helper module"]
+
+
+def test_files_starting_with_underscore_are_helpers_not_job_files(harness, write_job):
+    write_job("_shared.py", "X = 1\n", header=False)
+    write_job("j.py", """\
+        from _shared import X
+        j = job("j", [shell("a", f"echo {X}")])
+    """)
+    result = harness.load()
+    assert result.problems == ()
+    assert result.files == ("jobs/j.py",)
+
+
+def test_missing_jobs_directory_says_how_to_point_at_one(harness, monkeypatch):
+    from engine.loader import load_jobs
+    result = load_jobs(harness.root / "nowhere")
+    assert [str(p) for p in result.problems] == [
+        "nowhere: jobs directory not found; pass --jobs DIR or set STEPLINE_JOBS"]
+
+
+# --- names --------------------------------------------------------------------------------
+
+def test_duplicate_job_names_across_two_files_point_at_the_first(harness, write_job):
+    write_job("a.py", """\
+        j = job("nightly", [shell("a", "true")])
+    """)
+    write_job("b.py", """\
+
+        j = job("nightly", [shell("b", "true")])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/b.py:3: job 'nightly' is already defined at jobs/a.py:2; rename one of them"]
+    assert result.jobs["nightly"].file.endswith("a.py")
+
+
+def test_duplicate_job_names_within_one_file_are_reported_even_under_one_variable(harness, write_job):
+    write_job("j.py", """\
+        j = job("nightly", [shell("a", "true")])
+        j = job("nightly", [shell("b", "true")])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/j.py:3: job 'nightly' is already defined at line 2; rename one of them"]
+    assert result.jobs["nightly"].step_names == ("a",)
+
+
+def test_jobs_not_bound_to_a_name_still_load(harness, write_job):
+    write_job("j.py", """\
+        jobs = [job(f"sync_{region}", [shell("sync", f"echo {region}")]) for region in ("eu", "us")]
+    """)
+    result = harness.load()
+    assert result.problems == ()
+    assert list(result.jobs) == ["sync_eu", "sync_us"]
+
+
+def test_a_job_made_by_a_helper_function_is_placed_where_the_job_file_calls_it(harness, write_job):
+    write_job("_factory.py", """\
+        from engine import job, shell
+
+        def make(name, schedule):
+            return job(name, [shell("a", "true")], schedule=schedule)
+    """, header=False)
+    write_job("j.py", """\
+        from _factory import make
+
+        j = make("j", schedule="every day")
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:4: job 'j': schedule 'every day' has 2 fields; a cron schedule has 5 "
+        "(minute hour day-of-month month day-of-week) or is one of @hourly, @daily, @weekly, @monthly, @yearly"]
+
+
+def test_duplicate_step_names_in_a_job_point_at_both(harness, write_job):
+    write_job("j.py", """\
+        a = shell("extract", "true")
+        b = shell("extract", "false")
+        j = job("j", [a, b])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:3: step 'extract' appears twice in job 'j' (also at jobs/j.py:2); give one of them another name"]
+
+
+def test_a_step_that_is_not_in_any_job_is_reported(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true")
+
+        @step
+        def forgotten():
+            return 1
+
+        j = job("j", [a])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/j.py:4: step 'forgotten' is not part of any job; add it to a job's list of steps or remove it"]
+    assert list(result.jobs) == ["j"]
+
+
+def test_a_step_used_under_another_name_counts_as_used(harness, write_job):
+    write_job("j.py", """\
+        base = shell("base", "true")
+        j = job("j", [base.with_name("first"), base.with_name("second")])
+    """)
+    assert problems(harness) == []
+
+
+def test_a_plain_function_in_a_job_list_hints_at_forgetting_step(harness, write_job):
+    write_job("j.py", """\
+        def extract():
+            return 1
+
+        j = job("nightly", [extract])
+        k = job("other", [shell("a", "true")])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/j.py:5: job 'nightly': 'extract' in its steps is a plain function, not a step "
+        "(did you forget @step on it?)"]
+    assert list(result.jobs) == ["other"]
+
+
+def test_a_string_in_a_job_list_says_to_list_steps(harness, write_job):
+    write_job("j.py", """\
+        j = job("j", ["extract"])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: job 'j': 'extract' in its steps is not a step; list what @step or shell() returned"]
+
+
+def test_a_job_without_steps_says_to_list_one(harness, write_job):
+    write_job("j.py", """\
+        j = job("j", [])
+    """)
+    assert problems(harness) == ["jobs/j.py:2: job 'j' has no steps; list at least one step"]
+
+
+# --- dependencies -------------------------------------------------------------------------
+
+def test_unknown_dependency_in_after_suggests_the_close_name(harness, write_job):
+    write_job("j.py", """\
+        extract = shell("extract", "true")
+        transform = shell("transform", "true", after=["extract"])
+        load = shell("load", "true", after=["transfrom"])
+        nightly = job("nightly", [extract, transform, load])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/j.py:4: step 'load' waits on 'transfrom', which is not a step of job 'nightly' "
+        "(did you mean 'transform'?)"]
+    assert result.jobs == {}
+
+
+def test_unknown_dependency_by_parameter_name_suggests_the_close_name(harness, write_job):
+    write_job("j.py", """\
+        @step
+        def extract():
+            return [1]
+
+        @step
+        def transform(extarct):
+            return extarct
+
+        nightly = job("nightly", [extract, transform])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:6: step 'transform' takes a parameter 'extarct', which is not a step of job 'nightly' "
+        "(did you mean 'extract'?); a parameter names an upstream step, or is `params` or `context`, "
+        "or has a default"]
+
+
+def test_parameters_params_context_and_defaults_are_not_dependencies(harness, write_job):
+    write_job("j.py", """\
+        @step
+        def a(params, context, limit=10):
+            return limit
+
+        j = job("j", [a])
+    """)
+    assert problems(harness) == []
+
+
+def test_a_cycle_of_three_is_printed_with_arrows_in_dependency_order(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true", after=["c"])
+        b = shell("b", "true", after=["a"])
+        c = shell("c", "true", after=["b"])
+        j = job("j", [a, b, c])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: job 'j' has a cycle: a → b → c → a (each step waits on the one before it); "
+        "remove one of these dependencies"]
+
+
+def test_a_cycle_through_parameters_starts_at_its_first_step_in_the_file(harness, write_job):
+    write_job("j.py", """\
+        start = shell("start", "true")
+
+        @step
+        def b(c):
+            return c
+
+        @step
+        def c(b):
+            return b
+
+        j = job("j", [start, c, b])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:8: job 'j' has a cycle: c → b → c (each step waits on the one before it); "
+        "remove one of these dependencies"]
+
+
+def test_a_step_waiting_on_itself_says_to_remove_it(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true", after=["a"])
+        j = job("j", [a])
+    """)
+    assert problems(harness) == ["jobs/j.py:2: step 'a' waits on itself; remove 'a' from its after="]
+
+
+def test_a_step_with_a_parameter_named_after_itself_is_reported(harness, write_job):
+    write_job("j.py", """\
+        @step
+        def a(a):
+            return a
+
+        j = job("j", [a])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: step 'a' takes a parameter named after itself, so it would wait on itself; "
+        "rename the parameter or give it a default"]
+
+
+def test_after_accepts_step_objects_as_well_as_names(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true")
+        b = shell("b", "true", after=[a])
+        j = job("j", [a, b])
+    """)
+    result = harness.load()
+    assert result.problems == ()
+    assert result.jobs["j"].dependencies(result.jobs["j"].step("b")) == ("a",)
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule, message", [
+    ("0 6 * *", "schedule '0 6 * *' has 4 fields; a cron schedule has 5 (minute hour day-of-month month "
+                "day-of-week) or is one of @hourly, @daily, @weekly, @monthly, @yearly"),
+    ("0 25 * * *", "schedule '0 25 * * *': hour 25 is out of range 0-23"),
+    ("0 6 * * 8", "schedule '0 6 * * 8': day of week 8 is out of range 0-7 (0 and 7 are Sunday)"),
+    ("@sometimes", "schedule '@sometimes' is not a known alias; use one of @hourly, @daily, @weekly, "
+                   "@monthly, @yearly or a 5-field cron expression"),
+    ("*/0 * * * *", "schedule '*/0 * * * *': the step in '*/0' must be 1 or more"),
+    ("0 6 * * 5-1", "schedule '0 6 * * 5-1': the range '5-1' runs backwards; write the smaller value first"),
+    ("0 6 * * x", "schedule '0 6 * * x': the day of week field has 'x', which is not a number or a name in 0-7"),
+])
+def test_a_bad_cron_schedule_says_what_is_wrong_with_it(harness, write_job, schedule, message):
+    write_job("j.py", f"""\
+        j = job("nightly", [shell("a", "true")], schedule={schedule!r})
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [f"jobs/j.py:2: job 'nightly': {message}"]
+    assert result.jobs == {}
+
+
+def test_a_bad_time_zone_suggests_the_close_name(harness, write_job):
+    write_job("j.py", """\
+        j = job("nightly", [shell("a", "true")], schedule="0 6 * * *", timezone="Europe/Berln")
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: job 'nightly': unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?)"]
+
+
+def test_a_bad_time_zone_and_a_bad_schedule_are_both_reported(harness, write_job):
+    write_job("j.py", """\
+        j = job("nightly", [shell("a", "true")], schedule="0 6 * * 9", timezone="Mars/Olympus")
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: job 'nightly': unknown time zone 'Mars/Olympus' (use an IANA name such as 'Europe/Berlin')",
+        "jobs/j.py:2: job 'nightly': schedule '0 6 * * 9': day of week 9 is out of range 0-7 (0 and 7 are Sunday)"]
+
+
+def test_a_bad_interval_shows_how_to_write_one(harness, write_job):
+    write_job("j.py", """\
+        j = job("poll", [shell("a", "true")], every="15 minutes")
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: job 'poll': every='15 minutes' is not an interval; write a number and a unit, "
+        "such as '30s', '15m', '2h' or '1d'"]
+
+
+def test_schedule_and_every_together_is_a_problem_and_other_jobs_of_the_file_still_load(harness, write_job):
+    write_job("j.py", """\
+        j = job("both", [shell("a", "true")], schedule="@daily", every="1h")
+        k = job("fine", [shell("a", "true")], schedule="@daily")
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/j.py:2: job 'both': schedule= (cron) and every= (interval) are both given; keep one of them"]
+    assert list(result.jobs) == ["fine"]
+
+
+# --- step options -------------------------------------------------------------------------
+
+def test_step_options_reach_the_definition(harness, write_job):
+    write_job("j.py", """\
+        @step(retries=3, retry_delay=5, backoff=True, jitter=0.2, timeout=600, pool="warehouse",
+              env={"MODE": 1}, cwd="work")
+        def extract():
+            return 1
+
+        j = job("j", [extract])
+    """)
+    result = harness.load()
+    assert result.problems == ()
+    extract = result.jobs["j"].step("extract")
+    assert (extract.retries, extract.retry_delay_s, extract.backoff, extract.jitter) == (3, 5.0, 2.0, 0.2)
+    assert (extract.timeout_s, extract.pool, dict(extract.env), extract.cwd) == (
+        600.0, "warehouse", {"MODE": "1"}, "work")
+    assert extract.file.endswith("/jobs/j.py") and extract.line == 2
+
+
+@pytest.mark.parametrize("option, message", [
+    ("retries=-1", "retries must be a whole number of extra attempts (0 or more), got -1"),
+    ("retries=1.5", "retries must be a whole number of extra attempts (0 or more), got 1.5"),
+    ("retry_delay='5s'", "retry_delay must be a number of seconds (0 or more), got '5s'"),
+    ("timeout=0", "timeout must be a number of seconds more than 0 (leave it out for no limit), got 0"),
+    ("timeout=-5", "timeout must be a number of seconds more than 0 (leave it out for no limit), got -5"),
+    ("jitter=2", "jitter is the fraction of the delay added at random and must be between 0 and 1 "
+                 "(True means 0.5), got 2"),
+    ("backoff=0.5", "backoff multiplies the delay before each further retry and must be 1 or more "
+                    "(True means 2), got 0.5"),
+    ("env=['A=1']", "env must be a dict of NAME: value, got list ['A=1']"),
+    ("pool=''", "pool must be a non-empty name, got ''"),
+    ("after=[3]", "after must be a list of step names, got 3 in it"),
+    ("retry=2", "there is no option 'retry' (did you mean 'retries'?)"),
+])
+def test_a_bad_step_option_is_reported_at_the_step(harness, write_job, option, message):
+    write_job("j.py", f"""\
+        a = shell("a", "true")
+
+        @step({option})
+        def extract():
+            return 1
+
+        j = job("j", [a, extract])
+        k = job("k", [shell("b", "true")])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [f"jobs/j.py:4: step 'extract': {message}"]
+    assert list(result.jobs) == ["k"]
+
+
+def test_every_bad_option_of_a_shell_step_is_reported(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true", retries=-1, timeout=0)
+        j = job("j", [a])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: step 'a': retries must be a whole number of extra attempts (0 or more), got -1",
+        "jobs/j.py:2: step 'a': timeout must be a number of seconds more than 0 (leave it out for no limit), got 0"]
+
+
+def test_a_bad_step_shared_by_two_jobs_is_reported_once(harness, write_job):
+    write_job("j.py", """\
+        a = shell("a", "true", retries=-1)
+        j = job("j", [a])
+        k = job("k", [a])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:2: step 'a': retries must be a whole number of extra attempts (0 or more), got -1"]
+
+
+def test_an_empty_shell_command_is_reported(harness, write_job):
+    write_job("j.py", """\
+        j = job("j", [shell("a", "  ")])
+    """)
+    assert problems(harness) == ["jobs/j.py:2: step 'a': the command must be a non-empty string, got '  '"]
+
+
+# --- reloading ----------------------------------------------------------------------------
+
+def test_a_file_rewritten_at_once_is_loaded_from_its_new_source(harness, write_job):
+    write_job("j.py", 'j = job("aaaa", [shell("a", "true")])\n')
+    assert list(harness.load().jobs) == ["aaaa"]
+    write_job("j.py", 'j = job("bbbb", [shell("a", "true")])\n')  # same size, same second
+    assert list(harness.load().jobs) == ["bbbb"]
+
+
+# --- graph helpers ------------------------------------------------------------------------
+
+def test_find_cycle_returns_nothing_for_a_dag():
+    assert find_cycle({"a": (), "b": ("a",), "c": ("a", "b")}) == []
+
+
+def test_find_cycle_ignores_unknown_upstream_names():
+    assert find_cycle({"a": ("ghost",), "b": ("a",)}) == []
+
+
+def _job(**after: tuple[str, ...]) -> JobDef:
+    from engine.definition import StepDef
+    return JobDef(name="j", steps=tuple(StepDef(name=n, command="true", after=a) for n, a in after.items()))
+
+
+def test_topological_order_keeps_file_order_when_it_is_already_valid():
+    assert topological_order(_job(a=(), b=("a",), c=())) == ["a", "b", "c"]
+
+
+def test_topological_order_moves_a_step_only_as_far_as_its_dependencies_need():
+    assert topological_order(_job(load=("transform",), extract=(), transform=("extract",), report=())) == [
+        "extract", "transform", "load", "report"]
+
+
+def test_topological_order_keeps_file_order_for_independent_steps():
+    assert topological_order(_job(z=(), y=(), x=())) == ["z", "y", "x"]

@@ -1,0 +1,686 @@
+"""The execution contract of the Engine: data flow, failures, retries, timeouts, cancel, events."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine import query, store
+from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
+from engine.plan import StepPlan
+from engine.runner import Engine
+from tests.conftest import ROOT, Harness, wait_until
+
+
+class Background:
+    """An engine driving one run on its own thread, so the test can watch the database meanwhile."""
+
+    def __init__(self, harness: Harness, job: str, params: dict[str, str] | None = None,
+                 **options: object) -> None:
+        result = harness.load()
+        assert not result.problems, [str(p) for p in result.problems]
+        self.engine = harness.engine(**options)
+        self.run_id = self.engine.submit(result.jobs[job], params or {})
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drive, daemon=True)
+        self.thread.start()
+
+    def _drive(self) -> None:
+        try:
+            self.engine.run_until_done([self.run_id])
+        except BaseException as error:  # reported by join()
+            self.error = error
+        finally:
+            self.engine.close()
+
+    def step(self, name: str) -> query.StepView:
+        return query.get_run(self.run_id).step(name)
+
+    def join(self) -> query.RunView:
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the engine did not finish the run"
+        if self.error is not None:
+            raise self.error
+        return query.get_run(self.run_id)
+
+
+def gone(pid: int, created: float) -> bool:
+    """The process is dead (a zombie left for an init that does not reap counts as dead)."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() != created or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def read_pids(path: Path, count: int) -> list[tuple[int, float]] | None:
+    """`count` pids written one a line to `path`, with their create times, once all are there."""
+    try:
+        pids = [int(line) for line in path.read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return None
+    if len(pids) < count:
+        return None
+    result = []
+    for pid in pids:
+        try:
+            result.append((pid, psutil.Process(pid).create_time()))
+        except psutil.NoSuchProcess:
+            result.append((pid, 0.0))
+    return result
+
+
+def log_of(run: query.RunView, step: str, attempt: int = 1) -> bytes:
+    views = query.attempts(run.id, step)
+    return Path(views[attempt - 1].log_path).read_bytes()
+
+
+# --- data flow ---------------------------------------------------------------------------------------
+
+
+def test_python_output_is_passed_to_the_parameter_named_after_the_step(home, write_job):
+    write_job("j.py", """
+        @step
+        def a():
+            return {"rows": [1, 2, 3]}
+
+        @step
+        def b(a):
+            return sum(a["rows"])
+
+        j = job("j", [a, b])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    assert run.step("b").output_preview == "6"
+    assert run.step("b").upstream == ("a",)
+
+
+def test_after_orders_steps_without_passing_output(home, write_job, tmp_path):
+    trace = tmp_path / "trace"
+    write_job("j.py", f"""
+        first = shell("first", "echo first >> {trace}")
+        second = shell("second", "echo second >> {trace}", after=["first"])
+        third = shell("third", "echo third >> {trace}", after="second")
+        j = job("j", [third, second, first])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    assert trace.read_text().split() == ["first", "second", "third"]
+
+
+def test_params_reach_python_steps_as_params_and_shell_steps_as_environment(home, write_job):
+    write_job("j.py", """
+        @step
+        def py(params):
+            return params["region"] + "/" + params["day"]
+
+        sh = shell("sh", 'printf "%s-%s" "$STEPLINE_PARAM_REGION" "$STEPLINE_PARAM_MY_KEY" > "$STEPLINE_OUTPUT"')
+
+        j = job("j", [py, sh], params={"region": "eu", "day": "mon", "my-key": "default"})
+    """)
+    run = home.run_now("j", {"day": "tue", "my-key": "given"})
+    assert run.state == "succeeded"
+    assert run.step("py").output_preview == "'eu/tue'"
+    assert run.step("sh").output_preview == "'eu-given'"
+    assert run.run.params == {"region": "eu", "day": "tue", "my-key": "given"}
+
+
+def test_shell_steps_get_upstream_outputs_and_write_their_own(home, write_job):
+    write_job("j.py", """
+        @step
+        def numbers():
+            return [1, 2]
+
+        @step
+        def name():
+            return "ada"
+
+        greet = shell("greet", 'echo "hello $STEPLINE_IN_NAME $STEPLINE_IN_NUMBERS" > "$STEPLINE_OUTPUT"',
+                      after=["numbers", "name"])
+
+        @step
+        def shout(greet):
+            return greet.upper()
+
+        j = job("j", [numbers, name, greet, shout])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    assert run.step("greet").output_preview == "'hello ada [1, 2]'"
+    assert run.step("shout").output_preview == "'HELLO ADA [1, 2]'"
+
+
+def test_a_shell_step_that_writes_no_output_passes_none_downstream(home, write_job):
+    write_job("j.py", """
+        quiet = shell("quiet", "true")
+
+        @step
+        def after_quiet(quiet):
+            return repr(quiet)
+
+        j = job("j", [quiet, after_quiet])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded", run.step("after_quiet").reason
+    assert run.step("after_quiet").output_preview == "'None'"
+
+
+def test_a_dataclass_from_the_job_file_reaches_the_downstream_step(home, write_job):
+    write_job("j.py", """
+        from dataclasses import dataclass
+
+        @dataclass
+        class Batch:
+            size: int
+
+        @step
+        def make():
+            return Batch(3)
+
+        @step
+        def use(make):
+            return make.size * 2
+
+        j = job("j", [make, use])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded", run.step("use").reason
+    assert run.step("use").output_preview == "6"
+
+
+def test_context_tells_a_step_its_run_and_attempt(home, write_job):
+    write_job("j.py", """
+        @step(retries=1)
+        def where(context):
+            if context.attempt == 1:
+                raise RuntimeError("first attempt fails")
+            return f"{context.run_id}/{context.job}/{context.step}/{context.attempt}"
+
+        j = job("j", [where])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    assert run.step("where").output_preview == f"'{run.id}/j/where/2'"
+
+
+# --- failures ------------------------------------------------------------------------------------------
+
+
+def test_an_exception_is_the_reason_with_the_users_traceback(home, write_job):
+    path = write_job("j.py", """
+        def helper():
+            raise ValueError("bad row 7\\nsecond line")
+
+        @step
+        def load():
+            helper()
+
+        j = job("j", [load])
+    """)
+    run = home.run_now("j")
+    reason = run.step("load").reason
+    assert run.state == "failed"
+    assert run.step("load").state == "failed"
+    assert reason.summary == "ValueError: bad row 7"
+    assert str(path) in reason.detail
+    assert "in helper" in reason.detail and "in load" in reason.detail
+    assert "worker.py" not in reason.detail
+    assert reason.detail.rstrip().endswith("second line")
+    assert b"ValueError: bad row 7" in log_of(run, "load")
+
+
+def test_a_shell_step_exit_status_is_the_reason(home, write_job):
+    write_job("j.py", """
+        a = shell("a", "echo about to fail; exit 3")
+        j = job("j", [a])
+    """)
+    run = home.run_now("j")
+    assert run.step("a").state == "failed"
+    assert run.step("a").reason.summary == "exit code 3"
+    assert "about to fail" in run.step("a").reason.detail
+    assert query.attempts(run.id, "a")[0].exit_code == 3
+
+
+def test_a_step_killed_by_a_signal_says_which(home, write_job):
+    write_job("j.py", """
+        import os, signal
+
+        @step
+        def py():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        sh = shell("sh", "kill -TERM $$")
+        j = job("j", [py, sh])
+    """)
+    run = home.run_now("j")
+    assert run.step("py").reason.summary == "killed by signal 9 (SIGKILL)"
+    assert run.step("sh").reason.summary == "killed by signal 15 (SIGTERM)"
+    assert query.attempts(run.id, "py")[0].signal == 9
+
+
+def test_system_exit_zero_succeeds_and_nonzero_fails(home, write_job):
+    write_job("j.py", """
+        import sys
+
+        @step
+        def clean():
+            sys.exit(0)
+
+        @step
+        def numbered():
+            sys.exit(4)
+
+        @step
+        def worded():
+            sys.exit("no input files")
+
+        @step
+        def wrapped():
+            sys.exit(256)
+
+        j = job("j", [clean, numbered, worded, wrapped])
+    """)
+    run = home.run_now("j")
+    assert run.step("clean").state == "succeeded"
+    assert run.step("numbered").reason.summary == "SystemExit: 4"
+    assert query.attempts(run.id, "numbered")[0].exit_code == 4
+    assert run.step("worded").reason.summary == "SystemExit: no input files"
+    assert "worker.py" not in run.step("worded").reason.detail
+    assert run.step("wrapped").state == "failed"
+    assert run.step("wrapped").reason.summary == "SystemExit: 256"
+
+
+@pytest.mark.parametrize("value", ["threading.Lock()", "lambda: 1"])
+def test_an_output_that_cannot_be_pickled_fails_the_step(home, write_job, value):
+    write_job("j.py", f"""
+        import threading
+
+        @step
+        def make():
+            return {value}
+
+        @step
+        def use(make):
+            return 1
+
+        j = job("j", [make, use])
+    """)
+    run = home.run_now("j")
+    assert run.step("make").state == "failed"
+    assert "output of step 'make' cannot be persisted" in run.step("make").reason.summary
+    assert run.step("use").state == "upstream_failed"
+
+
+# --- retries ---------------------------------------------------------------------------------------------
+
+
+def test_a_step_failing_twice_then_succeeding_uses_three_attempts(home, write_job):
+    write_job("j.py", """
+        @step(retries=3)
+        def flaky(context):
+            if context.attempt < 3:
+                raise ConnectionError(f"attempt {context.attempt}")
+            return "ok"
+
+        j = job("j", [flaky])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    assert run.step("flaky").attempts == 3
+    views = query.attempts(run.id, "flaky")
+    assert [a.state for a in views] == ["failed", "failed", "succeeded"]
+    assert views[0].reason.summary == "ConnectionError: attempt 1"
+    assert run.step("flaky").reason is None
+
+
+def test_exhausted_retries_fail_the_step_and_its_downstream(home, write_job):
+    write_job("j.py", """
+        a = shell("a", "exit 5", retries=2)
+        b = shell("b", "true", after=["a"])
+        c = shell("c", "true", after=["b"])
+        d = shell("d", "true")
+        j = job("j", [a, b, c, d])
+    """)
+    run = home.run_now("j")
+    assert run.state == "failed"
+    assert run.step("a").state == "failed"
+    assert run.step("a").attempts == 3
+    assert run.step("a").reason.summary == "exit code 5"
+    assert run.step("b").state == "upstream_failed"
+    assert run.step("c").state == "upstream_failed"
+    assert run.step("d").state == "succeeded"
+    assert run.run.reason == "step 'a' failed"
+
+
+def test_a_retry_delay_shows_as_waiting_for_the_retry(home, write_job):
+    write_job("j.py", """
+        a = shell("a", "exit 1", retries=3, retry_delay=600)
+        b = shell("b", "true", after=["a"])
+        j = job("j", [a, b])
+    """)
+    background = Background(home, "j")
+    step = wait_until(lambda: (s := background.step("a")).state == "waiting" and s.waiting_for != "upstream"
+                      and s)
+    assert step.waiting_for.startswith("retry 1/3 at ")
+    assert len(step.waiting_for) == len("retry 1/3 at HH:MM:SS")
+    assert step.reason.summary == "exit code 1"
+    store.add_command("cancel", run_id=background.run_id)
+    run = background.join()
+    assert run.state == "cancelled"
+    assert run.step("a").state == "cancelled"
+    assert run.step("a").waiting_for is None
+    assert run.step("b").state == "cancelled"
+
+
+def _plan(**options: object) -> StepPlan:
+    return StepPlan(name="s", kind="shell", upstream=(), **options)  # type: ignore[arg-type]
+
+
+def test_retry_delays_grow_by_backoff_up_to_the_maximum(home):
+    engine = Engine(home.home, rng=random.Random(0))
+    try:
+        plan = _plan(retry_delay_s=10.0, backoff=2.0, max_retry_delay_s=50.0)
+        assert [engine._retry_delay(plan, n) for n in (1, 2, 3, 4)] == [10.0, 20.0, 40.0, 50.0]
+        assert engine._retry_delay(_plan(retry_delay_s=5.0), 3) == 5.0
+    finally:
+        engine.close()
+
+
+def test_retry_jitter_adds_up_to_its_fraction_of_the_delay(home):
+    engine = Engine(home.home, rng=random.Random(42))
+    try:
+        plan = _plan(retry_delay_s=10.0, jitter=0.5)
+        delays = [engine._retry_delay(plan, 1) for _ in range(50)]
+        expected = random.Random(42)
+        assert delays == [10.0 * (1 + expected.uniform(0, 0.5)) for _ in range(50)]
+        assert all(10.0 <= d <= 15.0 for d in delays)
+        assert len(set(delays)) > 1
+    finally:
+        engine.close()
+
+
+# --- timeouts and process trees ----------------------------------------------------------------------------
+
+
+def test_a_step_over_its_timeout_is_killed(home, write_job):
+    write_job("j.py", """
+        slow = shell("slow", "echo started; sleep 60", timeout=1)
+        after = shell("after", "true", after=["slow"])
+        j = job("j", [slow, after])
+    """)
+    run = home.run_now("j", kill_grace_s=0.5)
+    assert run.state == "failed"
+    assert run.step("slow").state == "failed"
+    assert run.step("slow").reason.summary == "timed out after 1s"
+    assert "started" in run.step("slow").reason.detail
+    assert run.step("after").state == "upstream_failed"
+
+
+def test_a_step_ignoring_sigterm_is_killed_after_the_grace_period(home, write_job):
+    write_job("j.py", """
+        import signal, time
+
+        @step(timeout=1)
+        def stubborn():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print("ignoring SIGTERM", flush=True)
+            time.sleep(60)
+
+        trapped = shell("trapped", "trap '' TERM; sleep 60", timeout=1)
+        j = job("j", [stubborn, trapped])
+    """)
+    run = home.run_now("j", kill_grace_s=0.5)
+    assert run.state == "failed"
+    for name in ("stubborn", "trapped"):
+        assert run.step(name).reason.summary == "timed out after 1s"
+        assert query.attempts(run.id, name)[0].signal == signal.SIGKILL
+
+
+TREE = """sleep 300 & echo $! >> {pids}
+( sleep 300 & echo $! >> {pids} )
+bash -c 'sleep 300 & echo $! >> {pids}; wait' &
+echo $$ >> {pids}
+sleep 300
+"""
+
+
+def test_a_timed_out_step_leaves_no_process_of_its_tree(home, write_job, tmp_path):
+    pids = tmp_path / "pids"
+    write_job("j.py", f"""
+        tree = shell("tree", {TREE.format(pids=pids)!r}, timeout=1)
+        j = job("j", [tree])
+    """)
+    background = Background(home, "j", kill_grace_s=0.5)
+    started = wait_until(lambda: read_pids(pids, 4))
+    run = background.join()
+    assert run.step("tree").reason.summary == "timed out after 1s"
+    for pid, created in started:
+        wait_until(lambda: gone(pid, created), timeout_s=10)
+
+
+def test_cancel_from_another_connection_ends_the_run_and_its_processes(home, write_job, tmp_path):
+    pids = tmp_path / "pids"
+    write_job("j.py", f"""
+        tree = shell("tree", {TREE.format(pids=pids)!r})
+        later = shell("later", "true", after=["tree"])
+        j = job("j", [tree, later])
+    """)
+    background = Background(home, "j", kill_grace_s=0.5)
+    started = wait_until(lambda: read_pids(pids, 4))
+    command_id = store.add_command("cancel", run_id=background.run_id, payload={"reason": "cancelled by test"})
+    run = background.join()
+    assert run.state == "cancelled"
+    assert run.run.reason == "cancelled by test"
+    assert run.step("tree").state == "cancelled"
+    assert run.step("tree").reason.summary == "cancelled by test"
+    assert run.step("later").state == "cancelled"
+    assert query.command(command_id).state == "done"
+    for pid, created in started:
+        wait_until(lambda: gone(pid, created), timeout_s=10)
+
+
+def test_cancel_reaches_a_run_of_the_command_line_in_another_process(home, write_job, tmp_path):
+    if not (ROOT / "cli" / "__main__.py").exists():
+        pytest.skip("the command line does not exist yet")
+    pids = tmp_path / "pids"
+    write_job("j.py", f"""
+        tree = shell("tree", {TREE.format(pids=pids)!r})
+        later = shell("later", "true", after=["tree"])
+        j = job("j", [tree, later])
+    """)
+    env = {**os.environ, "STEPLINE_HOME": str(home.home.root), "STEPLINE_JOBS": str(home.jobs_dir),
+           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "cli", "run", "j"], env=env, cwd=home.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = wait_until(lambda: read_pids(pids, 4))
+        run_id = query.list_runs(job="j")[0].id
+        store.add_command("cancel", run_id=run_id)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, (out, err)
+    run = query.get_run(run_id)
+    assert run.state == "cancelled"
+    assert run.step("tree").state == "cancelled"
+    assert run.step("tree").reason.summary == "cancelled by user"
+    assert run.step("later").state == "cancelled"
+    for pid, created in started:
+        wait_until(lambda: gone(pid, created), timeout_s=10)
+
+
+# --- retry in the same run -----------------------------------------------------------------------------------
+
+
+def _marker_job(write_job, marker: Path) -> None:
+    write_job("j.py", f"""
+        import os
+
+        @step
+        def a(context):
+            return f"from a, attempt {{context.attempt}}"
+
+        @step
+        def b(a):
+            if not os.path.exists({str(marker)!r}):
+                raise FileNotFoundError("marker missing")
+            return "b got " + a
+
+        c = shell("c", "true", after=["b"])
+        j = job("j", [a, b, c])
+    """)
+
+
+@pytest.mark.parametrize("only", [None, "b"])
+def test_retry_reruns_failed_steps_in_the_same_run_with_persisted_outputs(home, write_job, tmp_path, only):
+    marker = tmp_path / "marker"
+    _marker_job(write_job, marker)
+    first = home.run_now("j")
+    assert first.state == "failed"
+    assert first.step("b").reason.summary == "FileNotFoundError: marker missing"
+    assert first.step("c").state == "upstream_failed"
+    marker.touch()
+    run = home.retry(first.id, only)
+    assert run.id == first.id
+    assert run.state == "succeeded"
+    assert run.step("a").attempts == 1
+    assert run.step("b").attempts == 2
+    assert run.step("c").attempts == 1
+    assert run.step("b").output_preview == "'b got from a, attempt 1'"
+    assert [a.state for a in query.attempts(run.id, "b")] == ["failed", "succeeded"]
+
+
+def test_retry_refuses_a_succeeded_step_and_a_succeeded_run(home, write_job, tmp_path):
+    marker = tmp_path / "marker"
+    marker.touch()
+    _marker_job(write_job, marker)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    engine = home.engine()
+    try:
+        with pytest.raises(NotApplicableError, match=r"step 'a' of run \d+ succeeded; only failed"):
+            engine.retry(run.id, "a")
+        with pytest.raises(NotApplicableError, match="no failed, upstream_failed or cancelled steps"):
+            engine.retry(run.id)
+    finally:
+        engine.close()
+
+
+def test_retry_names_unknown_steps_and_runs(home, write_job, tmp_path):
+    _marker_job(write_job, tmp_path / "marker")
+    run = home.run_now("j")
+    engine = home.engine()
+    try:
+        with pytest.raises(UnknownStepError, match=r"no step 'bb' \(did you mean 'b'\?\); its steps are: a, b, c"):
+            engine.retry(run.id, "bb")
+        with pytest.raises(UnknownRunError, match="run 999 does not exist"):
+            engine.retry(999)
+    finally:
+        engine.close()
+
+
+# --- parallelism ----------------------------------------------------------------------------------------------
+
+
+def test_parallel_one_never_overlaps_independent_steps(home, write_job):
+    write_job("j.py", """
+        a = shell("a", "sleep 0.2")
+        b = shell("b", "sleep 0.2")
+        c = shell("c", "sleep 0.2")
+        j = job("j", [a, b, c])
+    """)
+    run = home.run_now("j", parallel=1)
+    assert run.state == "succeeded"
+    spans = sorted((a.started_at, a.ended_at) for name in "abc" for a in query.attempts(run.id, name))
+    for (_, ended), (started, _) in zip(spans, spans[1:]):
+        assert ended <= started
+    slot_waits = [e for e in query.events_since(0, run_id=run.id)
+                  if e.state == "waiting" and e.message == "a free slot (--parallel 1)"]
+    assert {e.step for e in slot_waits} == {"b", "c"}
+
+
+def test_a_step_released_by_its_upstream_says_it_waits_for_a_slot(home, write_job):
+    write_job("j.py", """
+        root = shell("root", "true")
+        x = shell("x", "sleep 60", after=["root"])
+        y = shell("y", "true", after=["root"])
+        j = job("j", [root, x, y])
+    """)
+    background = Background(home, "j", parallel=1, kill_grace_s=0.5)
+    wait_until(lambda: background.step("x").state == "running")
+    assert background.step("y").state == "waiting"
+    assert background.step("y").waiting_for == "a free slot (--parallel 1)"
+    store.add_command("cancel", run_id=background.run_id)
+    assert background.join().state == "cancelled"
+
+
+def test_parallel_two_runs_two_and_queues_the_rest(home, write_job):
+    write_job("j.py", """
+        a = shell("a", "sleep 60")
+        b = shell("b", "sleep 60")
+        c = shell("c", "sleep 60")
+        j = job("j", [a, b, c])
+    """)
+    background = Background(home, "j", parallel=2, kill_grace_s=0.5)
+    wait_until(lambda: [background.step(n).state for n in "abc"] == ["running", "running", "waiting"])
+    assert background.step("c").waiting_for == "a free slot (--parallel 2)"
+    store.add_command("cancel", run_id=background.run_id)
+    run = background.join()
+    assert [run.step(n).state for n in "abc"] == ["cancelled"] * 3
+    assert run.step("c").attempts == 0
+
+
+# --- events and snapshots ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, expected", [("true", "succeeded"), ("exit 2", "failed")])
+def test_every_state_change_is_an_event_and_the_run_state_follows(home, write_job, command, expected):
+    write_job("j.py", f"""
+        a = shell("a", "true")
+        b = shell("b", "{command}", after=["a"], retries=1)
+        c = shell("c", "true", after=["b"])
+        j = job("j", [a, b, c])
+    """)
+    run = home.run_now("j")
+    assert run.state == expected
+    events = query.events_since(0)
+    ids = [e.id for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    run_events = [e.state for e in events if e.run_id == run.id and e.kind == "run"]
+    assert run_events == ["queued", "running", expected]
+    for step_view in run.steps:
+        step_events = [e.state for e in events if e.run_id == run.id and e.step == step_view.name]
+        assert step_events[-1] == step_view.state
+    b_events = [e.state for e in events if e.step == "b"]
+    if expected == "failed":
+        assert b_events == ["waiting", "running", "waiting", "running", "failed"]
+        assert [e.state for e in events if e.step == "c"] == ["waiting", "upstream_failed"]
+    else:
+        assert b_events == ["waiting", "running", "succeeded"]
+
+
+def test_a_run_keeps_its_job_snapshot_after_the_job_file_changes(home, write_job):
+    write_job("j.py", """
+        a = shell("a", "true")
+        b = shell("b", "exit 1", after=["a"])
+        j = job("j", [a, b])
+    """)
+    run = home.run_now("j")
+    write_job("j.py", """
+        renamed = shell("renamed", "true")
+        j = job("j", [renamed])
+    """)
+    view = query.get_run(run.id)
+    assert [s.name for s in view.plan.steps] == ["a", "b"]
+    assert view.plan.step("b").command == "exit 1"
+    assert view.plan.step("b").upstream == ("a",)
+    assert [s.name for s in view.steps] == ["a", "b"]

@@ -1,0 +1,92 @@
+"""The database: WAL, migrations, corrupt or too-new files, and the command table as a bus."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engine import query, store
+from engine.errors import StateDirError
+from engine.home import prepare_home
+
+
+def test_a_new_home_gets_a_wal_database_at_the_current_schema(tmp_path):
+    home = prepare_home(tmp_path / "home")
+    database = store.open_database(home)
+    assert home.database.is_file()
+    assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.schema_version(database) == store.SCHEMA_VERSION
+
+
+def test_migrate_is_idempotent_and_keeps_the_data(tmp_path):
+    home = prepare_home(tmp_path / "home")
+    database = store.open_database(home)
+    command_id = store.add_command("cancel", run_id=1)
+    store.migrate(database)
+    store.migrate(database)
+    database = store.open_database(home)
+    assert store.schema_version(database) == store.SCHEMA_VERSION
+    assert store.Meta.select().where(store.Meta.key == "schema_version").count() == 1
+    assert query.command(command_id).kind == "cancel"
+
+
+def test_a_corrupt_database_file_is_a_clear_error(tmp_path):
+    home = prepare_home(tmp_path / "home")
+    home.database.write_bytes(b"this is not SQLite at all\x00" * 400)
+    with pytest.raises(StateDirError) as caught:
+        store.open_database(home)
+    assert f"{home.database} is not a usable stepline database" in str(caught.value)
+    assert "move it aside" in str(caught.value)
+
+
+def test_an_empty_database_file_becomes_a_new_database(tmp_path):
+    home = prepare_home(tmp_path / "home")
+    home.database.write_bytes(b"")
+    database = store.open_database(home)
+    assert store.schema_version(database) == store.SCHEMA_VERSION
+
+
+def test_a_database_from_a_newer_stepline_is_refused(tmp_path):
+    home = prepare_home(tmp_path / "home")
+    store.open_database(home)
+    store.Meta.replace(key="schema_version", value=str(store.SCHEMA_VERSION + 5)).execute()
+    with pytest.raises(StateDirError) as caught:
+        store.open_database(home)
+    message = str(caught.value)
+    assert str(home.database) in message
+    assert f"schema version {store.SCHEMA_VERSION + 5}, newer than this stepline understands" in message
+    assert "upgrade stepline" in message
+
+
+def test_commands_are_pending_until_acknowledged(tmp_path):
+    store.open_database(prepare_home(tmp_path / "home"))
+    cancel = store.add_command("cancel", run_id=4, payload={"reason": "why not"})
+    store.add_command("trigger", job="j")
+    pending = store.pending_commands(run_ids=[4], kinds=["cancel"])
+    assert [(c["id"], c["payload"]) for c in pending] == [(cancel, {"reason": "why not"})]
+    store.ack_command(cancel, True, "run 4 cancelling")
+    assert store.pending_commands(run_ids=[4]) == []
+    assert query.command(cancel).state == "done"
+    assert query.command(cancel).result == "run 4 cancelling"
+
+
+def test_readers_in_other_threads_see_every_event_in_order(tmp_path):
+    store.open_database(prepare_home(tmp_path / "home"))
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        last = 0
+        while not done.is_set() or last < query.last_event_id():
+            for event in query.events_since(last, limit=50):
+                seen.append(event.id)
+                last = event.id
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(300):
+        store.add_command("cancel", run_id=1)
+    done.set()
+    reader.join(30)
+    assert seen == list(range(1, 301))

@@ -1,0 +1,46 @@
+"""The benchmark's smoke run completes and every workload passes its correctness checks.
+
+Speed is printed by `python -m bench`, never asserted here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = {"W1", "W2", "W3", "W4", "W5"}
+
+
+def test_quick_bench_runs_every_workload_and_every_check_passes(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+
+    assert {w["name"] for w in report["workloads"]} == WORKLOADS
+    for workload in report["workloads"]:
+        assert workload["result"]["check"]["ok"], (workload["name"], workload["result"]["check"]["detail"])
+    assert report["checks_ok"]
+    assert report["startup"]["python_s"] is not None and report["startup"]["shell_s"] is not None
+
+    # The printed table names every workload and the machine it ran on.
+    for name in WORKLOADS:
+        assert f"\n{name} " in done.stdout
+    assert f"{report['machine']['cpus']} CPUs" in done.stdout
+
+
+def test_quick_bench_counts_every_log_line_and_every_retry(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "W4,W5", "--json", str(out)], cwd=ROOT,
+                   env=env, capture_output=True, text=True, timeout=600, check=True)
+    workloads = {w["name"]: w for w in json.loads(out.read_text())["workloads"]}
+
+    assert workloads["W4"]["result"]["check"]["attempts"] == 3
+    assert workloads["W4"]["result"]["run_state"] == "succeeded"
+    assert workloads["W5"]["result"]["check"]["log_lines"] == workloads["W5"]["size"]

@@ -1,0 +1,84 @@
+"""Console fixtures: an app on the harness home with a slow poll, and helpers to let it settle."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Harness
+from tui.app import SteplineApp
+from tui.widgets.details import DetailsPane
+from tui.widgets.log_tail import LogTail
+from tui.widgets.run_tree import RunTree
+
+SLOW_POLL_S = 30.0
+"""Tests poll by hand (settle); a fast timer would keep Pilot from ever seeing the app idle."""
+
+
+@pytest.fixture
+def utc_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local times on screen are UTC in tests, so snapshots and asserts do not depend on the machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+
+
+def make_app(harness: Harness, mode: str = "attached", clock: Callable[[], float] = time.time) -> SteplineApp:
+    return SteplineApp(harness.home, mode=mode, poll_interval_s=SLOW_POLL_S, clock=clock)
+
+
+async def settle(pilot, rounds: int = 4) -> None:  # type: ignore[no-untyped-def]
+    """Poll events now and wait until every worker (and what its result starts) is done."""
+    app = pilot.app
+    for _ in range(rounds):
+        app.main_screen.poll_now()
+        app.main_screen.log_pane.poll()
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def settle_until(pilot, predicate: Callable[[], object], timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Settle repeatedly until `predicate` holds (the engine works in real time)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await settle(pilot, rounds=1)
+        await asyncio.sleep(0.05)
+
+
+def publish_catalog(harness: Harness) -> None:
+    """Let an engine start and stop once, as a daemon would, so the job catalogue is in the database."""
+    from engine.service import EngineService
+    service = EngineService(harness.home, harness.jobs_dir)
+    service.start()
+    service.stop()
+
+
+def tree_text(app: SteplineApp) -> str:
+    tree = app.main_screen.query_one(RunTree)
+    lines = []
+    for index in range(tree.last_line + 1):
+        node = tree.get_node_at_line(index)
+        if node is not None:
+            label = node.label
+            lines.append(label.plain if hasattr(label, "plain") else str(label))
+    return "\n".join(lines)
+
+
+def details_text(app: SteplineApp) -> str:
+    pane = app.main_screen.query_one(DetailsPane)
+    from rich.console import Console
+    console = Console(width=200, record=True, color_system=None)
+    console.print(pane.shown)
+    return pane.border_title + "\n" + console.export_text()
+
+
+def log_lines(app: SteplineApp) -> list[str]:
+    return list(app.main_screen.query_one(LogTail).log_widget.lines)
+
+
+def notifications(app: SteplineApp) -> str:
+    return "\n".join(n.message for n in app._notifications)

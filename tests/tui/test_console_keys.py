@@ -1,0 +1,264 @@
+"""Every key does what it says on a real engine: a notification at once, then the state change."""
+from __future__ import annotations
+
+import pytest
+
+from engine import query
+from engine.service import EngineService
+from tests.tui.conftest import (details_text, make_app, notifications, publish_catalog, settle, settle_until,
+                                tree_text)
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.trigger import TriggerScreen
+from tui.widgets.run_tree import JobNode, RunNode, StepNode
+
+pytestmark = pytest.mark.usefixtures("utc_zone")
+
+
+@pytest.fixture
+def engine(harness):
+    """The engine service of `stepline up`, in a thread, consuming commands every 50 ms."""
+    service = EngineService(harness.home, harness.jobs_dir, mode="embedded", command_poll_s=0.05,
+                            kill_grace_s=1.0, stop_grace_s=0.5)
+    yield service
+    service.stop()
+
+
+def select(app, predicate) -> None:  # type: ignore[no-untyped-def]
+    tree = app.main_screen.run_tree
+    for index in range(tree.last_line + 1):
+        node = tree.get_node_at_line(index)
+        if node is not None and predicate(node.data):
+            tree.move_cursor(node)
+            return
+    raise AssertionError(f"no tree line matches; tree is:\n{tree_text(app)}")
+
+
+def is_job(name):  # type: ignore[no-untyped-def]
+    return lambda data: isinstance(data, JobNode) and data.name == name
+
+
+def is_step(name):  # type: ignore[no-untyped-def]
+    return lambda data: isinstance(data, StepNode) and data.step.name == name
+
+
+def is_run(run_id):  # type: ignore[no-untyped-def]
+    return lambda data: isinstance(data, RunNode) and data.summary.id == run_id
+
+
+async def test_r_retries_the_failed_step_and_the_retry_succeeds(harness, engine, tmp_path):
+    marker = tmp_path / "fixed"
+    harness.write_job("flaky.py", f"""
+        import os
+        @step
+        def fetch():
+            if not os.path.exists({str(marker)!r}):
+                raise RuntimeError("upstream API returned 503")
+            print("fetched")
+        flaky = job("flaky", [fetch])
+    """)
+    run = harness.run_now("flaky")
+    marker.write_text("yes")
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "engine running (embedded)" in app.main_screen.header.render().plain
+        assert "RuntimeError: upstream API returned 503" in details_text(app)
+        await pilot.press("r")
+        await settle(pilot, rounds=1)
+        assert f"retry requested for step 'fetch' of run {run.id}" in notifications(app)
+        await settle_until(pilot, lambda: "✓ fetch" in tree_text(app))
+        assert "×2" in tree_text(app)
+        await settle_until(pilot, lambda: f"retrying fetch in run {run.id}" in notifications(app))
+        assert query.get_run(run.id).state == "succeeded"
+        await settle_until(pilot, lambda: "#2/2 succeeded" in details_text(app))
+
+
+async def test_r_on_a_failed_run_retries_its_failed_steps(harness, engine):
+    harness.write_job("j.py", """
+        a = shell("a", "exit 3")
+        j = job("j", [a])
+    """)
+    run = harness.run_now("j")
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_run(run.id))
+        await settle(pilot)
+        await pilot.press("r")
+        await settle(pilot, rounds=1)
+        assert f"retry requested for the failed steps of run {run.id}" in notifications(app)
+        await settle_until(pilot, lambda: query.attempts(run.id, "a")[-1].number == 2
+                           and query.get_run(run.id).state == "failed")
+        await settle_until(pilot, lambda: "×2" in tree_text(app))
+
+
+async def test_keys_that_do_not_apply_say_why_and_leave_the_footer(harness):
+    harness.write_job("j.py", """
+        a = shell("a", "echo ok")
+        j = job("j", [a])
+    """)
+    run = harness.run_now("j")
+    publish_catalog(harness)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_run(run.id))
+        await pilot.press("enter")
+        await settle(pilot)
+        select(app, is_step("a"))
+        await settle(pilot)
+        assert app.main_screen.check_action("retry", ()) is False
+        await pilot.press("r")
+        assert "step 'a' succeeded; only failed" in notifications(app)
+        await pilot.press("c")
+        assert "already succeeded; nothing to cancel" in notifications(app)
+        await pilot.press("p")
+        assert "has no schedule to pause" in notifications(app)
+
+
+async def test_c_asks_first_then_cancels_the_running_run(harness, engine):
+    harness.write_job("slow.py", """
+        a = shell("nap", "echo napping; sleep 30")
+        slow = job("slow", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("slow"))
+        await pilot.press("R")
+        await settle(pilot, rounds=1)
+        assert "run of 'slow' requested" in notifications(app)
+        await settle_until(pilot, lambda: "● nap" in tree_text(app) or "● #1" in tree_text(app))
+        select(app, is_run(1))
+        await settle(pilot)
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert "run 1 keeps running" in notifications(app)
+        await pilot.press("c")
+        await pilot.press("y")
+        await settle(pilot, rounds=1)
+        assert "cancel requested for run 1" in notifications(app)
+        await settle_until(pilot, lambda: query.run_summary(1).state == "cancelled")
+        await settle_until(pilot, lambda: "⊘ #1" in tree_text(app))
+
+
+async def test_t_prompts_for_params_and_triggers_with_them(harness, engine):
+    harness.write_job("greet.py", """
+        @step
+        def greet(params):
+            print("hello", params["who"])
+        greeting = job("greeting", [greet], params={"who": "world"})
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("greeting"))
+        await pilot.press("t")
+        assert isinstance(app.screen, TriggerScreen)
+        app.screen.query_one("#param-who").value = "ops"
+        app.screen.query_one("#param-extra").value = "shift=night"
+        await pilot.press("enter")
+        await settle(pilot, rounds=1)
+        assert "run of 'greeting' requested (who=ops, shift=night)" in notifications(app)
+        await settle_until(pilot, lambda: query.list_runs(job="greeting")
+                           and query.list_runs(job="greeting")[0].state == "succeeded")
+        assert query.list_runs(job="greeting")[0].params == {"who": "ops", "shift": "night"}
+        await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
+
+
+async def test_p_pauses_and_resumes_the_schedule(harness, engine):
+    harness.write_job("hourly.py", """
+        a = shell("a", "true")
+        hourly = job("hourly", [a], every="1h")
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("hourly"))
+        await pilot.press("p")
+        await settle(pilot, rounds=1)
+        assert "pause requested for the schedule of 'hourly'" in notifications(app)
+        await settle_until(pilot, lambda: "hourly  every 1h  paused" in tree_text(app))
+        await pilot.press("p")
+        await settle_until(pilot, lambda: "paused" not in tree_text(app))
+        assert "resume requested" in notifications(app)
+
+
+async def test_f_cycles_the_filter_all_failed_running(harness):
+    harness.write_job("j.py", """
+        a = shell("a", "exit 4")
+        j = job("j", [a])
+    """)
+    harness.write_job("ok.py", """
+        b = shell("b", "true")
+        ok = job("ok", [b])
+    """)
+    failed = harness.run_now("j")
+    good = harness.run_now("ok")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert f"#{good.id}" in tree_text(app) and f"#{failed.id}" in tree_text(app)
+        await pilot.press("f")
+        await settle(pilot)
+        assert "filter: failed" in app.main_screen.header.render().plain
+        assert f"#{failed.id}" in tree_text(app) and f"#{good.id}" not in tree_text(app)
+        await pilot.press("f")
+        await settle(pilot)
+        assert "no running runs" in tree_text(app)
+        await pilot.press("f")
+        await settle(pilot)
+        assert f"#{good.id}" in tree_text(app)
+
+
+async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
+    harness.write_job("j.py", """
+        a = shell("extract", "true")
+        b = shell("transform", "true", after=["extract"])
+        j = job("j", [a, b])
+    """)
+    harness.run_now("j")
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for run_id in (1, 2):
+            select(app, is_run(run_id))
+            await pilot.press("enter")
+            await settle(pilot)
+        select(app, is_job("j"))
+        await pilot.press("slash")
+        await pilot.press(*"transform")
+        await pilot.press("enter")
+        await settle(pilot)
+        first = app.main_screen.run_tree.cursor_node
+        assert isinstance(first.data, StepNode) and first.data.step.name == "transform"
+        await pilot.press("n")
+        await settle(pilot)
+        second = app.main_screen.run_tree.cursor_node
+        assert isinstance(second.data, StepNode) and second.data.step.name == "transform"
+        assert second.data.run_id != first.data.run_id
+
+
+async def test_enter_expands_and_collapses_runs_lazily(harness):
+    harness.write_job("j.py", """
+        a = shell("a", "true")
+        j = job("j", [a])
+    """)
+    run = harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_run(run.id))
+        assert "✓ a" not in tree_text(app)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "✓ a" in tree_text(app)
+        await pilot.press("enter")
+        assert "✓ a" not in tree_text(app)

@@ -1,0 +1,164 @@
+"""The log pane: follows a growing log, searches, jumps, wraps and switches attempts; and quit, T, D."""
+from __future__ import annotations
+
+import pytest
+
+from tests.tui.conftest import log_lines, make_app, notifications, settle, settle_until
+from tests.tui.console_data import NOW_S, T0, fill
+from tests.tui.test_console_keys import engine, is_job, is_run, is_step, select  # noqa: F401 (fixture)
+from tui.screens.attempts import AttemptScreen
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.widgets.log_tail import LogTail
+
+pytestmark = pytest.mark.usefixtures("utc_zone")
+
+
+def log_pane(app) -> LogTail:  # type: ignore[no-untyped-def]
+    return app.main_screen.query_one(LogTail)
+
+
+async def test_the_log_follows_a_running_step_as_it_grows_and_F_stops_following(harness, engine):
+    harness.write_job("talk.py", """
+        a = shell("talk", "for i in $(seq 1 400); do echo line $i; sleep 0.02; done")
+        talk = job("talk", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("talk"))
+        await pilot.press("R")
+        await settle_until(pilot, lambda: 1 in app.main_screen.run_tree.runs)
+        select(app, is_run(1))
+        await settle_until(pilot, lambda: any("line 3" in line for line in log_lines(app)))
+        assert log_lines(app)[0].endswith(" line 1") and log_lines(app)[0][2] == ":"  # local HH:MM:SS stamp
+        seen = len(log_lines(app))
+        await settle_until(pilot, lambda: len(log_lines(app)) > seen + 5)
+        tail = log_pane(app).log_widget
+        assert tail.scroll_offset.y == tail.max_scroll_y
+        await pilot.press("l")
+        assert tail.has_focus
+        await pilot.press("F")
+        assert log_pane(app).follow is False
+        assert "follow off" in notifications(app)
+        await pilot.press("F")
+        assert log_pane(app).follow is True
+        await settle_until(pilot, lambda: any(line.endswith(" line 400") for line in log_lines(app)))
+
+
+async def test_log_keys_search_jump_wrap_and_pick_an_attempt(harness):
+    fill(harness)
+    app = make_app(harness, clock=lambda: T0 + NOW_S)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        pane = log_pane(app)
+        assert "attempt 2/2" in pane.border_title
+        await pilot.press("l")
+        await pilot.press("g")
+        assert pane.log_widget.scroll_offset.y == 0 and pane.follow is False
+        await pilot.press("e")
+        await pilot.press("slash")
+        await pilot.press(*"row 16")
+        await pilot.press("enter")
+        assert "/row 16 1/1" in str(pane.query_one("#log-status").render())
+        await pilot.press("n")
+        await pilot.press("N")
+        await pilot.press("G")
+        assert pane.follow is True
+        await pilot.press("w")
+        assert pane.wrap is True
+        await pilot.press("a")
+        assert isinstance(app.screen, AttemptScreen)
+        await pilot.press("up")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "attempt 1/2" in pane.border_title
+        assert any("cleaning 1840 rows" in line for line in log_lines(app))
+        await pilot.press("escape")
+        assert app.main_screen.run_tree.has_focus
+
+
+async def test_q_in_up_with_active_runs_says_what_happens_and_asks(harness, engine):
+    harness.write_job("slow.py", """
+        a = shell("nap", "sleep 30")
+        slow = job("slow", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("slow"))
+        await pilot.press("R")
+        await settle_until(pilot, lambda: app.main_screen.counts.get("running"))
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "1 run is active" in app.screen.question and "cancelled" in app.screen.question
+        await pilot.press("n")
+        assert app.is_running
+        await pilot.press("q")
+        await pilot.press("y")
+        await pilot.pause()
+        assert not app.is_running
+
+
+async def test_q_when_attached_quits_at_once(harness):
+    app = make_app(harness)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+
+async def test_question_mark_shows_every_key_and_escape_closes_it(harness):
+    app = make_app(harness)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert app.screen is app.main_screen
+
+
+async def test_T_and_D_open_the_timeline_and_graph_of_the_selected_run(harness):
+    from tui.widgets.dag_graph import GraphScreen
+    from tui.widgets.timeline import TimelineScreen
+
+    fill(harness)
+    app = make_app(harness, clock=lambda: T0 + NOW_S)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("T")
+        await settle(pilot)
+        assert isinstance(app.screen, TimelineScreen)
+        await pilot.press("escape")
+        await pilot.press("D")
+        await settle(pilot)
+        assert isinstance(app.screen, GraphScreen)
+        await pilot.press("escape")
+        assert app.screen is app.main_screen
+
+
+async def test_the_command_palette_lists_every_action(harness):
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        titles = [c.title for c in app.get_system_commands(app.main_screen)]
+        for title in ("Retry failed step(s)", "Cancel run", "Trigger with params", "Timeline of run", "Help"):
+            assert title in titles
+
+
+async def test_the_header_names_the_daemon_the_console_is_attached_to(harness):
+    import os
+
+    from engine.service import EngineService
+    service = EngineService(harness.home, harness.jobs_dir, mode="daemon")
+    service.start()
+    try:
+        app = make_app(harness)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            assert f"attached to daemon pid {os.getpid()}" in app.main_screen.header.render().plain
+    finally:
+        service.stop()

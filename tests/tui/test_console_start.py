@@ -1,0 +1,92 @@
+"""What the operator sees on opening the console: the newest failure, its reason, traceback and log."""
+from __future__ import annotations
+
+from engine.service import EngineService
+import pytest
+
+from tests.tui.conftest import details_text, log_lines, make_app, settle, tree_text
+
+pytestmark = pytest.mark.usefixtures("utc_zone")
+
+
+async def test_a_failed_run_opens_on_its_failed_step_with_reason_traceback_and_log(harness):
+    harness.write_job("sales.py", """
+        @step
+        def extract():
+            print("fetching rows")
+            return [1, 2, 3]
+
+        @step
+        def transform(extract):
+            print("cleaning", len(extract), "rows")
+            raise ValueError("bad row 17: price is negative")
+
+        load = shell("load", "echo loading", after=["transform"])
+        nightly = job("nightly_sales", [extract, transform, load])
+    """)
+    run = harness.run_now("nightly_sales")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = tree_text(app)
+        assert f"✗ #{run.id}" in tree
+        assert "✓ extract" in tree and "✗ transform" in tree and "⊘ load  upstream failed" in tree
+        assert app.main_screen.run_tree.cursor_node.data.step.name == "transform"
+        details = details_text(app)
+        assert "ValueError: bad row 17: price is negative" in details
+        assert "Traceback" in details
+        assert "upstream" in details and "extract" in details
+        assert "#1/1 failed" in details
+        assert any("cleaning 3 rows" in line for line in log_lines(app))
+
+
+async def test_an_empty_home_says_what_to_do(harness):
+    app = make_app(harness)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert "No jobs yet" in tree_text(app)
+        assert "Nothing has run yet" in details_text(app)
+        assert "engine not running" in app.main_screen.header.render().plain
+
+
+async def test_broken_job_files_are_listed_with_file_and_line_and_the_rest_works(harness):
+    harness.write_job("ok.py", """
+        a = shell("a", "true")
+        fine = job("fine", [a])
+    """)
+    harness.write_job("broken.py", "x = = 1\n")
+    service = EngineService(harness.home, harness.jobs_dir)
+    service.start()
+    service.stop()
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = tree_text(app)
+        assert "1 job file problem" in tree
+        assert "broken.py:" in tree
+        assert "fine" in tree and "no runs yet" in tree
+        app.main_screen.run_tree.move_cursor(app.main_screen.run_tree.root.children[0].children[0])
+        await settle(pilot)
+        assert "broken.py" in details_text(app) and "syntax" in details_text(app)
+
+
+async def test_job_lines_show_schedule_and_the_header_counts_runs(harness):
+    harness.write_job("hello.py", """
+        a = shell("say_hello", "echo hello")
+        hello = job("hello", [a], every="15m")
+        b = shell("boom", "exit 3")
+        boom = job("boom", [b], schedule="0 6 * * *")
+    """)
+    harness.run_now("boom")
+    service = EngineService(harness.home, harness.jobs_dir)
+    service.start()
+    service.stop()
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = tree_text(app)
+        assert "hello  every 15m" in tree
+        assert "boom  0 6 * * *" in tree
+        header = app.main_screen.header.render().plain
+        assert "1 failed" in header and "0 running" in header
+        assert "engine not running" in header

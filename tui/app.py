@@ -1,0 +1,57 @@
+"""The stepline console app: configuration, the main screen, app-wide keys and the command palette.
+
+`stepline up` runs it with mode="embedded" (the engine runs in a thread of this process);
+`stepline tui` with mode="attached" (a daemon owns the home). The database is opened by the
+caller. The poll interval and the clock are arguments so tests can slow the one and freeze
+the other.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from engine.home import Home
+from tui.keys import MAIN_KEYS
+from tui.screens.main import MainScreen
+
+
+class SteplineApp(App[None]):
+    TITLE = "stepline"
+    # Keys the main screen hides because they do not apply to the selection land here and say why.
+    BINDINGS = [Binding(key, f"explain('{action}')", text, show=False) for key, action, text in MAIN_KEYS]
+
+    def __init__(self, home: Home, mode: str = "attached", poll_interval_s: float = 0.25,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.home = home
+        self.mode = mode
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        self.main_screen = MainScreen(mode)
+
+    def on_mount(self) -> None:
+        self.push_screen(self.main_screen)
+
+    def action_explain(self, action: str) -> None:
+        if self.screen is self.main_screen:
+            self.main_screen.explain(action)
+
+    async def _palette_action(self, action: str) -> None:
+        reason = self.main_screen.why_not(action)
+        if reason:
+            self.notify(reason, title="not applicable", severity="warning")
+            return
+        await self.main_screen.run_action(action)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if screen is not self.main_screen:
+            return
+        for key, action, text in MAIN_KEYS:
+            shown = {"slash": "/", "question_mark": "?"}.get(key, key)
+            yield SystemCommand(text, f"key {shown}", partial(self._palette_action, action))

@@ -1,0 +1,121 @@
+"""The console's read layer: bundles of engine.query calls made in worker threads.
+
+Each function runs off the UI thread, calls only engine.query, and returns plain values the
+screen applies on the UI thread. Each worker thread closes its own SQLite connection when
+done (peewee keeps one connection per thread, and Textual starts a thread per worker).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from engine import query, store
+from engine.errors import SteplineError
+from engine.query import AttemptView, CommandView, EngineStatus, JobSummary, RunSummary, RunView
+
+PAGE_SIZE = 50
+"""Runs loaded per page under a job; a "more" line loads the next page."""
+FILTERS = ("all", "failed", "running")
+FILTER_STATES: dict[str, tuple[str, ...]] = {"failed": ("failed",), "running": ("running", "queued")}
+
+T = TypeVar("T")
+
+
+def closing_connection(read: Callable[[], T]) -> T:
+    """Run `read` and close this thread's database connection afterwards."""
+    try:
+        return read()
+    finally:
+        store.db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    jobs: list[JobSummary]
+    problems: list[tuple[str, int, str]]
+    last_runs: dict[str, RunSummary]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What changed since the last poll."""
+    last_event_id: int
+    status: EngineStatus
+    counts: dict[str, int]
+    runs: dict[int, RunSummary] = field(default_factory=dict)
+    """Runs touched by new events (new runs included)."""
+    views: dict[int, RunView] = field(default_factory=dict)
+    """Full views of touched runs whose steps the tree shows."""
+    catalog: Catalog | None = None
+    """The job catalogue, when it or a schedule changed."""
+    acked: list[CommandView] = field(default_factory=list)
+    """Commands the engine acknowledged since the last poll."""
+    steps_touched: set[tuple[int, str]] = field(default_factory=set)
+
+
+def load_catalog() -> Catalog:
+    return Catalog(jobs=query.jobs(), problems=query.load_problems(), last_runs=query.last_run_by_job())
+
+
+def load_start(now: float) -> tuple[Catalog, Delta]:
+    """Everything the first screen needs, and the event id to poll from."""
+    last_id = query.last_event_id()
+    catalog = load_catalog()
+    delta = Delta(last_event_id=last_id, status=query.engine_status(now), counts=query.run_counts())
+    return catalog, delta
+
+
+def poll(last_id: int, now: float, loaded_runs: Iterable[int], pending_commands: Iterable[int],
+         limit: int = 1000) -> Delta:
+    events = query.events_since(last_id, limit=limit)
+    new_last = events[-1].id if events else last_id
+    touched = {e.run_id for e in events if e.run_id is not None}
+    steps = {(e.run_id, e.step) for e in events if e.run_id is not None and e.step}
+    wants_catalog = any(e.kind in ("catalog", "schedule") for e in events)
+    runs: dict[int, RunSummary] = {}
+    for run_id in sorted(touched):
+        try:
+            runs[run_id] = query.run_summary(run_id)
+        except SteplineError:
+            continue
+    loaded = set(loaded_runs)
+    views = {run_id: query.get_run(run_id) for run_id in sorted(touched & loaded) if run_id in runs}
+    acked = []
+    for command_id in pending_commands:
+        try:
+            view = query.command(command_id)
+        except Exception:  # the command row is gone (a reset home): nothing to wait for
+            continue
+        if view.state != "pending":
+            acked.append(view)
+    catalog = load_catalog() if wants_catalog else None
+    return Delta(last_event_id=new_last, status=query.engine_status(now), counts=query.run_counts(), runs=runs,
+                 views=views, catalog=catalog, acked=acked, steps_touched=steps)
+
+
+def load_runs(job: str, run_filter: str, before_id: int | None) -> tuple[list[RunSummary], bool]:
+    """One page of a job's runs, newest first, and whether there are more."""
+    states = FILTER_STATES.get(run_filter)
+    if states is None:
+        page = query.list_runs(job=job, limit=PAGE_SIZE + 1, before_id=before_id)
+    else:
+        merged: list[RunSummary] = []
+        for state in states:
+            merged += query.list_runs(job=job, state=state, limit=PAGE_SIZE + 1, before_id=before_id)
+        page = sorted(merged, key=lambda r: r.id, reverse=True)
+    return page[:PAGE_SIZE], len(page) > PAGE_SIZE
+
+
+def load_attempts(run_id: int, step: str) -> list[AttemptView]:
+    return query.attempts(run_id, step)
+
+
+def load_timeline(run_id: int) -> tuple[RunView, dict[str, list[AttemptView]]]:
+    view = query.get_run(run_id)
+    return view, {s.name: query.attempts(run_id, s.name) for s in view.steps}
+
+
+def write_command(kind: str, **fields: object) -> int:
+    """Write one command for the engine (store.add_command is the console's only write)."""
+    return store.add_command(kind, **fields)  # type: ignore[arg-type]

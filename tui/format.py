@@ -1,0 +1,201 @@
+"""How states, times and durations read on the console: glyphs, colours and short labels.
+
+Every state has a glyph that reads without colour (NO_COLOR, monochrome terminals) and a
+colour from the 16 ANSI colours, so a 16-colour terminal over SSH looks the same as a
+true-colour one. Pure functions of plain values; knows nothing of widgets or the database.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from rich.text import Text
+
+from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, StepView
+
+GLYPHS = {
+    "succeeded": "✓", "failed": "✗", "running": "●", "queued": "◷", "pending": "◷", "waiting": "◷",
+    "retrying": "↻", "cancelled": "⊘", "upstream_failed": "⊘", "skipped": "–",
+}
+COLORS = {
+    "succeeded": "green", "failed": "bold red", "running": "yellow", "queued": "cyan", "pending": "bright_black",
+    "waiting": "cyan", "retrying": "magenta", "cancelled": "bright_black", "upstream_failed": "red",
+    "skipped": "bright_black",
+}
+SHORT_NOTES = {"upstream_failed": "upstream failed", "cancelled": "cancelled", "skipped": "skipped"}
+
+
+def visual_state(state: str, waiting_for: str | None = None) -> str:
+    """The state as drawn: a step waiting for its retry delay is drawn as retrying (↻)."""
+    if state == "waiting" and waiting_for and waiting_for.startswith("retry"):
+        return "retrying"
+    return state
+
+
+def glyph(state: str, waiting_for: str | None = None) -> Text:
+    shown = visual_state(state, waiting_for)
+    return Text(GLYPHS.get(shown, "?"), style=COLORS.get(shown, ""))
+
+
+def local(at: datetime | None) -> datetime | None:
+    return None if at is None else at.astimezone()
+
+
+def clock_text(at: datetime | None) -> str:
+    """HH:MM:SS in the machine's zone."""
+    shown = local(at)
+    return shown.strftime("%H:%M:%S") if shown else "—"
+
+
+def when_text(at: datetime | None, now: datetime) -> str:
+    """Short time of day, with the date when it is not today: "03:12:40" or "11-26 03:12"."""
+    shown = local(at)
+    if shown is None:
+        return "—"
+    if shown.date() == now.astimezone().date():
+        return shown.strftime("%H:%M:%S")
+    return shown.strftime("%m-%d %H:%M")
+
+
+def stamp_text(at: datetime | None) -> str:
+    """Full local date and time for the details pane."""
+    shown = local(at)
+    return shown.strftime("%Y-%m-%d %H:%M:%S") if shown else "—"
+
+
+def duration_text(seconds: float | None, live: bool = False) -> str:
+    """12.3s / 4m05s / 3h04m; whole seconds while live so labels tick once a second."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{int(seconds)}s" if live else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def bytes_text(count: int | None) -> str:
+    if count is None:
+        return "—"
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+def utc_now(clock_s: float) -> datetime:
+    return datetime.fromtimestamp(clock_s, timezone.utc)
+
+
+# --- tree labels -------------------------------------------------------------------------------------
+
+
+def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
+              catalog_known: bool = True) -> Text:
+    text = Text()
+    if last_run is not None:
+        text.append_text(glyph(last_run.state))
+    else:
+        text.append(" ")
+    text.append(" ")
+    text.append(name, style="bold")
+    if job is None:
+        if catalog_known:
+            text.append("  not loaded", style="italic bright_black")
+        return text
+    schedule = job.schedule or (f"every {job.every}" if job.every else None)
+    if schedule:
+        text.append(f"  {schedule}", style="bright_black")
+        if job.paused:
+            text.append("  paused", style="bold magenta")
+        elif job.next_fire_at is not None:
+            text.append(f"  next {when_text(job.next_fire_at, now)}", style="bright_black")
+    if last_run is None:
+        text.append("  no runs yet", style="italic bright_black")
+    return text
+
+
+def run_label(run: RunSummary, now: datetime) -> Text:
+    live = run.state == "running"
+    text = glyph(run.state)
+    text.append(f" #{run.id}", style="bold")
+    text.append(f"  {when_text(run.created_at, now)}")
+    duration = duration_text(run.duration_s(now if live else None), live=live)
+    if duration:
+        text.append(f"  {duration}", style="yellow" if live else "")
+    if run.state in ("cancelled", "queued"):
+        text.append(f"  {run.state}", style="bright_black")
+    if run.trigger not in ("schedule",):
+        text.append(f"  {run.trigger}", style="bright_black")
+    return text
+
+
+def step_label(step: StepView, now: datetime) -> Text:
+    live = step.state == "running"
+    text = glyph(step.state, step.waiting_for)
+    text.append(f" {step.name}")
+    duration = duration_text(step.duration_s(now if live else None), live=live)
+    if duration:
+        text.append(f"  {duration}", style="yellow" if live else "")
+    if step.attempts > 1:
+        text.append(f"  ×{step.attempts}", style="magenta")
+    note = SHORT_NOTES.get(step.state)
+    if step.state == "waiting" and step.waiting_for:
+        note = step.waiting_for if visual_state(step.state, step.waiting_for) == "retrying" else "waiting"
+    if note:
+        text.append(f"  {note}", style="bright_black")
+    return text
+
+
+# --- reasons and attempts ------------------------------------------------------------------------------
+
+
+def step_reason(step: StepView) -> str:
+    """The one line saying why a step is in its state."""
+    if step.state == "waiting":
+        waiting = step.waiting_for or "upstream"
+        if waiting.startswith("retry"):
+            return waiting
+        return f"waiting for {waiting}"
+    if step.reason is not None:
+        return step.reason.summary
+    return {"pending": "not started yet", "running": "running", "succeeded": "succeeded",
+            "skipped": "skipped"}.get(step.state, step.state)
+
+
+def attempt_line(attempt: AttemptView, total: int, now: datetime) -> Text:
+    live = attempt.state == "running"
+    text = glyph(attempt.state)
+    text.append(f" #{attempt.number}/{total} {attempt.state}")
+    if attempt.exit_code is not None:
+        text.append(f"  exit {attempt.exit_code}")
+    if attempt.signal:
+        text.append(f"  signal {attempt.signal}")
+    text.append(f"  {duration_text(attempt.duration_s(now if live else None), live=live) or '—'}")
+    if attempt.cpu_s is not None:
+        text.append(f"  cpu {attempt.cpu_s:.1f}s")
+    if attempt.peak_rss_bytes is not None:
+        text.append(f"  peak {bytes_text(attempt.peak_rss_bytes)}")
+    text.append(f"  {when_text(attempt.started_at, now)}", style="bright_black")
+    if attempt.reason is not None and attempt.state != "succeeded":
+        text.append(f"  {attempt.reason.summary}", style="red")
+    return text
+
+
+def engine_text(status: EngineStatus, mode: str, compact: bool = False) -> Text:
+    """The header's engine state (`compact` for 80 columns)."""
+    if status.state == "running":
+        if mode == "embedded":
+            return Text("● engine running (embedded)", style="green")
+        kind = "daemon" if status.mode != "embedded" else "`stepline up`"
+        return Text(f"● attached to {kind} pid {status.pid}", style="green")
+    if status.state == "not responding":
+        return Text(f"✗ engine not responding since {clock_text(status.heartbeat_at)}", style="bold red")
+    if status.state == "stopped":
+        return Text("⊘ engine not running" + ("" if compact else " (stopped)"), style="bold yellow")
+    return Text("⊘ engine not running" + ("" if compact else " (never started here)"), style="bold yellow")

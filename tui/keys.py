@@ -1,0 +1,54 @@
+"""Every key of the console with its description, for the bindings, the help screen and the palette."""
+from __future__ import annotations
+
+MAIN_KEYS: list[tuple[str, str, str]] = [
+    # (key, action, description)
+    ("r", "retry", "Retry failed step(s)"),
+    ("R", "rerun_job", "Re-run job now"),
+    ("c", "cancel_run", "Cancel run"),
+    ("t", "trigger", "Trigger with params"),
+    ("p", "toggle_pause", "Pause/resume schedule"),
+    ("f", "cycle_filter", "Filter all/failed/running"),
+    ("slash", "search_tree", "Search tree"),
+    ("n", "search_next", "Next match"),
+    ("N", "search_previous", "Previous match"),
+    ("l", "focus_log", "Focus log"),
+    ("T", "timeline", "Timeline of run"),
+    ("D", "graph", "Dependency graph"),
+    ("question_mark", "help", "Help"),
+    ("q", "quit_console", "Quit"),
+]
+
+HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Tree (left)", [
+        ("↑ ↓ / PgUp PgDn", "move; the details and log follow the selection"),
+        ("enter / space", "expand or collapse a job or run; on “more runs” load the next page"),
+        ("← → shift+↑↓", "parent / sibling navigation"),
+        ("/  n  N", "search the loaded tree; next / previous match"),
+        ("f", "filter runs: all → failed → running"),
+        ("tab", "move focus: tree → details → log"),
+    ]),
+    ("Actions", [
+        ("r", "retry the selected failed step, or the failed steps of the selected run"),
+        ("R", "re-run the selected job now with its default params"),
+        ("t", "trigger the selected job with a params prompt"),
+        ("c", "cancel the selected run (asks first)"),
+        ("p", "pause or resume the selected job's schedule"),
+        ("T", "timeline of the selected run"),
+        ("D", "dependency graph of the selected run's job"),
+    ]),
+    ("Log (bottom right, l to focus)", [
+        ("/  n  N", "search the loaded lines; next / previous match"),
+        ("g  G", "top / bottom (G follows again)"),
+        ("F", "follow the end on/off"),
+        ("w", "wrap long lines on/off"),
+        ("e", "jump to the first error line"),
+        ("a", "pick another attempt"),
+        ("escape", "back to the tree"),
+    ]),
+    ("Console", [
+        ("?", "this help (escape closes)"),
+        ("ctrl+p", "command palette: every action by name"),
+        ("q", "quit (in `stepline up`, asks first when runs are active)"),
+    ]),
+]

@@ -1,0 +1,274 @@
+"""The keys that change things: retry, re-run, trigger, cancel, pause, quit, and the T/D views.
+
+A mixin of MainScreen. Each action first asks `why_not(action)`: when the key does not
+apply to the selection it says why (and the footer hides it). Otherwise it writes one
+command through `store.add_command` in a worker, notifies at once, and notifies again with
+the engine's answer when the command is acknowledged.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.message import Message
+
+from engine.query import CommandView
+from tui import data
+from tui.widgets.run_tree import JobNode, RunNode, StepNode
+
+if TYPE_CHECKING:
+    from tui.screens.main import MainScreen
+
+ALWAYS = {"cycle_filter", "search_tree", "focus_log", "help", "quit_console"}
+ACTIVE = ("running", "queued")
+
+
+class CommandActions:
+    """Mixed into MainScreen; uses its `selected`, `jobs`, `status`, `counts` and panes."""
+
+    class CommandWritten(Message):
+        def __init__(self, command_id: int | None, text: str, error: str | None = None) -> None:
+            super().__init__()
+            self.command_id, self.text, self.error = command_id, text, error
+
+    class TimelineLoaded(Message):
+        def __init__(self, view: Any, attempts: dict[str, Any], graph: bool) -> None:
+            super().__init__()
+            self.view, self.attempts, self.graph = view, attempts, graph
+
+    pending_commands: dict[int, str]
+
+    # --- what the selection is --------------------------------------------------------------------------
+
+    def _selection(self: MainScreen) -> tuple[str | None, Any, Any]:
+        """(job name, run summary, step view) of the selection, each None when not selected."""
+        node = self.selected
+        if isinstance(node, JobNode):
+            return node.name, None, None
+        if isinstance(node, RunNode):
+            return node.summary.job, node.summary, None
+        if isinstance(node, StepNode):
+            run_node = self.run_tree.runs.get(node.run_id)
+            summary = run_node.data.summary if run_node is not None else None  # type: ignore[union-attr]
+            step = node.step
+            if self.selected_view is not None and self.selected_view.id == node.run_id:
+                step = next((s for s in self.selected_view.steps if s.name == step.name), step)
+            return node.job, summary, step
+        return None, None, None
+
+    def why_not(self: MainScreen, action: str) -> str | None:
+        """Why `action` does not apply to the selection, or None when it does."""
+        if action in ALWAYS:
+            return None
+        job, run, step = self._selection()
+        if action in ("search_next", "search_previous"):
+            return None if self.search_term else "no tree search yet: press / to search"
+        if action == "retry":
+            if run is None:
+                return "select a failed run or step to retry (f shows only failed runs)"
+            if run.state in ACTIVE:
+                return f"run #{run.id} is still {run.state}; retry works once it has ended (c cancels it)"
+            if step is not None:
+                if step.state not in ("failed", "upstream_failed", "cancelled"):
+                    return (f"step '{step.name}' {step.state.replace('_', ' ')}; only failed, upstream_failed or "
+                            "cancelled steps can be retried")
+                return None
+            view = self.selected_view if self.selected_view and self.selected_view.id == run.id else None
+            if view is not None and not any(s.state in ("failed", "upstream_failed", "cancelled") for s in view.steps):
+                return f"run #{run.id} {run.state}; it has no failed steps to retry"
+            if view is None and run.state == "succeeded":
+                return f"run #{run.id} succeeded; it has no failed steps to retry"
+            return None
+        if action in ("rerun_job", "trigger", "toggle_pause"):
+            if job is None:
+                return "select a job (or one of its runs) first"
+            if job not in self.jobs:
+                return f"job '{job}' is not loaded now (its file is gone or broken); see the job file problems"
+            if action == "toggle_pause":
+                summary = self.jobs[job]
+                if not summary.schedule and not summary.every:
+                    return f"job '{job}' has no schedule to pause; it runs only when triggered"
+            return None
+        if action == "cancel_run":
+            if run is None:
+                return "select a run to cancel"
+            if run.state not in ACTIVE:
+                return f"run #{run.id} already {run.state}; nothing to cancel"
+            return None
+        if action in ("timeline", "graph"):
+            if run is None and not (action == "graph" and job is not None and self._last_run_of(job)):
+                return "select a run first" if action == "timeline" else "select a job that has run, or a run"
+            return None
+        return None
+
+    def _last_run_of(self: MainScreen, job: str) -> Any:
+        node = self.run_tree.jobs.get(job)
+        return node.data.last_run if node is not None else None  # type: ignore[union-attr]
+
+    def check_action(self: MainScreen, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.why_not(action) is None
+
+    def explain(self: MainScreen, action: str) -> None:
+        reason = self.why_not(action)
+        if reason:
+            self.app.notify(reason, title="not applicable", severity="warning")
+
+    # --- writing commands -----------------------------------------------------------------------------
+
+    def send_command(self: MainScreen, text: str, kind: str, **fields: Any) -> None:
+        self._write_command(text, kind, fields)
+
+    @work(thread=True, group="commands")
+    def _write_command(self: MainScreen, text: str, kind: str, fields: dict[str, Any]) -> None:
+        try:
+            command_id = data.closing_connection(lambda: data.write_command(kind, **fields))
+        except Exception as error:  # the database refused the write: say so, the console keeps going
+            self.post_message(self.CommandWritten(None, text, str(error)))
+            return
+        self.post_message(self.CommandWritten(command_id, text))
+
+    def on_command_actions_command_written(self: MainScreen, message: CommandActions.CommandWritten) -> None:
+        if message.error is not None or message.command_id is None:
+            self.app.notify(f"could not write the command ({message.text}): {message.error}", severity="error")
+            return
+        self.pending_commands[message.command_id] = message.text
+        note = ""
+        if self.status is not None and self.status.state != "running":
+            note = ("\nno engine is running on this home: it happens when one starts "
+                    "(`stepline daemon` or `stepline up`)")
+        self.app.notify(message.text + note, severity="warning" if note else "information")
+        self.poll_now()
+
+    def command_acked(self: MainScreen, command: CommandView) -> None:
+        text = self.pending_commands.pop(command.id, None)
+        if text is None:
+            return
+        if command.state == "done":
+            self.app.notify(command.result or f"{command.kind} done", title="engine")
+        else:
+            self.app.notify(command.result or f"{command.kind} failed", title=f"{command.kind} refused",
+                            severity="error")
+
+    # --- actions --------------------------------------------------------------------------------------------
+
+    def _guard(self: MainScreen, action: str) -> bool:
+        reason = self.why_not(action)
+        if reason:
+            self.app.notify(reason, title="not applicable", severity="warning")
+        return reason is None
+
+    def action_retry(self: MainScreen) -> None:
+        if not self._guard("retry"):
+            return
+        _, run, step = self._selection()
+        if step is not None:
+            self.send_command(f"retry requested for step '{step.name}' of run {run.id}", "retry",
+                              run_id=run.id, step=step.name)
+        else:
+            self.send_command(f"retry requested for the failed steps of run {run.id}", "retry", run_id=run.id,
+                              step=None)
+
+    def action_rerun_job(self: MainScreen) -> None:
+        if not self._guard("rerun_job"):
+            return
+        job, _, _ = self._selection()
+        self.send_command(f"run of '{job}' requested (default params)", "trigger", job=job,
+                          payload={"params": {}})
+
+    def action_trigger(self: MainScreen) -> None:
+        from tui.screens.trigger import TriggerScreen
+
+        if not self._guard("trigger"):
+            return
+        job, _, _ = self._selection()
+        assert job is not None
+
+        def chosen(params: dict[str, str] | None) -> None:
+            if params is None:
+                self.app.notify("trigger cancelled: nothing was started")
+                return
+            shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "no params"
+            self.send_command(f"run of '{job}' requested ({shown})", "trigger", job=job,
+                              payload={"params": params})
+
+        self.app.push_screen(TriggerScreen(job, dict(self.jobs[job].plan.params)), chosen)
+
+    def action_cancel_run(self: MainScreen) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        if not self._guard("cancel_run"):
+            return
+        _, run, _ = self._selection()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.send_command(f"cancel requested for run {run.id}", "cancel", run_id=run.id,
+                                  payload={"reason": "cancelled by user (console)"})
+            else:
+                self.app.notify(f"run {run.id} keeps running")
+
+        self.app.push_screen(ConfirmScreen(
+            f"cancel run #{run.id}", f"Cancel run #{run.id} of {run.job}? Its running steps are killed and its "
+            "steps that have not started are marked cancelled. Finished steps keep their results; r retries "
+            "the cancelled steps later.", yes="cancel the run"), answered)
+
+    def action_toggle_pause(self: MainScreen) -> None:
+        if not self._guard("toggle_pause"):
+            return
+        job, _, _ = self._selection()
+        summary = self.jobs[job]  # type: ignore[index]
+        if summary.paused:
+            self.send_command(f"resume requested for the schedule of '{job}'", "resume", job=job)
+        else:
+            self.send_command(f"pause requested for the schedule of '{job}' (running runs go on)", "pause", job=job)
+
+    def action_quit_console(self: MainScreen) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        active = self.counts.get("running", 0) + self.counts.get("queued", 0)
+        if self.app_mode != "embedded" or not active:
+            self.app.exit()
+            return
+        question = (f"{active} run{'s are' if active != 1 else ' is'} active. Quitting stops the embedded engine: "
+                    "running steps get the grace period (--grace, 10 s by default) to finish, then they are "
+                    "cancelled and their runs end as cancelled (r retries them later). Schedules do not fire "
+                    "until stepline starts again.\n\nTo keep runs going without a console, use "
+                    "`stepline daemon` and `stepline tui`.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.exit()
+
+        self.app.push_screen(ConfirmScreen("quit stepline up?", question, yes="quit"), answered)
+
+    # --- timeline and graph (screens by another module) ------------------------------------------------------
+
+    def action_timeline(self: MainScreen) -> None:
+        self._open_view(graph=False)
+
+    def action_graph(self: MainScreen) -> None:
+        self._open_view(graph=True)
+
+    def _open_view(self: MainScreen, graph: bool) -> None:
+        if not self._guard("graph" if graph else "timeline"):
+            return
+        job, run, _ = self._selection()
+        run_id = run.id if run is not None else self._last_run_of(job).id
+        self.app.notify(f"loading the {'dependency graph' if graph else 'timeline'} of run {run_id}…", timeout=2)
+        self._load_view(run_id, graph)
+
+    @work(thread=True, exclusive=True, group="view")
+    def _load_view(self: MainScreen, run_id: int, graph: bool) -> None:
+        view, attempts = data.closing_connection(lambda: data.load_timeline(run_id))
+        self.post_message(self.TimelineLoaded(view, attempts, graph))
+
+    def on_command_actions_timeline_loaded(self: MainScreen, message: CommandActions.TimelineLoaded) -> None:
+        try:
+            if message.graph:
+                from tui.widgets.dag_graph import GraphScreen
+                self.app.push_screen(GraphScreen(message.view))
+            else:
+                from tui.widgets.timeline import TimelineScreen
+                self.app.push_screen(TimelineScreen(message.view, message.attempts, self.now()))
+        except ImportError as error:
+            self.app.notify(f"this view is not available in this build ({error})", severity="error")

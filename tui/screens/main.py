@@ -1,0 +1,415 @@
+"""The main screen: tree on the left, details and log on the right, header and footer.
+
+Owns the polling loop (events since the last seen id, handed to the tree as deltas), the
+workers that read the database, and the keys that act on the selection. Every key writes a
+command (the only write the console makes) and says so at once; the state change arrives
+later through events. Keys that do not apply to the selection are hidden from the footer,
+and pressing them anyway says why (see `why_not`).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+from textual.worker import get_current_worker
+
+from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, RunView
+from tui import data
+from tui import format as fmt
+from tui.keys import MAIN_KEYS
+from tui.screens import commands
+from tui.widgets.details import DetailsPane
+from tui.widgets.log_tail import LogSource, LogTail
+from tui.widgets.run_tree import InfoNode, JobNode, MoreNode, NodeData, ProblemNode, RunNode, RunTree, StepNode
+from tui.widgets.status_header import StatusHeader
+
+AUTO_EXPAND_JOBS = 6
+"""Up to this many jobs are all expanded at start; beyond, only jobs whose last run failed or runs."""
+
+
+class MainScreen(commands.CommandActions, Screen[None]):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    DEFAULT_CSS = """
+    MainScreen #body { height: 1fr; }
+    MainScreen RunTree { width: 44%; border: round $primary-darken-2; }
+    MainScreen RunTree:focus { border: round $accent; }
+    MainScreen.-narrow RunTree { width: 36; }
+    MainScreen #right { width: 1fr; }
+    MainScreen DetailsPane { height: 45%; }
+    MainScreen LogTail { height: 1fr; }
+    MainScreen.-narrow.-log-focus DetailsPane { display: none; }
+    MainScreen.-narrow.-details-focus LogTail { display: none; }
+    MainScreen.-narrow.-details-focus DetailsPane { height: 1fr; }
+    MainScreen #tree-search { dock: bottom; display: none; }
+    MainScreen #tree-search.-open { display: block; }
+    """
+    BINDINGS = [Binding(key, action, text, show=action not in ("search_next", "search_previous"))
+                for key, action, text in MAIN_KEYS]
+
+    class Started(Message):
+        def __init__(self, catalog: data.Catalog, delta: data.Delta) -> None:
+            super().__init__()
+            self.catalog, self.delta = catalog, delta
+
+    class Polled(Message):
+        def __init__(self, delta: data.Delta) -> None:
+            super().__init__()
+            self.delta = delta
+
+    class RunsLoaded(Message):
+        def __init__(self, job: str, run_filter: str, runs: list[RunSummary], has_more: bool) -> None:
+            super().__init__()
+            self.job, self.run_filter, self.runs, self.has_more = job, run_filter, runs, has_more
+
+    class StepsLoaded(Message):
+        def __init__(self, view: RunView) -> None:
+            super().__init__()
+            self.view = view
+
+    class SelectionLoaded(Message):
+        def __init__(self, token: int, view: RunView, step: str | None, attempts: list[AttemptView]) -> None:
+            super().__init__()
+            self.token, self.view, self.step, self.attempts = token, view, step, attempts
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.app_mode = mode
+        self.run_tree = RunTree(id="tree")
+        self.details = DetailsPane(id="details")
+        self.log_pane = LogTail(id="log-pane")
+        self.header = StatusHeader(self.app_mode, id="header")
+        self.last_event_id: int | None = None
+        self.status: EngineStatus | None = None
+        self.counts: dict[str, int] = {}
+        self.jobs: dict[str, JobSummary] = {}
+        self.selected: NodeData = None
+        self.selected_view: RunView | None = None
+        self.selected_attempts: list[AttemptView] = []
+        self.pinned_attempt: int | None = None
+        self.search_term: str | None = None
+        self._selection_token = 0
+        self._polling = False
+        self._focus_run: int | None = None
+        self.pending_commands: dict[int, str] = {}
+
+    def now(self) -> datetime:
+        return fmt.utc_now(self.app.clock())  # type: ignore[attr-defined]
+
+    def compose(self) -> ComposeResult:
+        yield self.header
+        with Horizontal(id="body"):
+            yield self.run_tree
+            with Vertical(id="right"):
+                yield self.details
+                yield self.log_pane
+        yield Input(placeholder="search loaded jobs, runs and steps · enter finds · escape closes", id="tree-search")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.run_tree.focus()
+        self.run_tree.now = self.now()
+        self.header.set_state(now=self.now())
+        self._load_start(self.app.clock())  # type: ignore[attr-defined]
+        self.set_interval(self.app.poll_interval_s, self.tick)  # type: ignore[attr-defined]
+
+    # --- polling -------------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance clocks and live durations, follow the log, and ask for new events."""
+        now = self.now()
+        self.header.set_state(now=now)
+        self.run_tree.tick(now)
+        self.log_pane.poll()
+        self.poll_now()
+
+    def poll_now(self) -> None:
+        if self.last_event_id is None or self._polling:
+            return
+        self._polling = True
+        self._poll(self.last_event_id, self.app.clock(), self.run_tree.loaded_runs,  # type: ignore[attr-defined]
+                   list(self.pending_commands))
+
+    @work(thread=True, exclusive=True, group="start")
+    def _load_start(self, now: float) -> None:
+        catalog, delta = data.closing_connection(lambda: data.load_start(now))
+        self.post_message(self.Started(catalog, delta))
+
+    @work(thread=True, group="poll")
+    def _poll(self, last_id: int, now: float, loaded: list[int], pending: list[int]) -> None:
+        try:
+            delta = data.closing_connection(lambda: data.poll(last_id, now, loaded, pending))
+        except Exception as error:  # a transient read error must not kill the console; say it and go on
+            self.post_message(self.Polled(data.Delta(last_id, EngineStatus("not responding"), self.counts)))
+            self.app.call_from_thread(self.app.notify, f"reading the database failed: {error}", severity="error")
+            return
+        self.post_message(self.Polled(delta))
+
+    def on_main_screen_started(self, message: Started) -> None:
+        catalog, delta = message.catalog, message.delta
+        self.last_event_id = delta.last_event_id
+        self._apply_status(delta)
+        self.jobs = {j.name: j for j in catalog.jobs}
+        self.run_tree.set_catalog(catalog.jobs, catalog.last_runs, catalog.problems)
+        failing = {name: run for name, run in catalog.last_runs.items() if run.state in ("failed", "running", "queued")}
+        for name, node in self.run_tree.jobs.items():
+            if len(self.run_tree.jobs) <= AUTO_EXPAND_JOBS or name in failing:
+                node.expand()
+        failed = [run for run in catalog.last_runs.values() if run.state == "failed"]
+        if failed:
+            self._focus_run = max(failed, key=lambda r: r.id).id
+        elif not catalog.jobs and not catalog.last_runs:
+            self.details.show_empty(delta.status, self.app_mode)
+        if catalog.problems:
+            self.app.notify(f"{len(catalog.problems)} job file problem(s): the other jobs work; see the top of "
+                            "the tree", severity="warning", timeout=8)
+        first = next(iter(self.run_tree.root.children), None)
+        if first is not None and self._focus_run is None:
+            self.run_tree.move_cursor(first)
+
+    def on_main_screen_polled(self, message: Polled) -> None:
+        self._polling = False
+        delta = message.delta
+        self.last_event_id = delta.last_event_id
+        self._apply_status(delta)
+        if delta.catalog is not None:
+            self.jobs = {j.name: j for j in delta.catalog.jobs}
+            self.run_tree.set_catalog(delta.catalog.jobs, delta.catalog.last_runs, delta.catalog.problems)
+        for run in delta.runs.values():
+            self.run_tree.upsert_run(run)
+        for view in delta.views.values():
+            self.run_tree.set_steps(view)
+        for acked in delta.acked:
+            self.command_acked(acked)
+        selected_run = self._selected_run_id()
+        if selected_run is not None and selected_run in delta.runs:
+            self._reload_selection()
+        elif delta.catalog is not None and isinstance(self.selected, JobNode):
+            self._show_selection()
+        self.refresh_bindings()
+
+    def _apply_status(self, delta: data.Delta) -> None:
+        self.status, self.counts = delta.status, delta.counts
+        self.header.set_state(status=delta.status, counts=delta.counts, now=self.now())
+
+    # --- lazy loading ------------------------------------------------------------------------------------
+
+    @on(RunTree.RunsWanted)
+    def _runs_wanted(self, message: RunTree.RunsWanted) -> None:
+        self._load_runs(message.job, self.run_tree.run_filter, message.before_id)
+
+    @work(thread=True, group="runs")
+    def _load_runs(self, job: str, run_filter: str, before_id: int | None) -> None:
+        runs, more = data.closing_connection(lambda: data.load_runs(job, run_filter, before_id))
+        self.post_message(self.RunsLoaded(job, run_filter, runs, more))
+
+    def on_main_screen_runs_loaded(self, message: RunsLoaded) -> None:
+        if message.run_filter != self.run_tree.run_filter:
+            return
+        self.run_tree.add_runs_loaded(message.job)
+        self.run_tree.add_runs(message.job, message.runs, message.has_more)
+        if self._focus_run is not None and self._focus_run in self.run_tree.runs:
+            self.run_tree.runs[self._focus_run].expand()
+
+    @on(RunTree.StepsWanted)
+    def _steps_wanted(self, message: RunTree.StepsWanted) -> None:
+        self._load_steps(message.run_id)
+
+    @work(thread=True, group="steps")
+    def _load_steps(self, run_id: int) -> None:
+        from engine import query
+        view = data.closing_connection(lambda: query.get_run(run_id))
+        self.post_message(self.StepsLoaded(view))
+
+    def on_main_screen_steps_loaded(self, message: StepsLoaded) -> None:
+        view = message.view
+        self.run_tree.set_steps(view)
+        if self._focus_run == view.id:
+            self._focus_run = None
+            failed = next((s.name for s in view.steps if s.state == "failed"), None)
+            self.run_tree.select_run_step(view.id, failed)
+
+    # --- selection -----------------------------------------------------------------------------------------
+
+    @on(RunTree.SelectionChanged)
+    def _selection_changed(self, message: RunTree.SelectionChanged) -> None:
+        previous = self.selected
+        self.selected = message.data
+        if not _same_target(previous, message.data):
+            self.pinned_attempt = None
+            self.selected_attempts = []
+            self.selected_view = None
+        self._show_selection()
+        self._reload_selection()
+        self.refresh_bindings()
+
+    def _show_selection(self) -> None:
+        """Show what is known now; the worker fills in fresh attempts and steps."""
+        node, now = self.selected, self.now()
+        if isinstance(node, JobNode):
+            self.details.show_job(node.name, self.jobs.get(node.name, node.job), node.last_run, now)
+            self.log_pane.show(None, "select a step (or a run) to read its log")
+        elif isinstance(node, RunNode):
+            self.details.show_run(node.summary, self.selected_view or node.view, now)
+        elif isinstance(node, StepNode):
+            run = self.run_tree.runs.get(node.run_id)
+            summary = run.data.summary if run is not None and isinstance(run.data, RunNode) else None
+            if summary is not None:
+                self.details.show_step(summary, node.step, self.selected_attempts or None,
+                                       self.selected_view, now)
+        elif isinstance(node, ProblemNode):
+            self.details.show_problem(node.file, node.line, node.message)
+            self.log_pane.show(None, "job file problems have no log")
+        elif isinstance(node, MoreNode):
+            self.details.show_message("more runs", "Press enter to load the next page of older runs.")
+        elif isinstance(node, InfoNode):
+            if node.text == "problems":
+                self.details.show_message("job file problems", "These job files failed to load; the other jobs "
+                                          "load and run. Select one to read the whole message.")
+            elif not self.jobs:
+                self.details.show_empty(self.status, self.app_mode)
+
+    def _selected_run_id(self) -> int | None:
+        node = self.selected
+        if isinstance(node, RunNode):
+            return node.summary.id
+        if isinstance(node, StepNode):
+            return node.run_id
+        return None
+
+    def _reload_selection(self) -> None:
+        node = self.selected
+        run_id = self._selected_run_id()
+        if run_id is None:
+            return
+        self._selection_token += 1
+        step = node.step.name if isinstance(node, StepNode) else None
+        self._load_selection(self._selection_token, run_id, step)
+
+    @work(thread=True, exclusive=True, group="selection")
+    def _load_selection(self, token: int, run_id: int, step: str | None) -> None:
+        from engine import query
+
+        def read() -> tuple[RunView, str | None, list[AttemptView]]:
+            view = query.get_run(run_id)
+            name = step
+            if name is None:  # a run: show the log of the step that matters most
+                started = [s for s in view.steps if s.started_at is not None]
+                name = next((s.name for s in view.steps if s.state == "failed"), None) or next(
+                    (s.name for s in view.steps if s.state == "running"), None) or (
+                    max(started, key=lambda s: s.started_at).name if started else None)
+            return view, name, (query.attempts(run_id, name) if name else [])
+
+        view, name, attempts = data.closing_connection(read)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.SelectionLoaded(token, view, name, attempts))
+
+    def on_main_screen_selection_loaded(self, message: SelectionLoaded) -> None:
+        if message.token != self._selection_token:
+            return
+        view, now = message.view, self.now()
+        self.selected_view = view
+        self.selected_attempts = message.attempts
+        self.run_tree.set_steps(view)
+        self.run_tree.upsert_run(view.run)
+        node = self.selected
+        if isinstance(node, StepNode):
+            step = next((s for s in view.steps if s.name == node.step.name), node.step)
+            self.details.show_step(view.run, step, message.attempts, view, now)
+        elif isinstance(node, RunNode):
+            self.details.show_run(view.run, view, now)
+        if message.step is None:
+            self.log_pane.show(None, "no step has run yet")
+        elif not message.attempts:
+            self.log_pane.show(None, f"step '{message.step}' has not started yet")
+        else:
+            numbers = [a.number for a in message.attempts]
+            number = self.pinned_attempt if self.pinned_attempt in numbers else numbers[-1]
+            self.log_pane.show(LogSource(view.id, message.step, tuple(message.attempts), number))  # type: ignore[arg-type]
+
+    # --- focus, search, log ----------------------------------------------------------------------------------
+
+    def on_descendant_focus(self) -> None:
+        self.set_class(self.log_pane.has_focus_within, "-log-focus")
+        self.set_class(self.details.has_focus, "-details-focus")
+
+    def action_focus_log(self) -> None:
+        self.log_pane.log_widget.focus()
+
+    @on(LogTail.Left)
+    def _log_left(self) -> None:
+        self.run_tree.focus()
+
+    @on(LogTail.AttemptWanted)
+    def _attempt_wanted(self) -> None:
+        from tui.screens.attempts import AttemptScreen
+
+        source = self.log_pane.source
+        if source is None:
+            return
+
+        def chosen(number: int | None) -> None:
+            if number is not None:
+                self.pinned_attempt = number
+                self.log_pane.show_attempt(number)
+
+        self.app.push_screen(AttemptScreen(source.step, list(source.attempts), source.number, self.now()), chosen)
+
+    def action_search_tree(self) -> None:
+        search = self.query_one("#tree-search", Input)
+        search.add_class("-open")
+        search.value = self.search_term or ""
+        search.focus()
+
+    @on(Input.Submitted, "#tree-search")
+    def _tree_search(self, event: Input.Submitted) -> None:
+        event.input.remove_class("-open")
+        self.run_tree.focus()
+        self.search_term = event.value.strip() or None
+        if self.search_term and not self.run_tree.find(self.search_term):
+            self.app.notify(f"'{self.search_term}' matches nothing loaded (collapsed jobs load their runs when "
+                            "expanded)", severity="warning")
+        self.refresh_bindings()
+
+    @on(Input.Blurred, "#tree-search")
+    def _tree_search_blurred(self, event: Input.Blurred) -> None:
+        event.input.remove_class("-open")
+
+    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+        search = self.query_one("#tree-search", Input)
+        if event.key == "escape" and search.has_focus:
+            event.stop()
+            search.remove_class("-open")
+            self.run_tree.focus()
+
+    def action_search_next(self) -> None:
+        if self.search_term:
+            self.run_tree.find(self.search_term)
+
+    def action_search_previous(self) -> None:
+        if self.search_term:
+            self.run_tree.find(self.search_term, forward=False)
+
+    def action_cycle_filter(self) -> None:
+        filters = data.FILTERS
+        self.run_tree.run_filter = filters[(filters.index(self.run_tree.run_filter) + 1) % len(filters)]
+        self.header.set_state(run_filter=self.run_tree.run_filter)
+        self.run_tree.clear_runs()
+        self.app.notify(f"showing {self.run_tree.run_filter} runs" if self.run_tree.run_filter != "all" else "showing all runs")
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+        self.app.push_screen(HelpScreen())
+
+
+def _same_target(a: NodeData, b: NodeData) -> bool:
+    if isinstance(a, StepNode) and isinstance(b, StepNode):
+        return (a.run_id, a.step.name) == (b.run_id, b.step.name)
+    if isinstance(a, RunNode) and isinstance(b, RunNode):
+        return a.summary.id == b.summary.id
+    return False

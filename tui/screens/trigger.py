@@ -1,0 +1,64 @@
+"""The `t` prompt: run a job now with params (its defaults pre-filled, more as key=value)."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static
+
+
+def parse_params(text: str) -> dict[str, str]:
+    """"a=1 b=two" as a dict; raises ValueError naming the bad piece."""
+    params: dict[str, str] = {}
+    for piece in text.split():
+        key, sep, value = piece.partition("=")
+        if not sep or not key:
+            raise ValueError(f"'{piece}' is not key=value")
+        params[key] = value
+    return params
+
+
+class TriggerScreen(ModalScreen[dict[str, str] | None]):
+    DEFAULT_CSS = """
+    TriggerScreen { align: center middle; }
+    TriggerScreen > Vertical { width: 76; max-width: 100%; height: auto; max-height: 100%;
+                               border: thick $accent; padding: 0 1; background: $surface; }
+    TriggerScreen Label { margin-top: 1; }
+    TriggerScreen #trigger-error { color: $error; height: auto; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, job: str, defaults: dict[str, str]) -> None:
+        super().__init__()
+        self.job = job
+        self.defaults = defaults
+
+    def compose(self) -> ComposeResult:
+        with Vertical() as box:
+            box.border_title = f"trigger {self.job}"
+            box.border_subtitle = "enter runs · tab next field · escape cancels"
+            for key, value in self.defaults.items():
+                yield Label(f"{key}  (default {value!r})")
+                yield Input(value, id=f"param-{key}", classes="param")
+            yield Label("more params: key=value key2=value2" if self.defaults else "params: key=value key2=value2")
+            yield Input(placeholder="date=2026-11-27", id="param-extra")
+            yield Static("", id="trigger-error")
+
+    def on_mount(self) -> None:
+        inputs = self.query(Input)
+        if inputs:
+            inputs.first().focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        params = {key: self.query_one(f"#param-{key}", Input).value for key in self.defaults}
+        try:
+            params.update(parse_params(self.query_one("#param-extra", Input).value))
+        except ValueError as error:
+            self.query_one("#trigger-error", Static).update(f"{error}; write params as key=value separated by spaces")
+            return
+        self.dismiss(params)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,408 @@
+"""The right-bottom pane: the log of the selected step's attempt, following its end.
+
+Reads only from the end of the file (a tail from a recent offset, then `read_from` the last
+offset) in a thread worker, so a multi-gigabyte log costs the same as a small one. Shows the
+25-character UTC stamp of each line as local HH:MM:SS. Search, error jump and wrap work on the
+lines loaded (the last MAX_LINES), which the pane's title says.
+"""
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from rich.highlighter import Highlighter
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Input, Log, Static
+from textual.worker import get_current_worker
+
+from engine.logread import read_from
+from engine.query import AttemptView
+
+MAX_LINES = 10_000
+TAIL_BYTES = 2 << 20
+"""How far back from the end the first read starts."""
+CATCH_UP_BYTES = 8 << 20
+"""A log that grew more than this since the last read is tailed again instead of read through."""
+STAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.\d{3}Z ")
+ERROR = re.compile(r"error|exception|traceback|fatal|failed|panic", re.IGNORECASE)
+
+
+def local_stamp(line: str, _cache: dict[str, str] = {}) -> str:
+    """Replace the UTC stamp prefix with local HH:MM:SS (cached per second: logs are bursty)."""
+    match = STAMP.match(line)
+    if match is None:
+        return line
+    key = line[:19]
+    shown = _cache.get(key)
+    if shown is None:
+        year, month, day, hour, minute, second = (int(g) for g in match.groups())
+        epoch = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        shown = time.strftime("%H:%M:%S", time.localtime(epoch))
+        if len(_cache) > 4096:
+            _cache.clear()
+        _cache[key] = shown
+    return f"{shown} {line[25:]}"
+
+
+class LogHighlighter(Highlighter):
+    """Dim stamps, red error words, reverse-video search matches (visible without colour too)."""
+
+    def __init__(self) -> None:
+        self.term: str | None = None
+
+    def highlight(self, text: Text) -> None:
+        plain = text.plain
+        if len(plain) > 8 and plain[2] == ":" and plain[5] == ":":
+            text.stylize("bright_black", 0, 8)
+        for match in ERROR.finditer(plain):
+            text.stylize("bold red", match.start(), match.end())
+        if self.term:
+            lowered, needle = plain.lower(), self.term.lower()
+            start = lowered.find(needle)
+            while start >= 0:
+                text.stylize("reverse", start, start + len(needle))
+                start = lowered.find(needle, start + len(needle))
+
+
+class TailLog(Log):
+    """A Log that highlights with LogHighlighter and can forget its rendered lines."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(highlight=True, max_lines=MAX_LINES * 4, **kwargs)  # type: ignore[arg-type]
+        self.highlighter = LogHighlighter()
+
+    def restyle(self) -> None:
+        # Log caches rendered lines; a new search term must re-render the visible ones.
+        self._render_line_cache.clear()
+        self.refresh()
+
+
+@dataclass(frozen=True, slots=True)
+class LogSource:
+    run_id: int
+    step: str
+    attempts: tuple[AttemptView, ...]
+    number: int
+    """The attempt shown."""
+
+    @property
+    def attempt(self) -> AttemptView | None:
+        return next((a for a in self.attempts if a.number == self.number), None)
+
+
+class LogTail(Vertical):
+    DEFAULT_CSS = """
+    LogTail { border: round $primary-darken-2; border-title-align: left; }
+    LogTail:focus-within { border: round $accent; }
+    LogTail > TailLog { height: 1fr; }
+    LogTail > #log-search { dock: bottom; display: none; }
+    LogTail > #log-search.-open { display: block; }
+    LogTail > #log-status { height: 1; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("slash", "search", "Search log"),
+        Binding("n", "next_match", "Next match"),
+        Binding("N", "next_match(False)", "Previous match"),
+        Binding("g", "top", "Top"),
+        Binding("G", "bottom", "Bottom"),
+        Binding("F", "toggle_follow", "Follow on/off"),
+        Binding("w", "toggle_wrap", "Wrap"),
+        Binding("e", "first_error", "First error"),
+        Binding("a", "pick_attempt", "Attempt"),
+        Binding("escape", "leave", "Back to tree"),
+    ]
+
+    class AttemptWanted(Message):
+        """The user asked to see another attempt."""
+
+    class Left(Message):
+        """The user left the log (escape)."""
+
+    class _Read(Message):
+        def __init__(self, token: int, lines: list[str], offset: int, reset: bool, missing: bool,
+                     finished: bool) -> None:
+            super().__init__()
+            self.token, self.lines, self.offset, self.reset = token, lines, offset, reset
+            self.missing, self.finished = missing, finished
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "log"
+        self.source: LogSource | None = None
+        self.follow = True
+        self.wrap = False
+        self._raw: deque[str] = deque(maxlen=MAX_LINES)
+        self._offset = 0
+        self._token = 0
+        self._reading = False
+        self._done = False
+        self._term: str | None = None
+        self._matches: list[int] = []
+        self._match = -1
+        self._note = ""
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield Static("", id="log-status")
+        yield TailLog(id="log")
+        yield Input(placeholder="search the loaded lines, enter to find, escape to close", id="log-search")
+
+    @property
+    def log_widget(self) -> TailLog:
+        return self.query_one(TailLog)
+
+    # --- what to show -------------------------------------------------------------------------------------------
+
+    def show(self, source: LogSource | None, message: str = "") -> None:
+        """Show an attempt's log (or a message); keeps the offset when it is the same attempt."""
+        old = self.source
+        same = (old is not None and source is not None and (old.run_id, old.step, old.number)
+                == (source.run_id, source.step, source.number))
+        self.source = source
+        if same:
+            self._done = False
+            self._update_title()
+            return
+        self._token += 1
+        self._reading = False  # a read for the old attempt may still land; its token makes it ignored
+        self._raw.clear()
+        self._offset = 0
+        self._done = False
+        self._matches, self._match = [], -1
+        log = self.log_widget
+        log.clear()
+        if source is None:
+            self._note = message
+            self._update_title()
+            return
+        self._note = "loading…"
+        self._update_title()
+        self.poll()
+
+    def show_attempt(self, number: int) -> None:
+        if self.source is not None:
+            self.show(LogSource(self.source.run_id, self.source.step, self.source.attempts, number))
+
+    def poll(self) -> None:
+        """Read what was appended (called on every console tick)."""
+        source = self.source
+        if source is None or self._reading or self._done:
+            return
+        attempt = source.attempt
+        if attempt is None:
+            self._note = "no attempt yet"
+            self._update_title()
+            return
+        self._reading = True
+        self._read(self._token, attempt.log_path, self._offset, not self._raw and self._offset == 0,
+                   attempt.state != "running")
+
+    @work(thread=True, group="log-read")
+    def _read(self, token: int, path: str, offset: int, first: bool, finished: bool) -> None:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            self.post_message(self._Read(token, [], offset, False, True, finished))
+            return
+        reset = first or size < offset or size - offset > CATCH_UP_BYTES
+        if reset:
+            start = max(0, size - TAIL_BYTES)
+            lines, end = read_from(path, start, max_bytes=max(1, size - start)) if size else ([], 0)
+            if start > 0 and lines:
+                lines = lines[1:]  # the first piece is probably a partial line
+            lines = lines[-MAX_LINES:]
+        else:
+            lines, end = read_from(path, offset)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self._Read(token, [local_stamp(line) for line in lines], end, reset, False,
+                                         finished and end >= size))
+
+    def on_log_tail__read(self, message: _Read) -> None:
+        self._reading = False
+        if message.token != self._token:
+            return
+        attempt = self.source.attempt if self.source else None
+        if message.missing:
+            self._note = "no log file yet" if attempt and attempt.state == "running" else "no log file"
+            self._done = message.finished
+            self._update_title()
+            return
+        self._done = message.finished
+        if message.reset:
+            self._raw.clear()
+            self.log_widget.clear()
+        self._offset = message.offset
+        self._note = ""
+        if message.lines:
+            self._raw.extend(message.lines)
+            self.log_widget.write_lines(self._display(message.lines), scroll_end=False)
+            self._keep_following()
+            if self._term:
+                self._find_matches()
+        if not self._raw:
+            self._note = "empty log"
+        self._update_title()
+
+    # --- display -------------------------------------------------------------------------------------------------
+
+    def _display(self, lines: list[str]) -> list[str]:
+        if not self.wrap:
+            return lines
+        width = max(20, self.log_widget.size.width - 1)
+        shown: list[str] = []
+        for line in lines:
+            if len(line) <= width:
+                shown.append(line)
+            else:
+                shown += [("  " if i else "") + line[i:i + width - 2] for i in range(0, len(line), width - 2)]
+        return shown
+
+    def _rewrite(self) -> None:
+        log = self.log_widget
+        log.clear()
+        log.write_lines(self._display(list(self._raw)), scroll_end=False)
+        self._keep_following()
+        self._find_matches()
+
+    def _keep_following(self) -> None:
+        # Log scrolls on write only when it already sits at the end, which a resize or a
+        # modal can undo; following means the end, whatever happened in between.
+        if self.follow:
+            self.log_widget.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def on_resize(self) -> None:
+        if self.wrap and self._raw:
+            self._rewrite()
+        self.call_after_refresh(self._keep_following)
+
+    def _update_title(self) -> None:
+        source = self.source
+        if source is None:
+            self.border_title = "log"
+        else:
+            attempt = source.attempt
+            state = attempt.state if attempt else "—"
+            self.border_title = f"log · {source.step} · attempt {source.number}/{len(source.attempts)} · {state}"
+        flags = ["follow" if self.follow else "follow off (F)"]
+        if self.wrap:
+            flags.append("wrap")
+        if self._term:
+            found = f"{self._match + 1}/{len(self._matches)}" if self._matches else "no match"
+            flags.append(f"/{self._term} {found}")
+        if len(self._raw) == MAX_LINES:
+            flags.append(f"last {MAX_LINES} lines")
+        status = " · ".join(flags)
+        if self._note:
+            status = f"{self._note} · {status}"
+        self.query_one("#log-status", Static).update(status)
+
+    # --- actions -------------------------------------------------------------------------------------------------
+
+    def action_search(self) -> None:
+        search = self.query_one("#log-search", Input)
+        search.add_class("-open")
+        search.value = self._term or ""
+        search.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "log-search":
+            return
+        event.stop()
+        event.input.remove_class("-open")
+        self.log_widget.focus()
+        self.search(event.value.strip())
+
+    def on_input_blurred(self, event: Input.Blurred) -> None:
+        if event.input.id == "log-search":
+            event.input.remove_class("-open")
+
+    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+        search = self.query_one("#log-search", Input)
+        if event.key == "escape" and search.has_focus:
+            event.stop()
+            search.remove_class("-open")
+            self.log_widget.focus()
+
+    def search(self, term: str) -> None:
+        self._term = term or None
+        self.log_widget.highlighter.term = self._term
+        self.log_widget.restyle()
+        self._find_matches()
+        if self._matches:
+            self._match = -1
+            self.action_next_match()
+        else:
+            self._update_title()
+            if term:
+                self.app.notify(f"'{term}' is not in the last {len(self._raw)} lines loaded", severity="warning")
+
+    def _find_matches(self) -> None:
+        if not self._term:
+            self._matches = []
+            return
+        needle = self._term.lower()
+        self._matches = [i for i, line in enumerate(self.log_widget.lines) if needle in line.lower()]
+        self._match = min(self._match, len(self._matches) - 1)
+
+    def _go(self, line: int) -> None:
+        self.follow = False
+        log = self.log_widget
+        log.scroll_to(y=max(0, line - log.size.height // 2), animate=False)
+
+    def action_next_match(self, forward: bool = True) -> None:
+        if not self._term:
+            self.app.notify("no search yet: press / to search the log")
+            return
+        self._find_matches()
+        if not self._matches:
+            self._update_title()
+            return
+        self._match = (self._match + (1 if forward else -1)) % len(self._matches)
+        self._go(self._matches[self._match])
+        self._update_title()
+
+    def action_top(self) -> None:
+        self.follow = False
+        self.log_widget.scroll_home(animate=False)
+        self._update_title()
+
+    def action_bottom(self) -> None:
+        self.follow = True
+        self.log_widget.scroll_end(animate=False)
+        self._update_title()
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        if self.follow:
+            self.log_widget.scroll_end(animate=False)
+        self.app.notify("following the end of the log" if self.follow else "follow off: the view stays put")
+        self._update_title()
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+        self._rewrite()
+        self._update_title()
+
+    def action_first_error(self) -> None:
+        for index, line in enumerate(self.log_widget.lines):
+            if ERROR.search(line):
+                self._go(index)
+                self._update_title()
+                return
+        self.app.notify(f"no error line in the last {len(self._raw)} lines loaded")
+
+    def action_pick_attempt(self) -> None:
+        if self.source is None or not self.source.attempts:
+            self.app.notify("no attempts to pick from: select a step that has run", severity="warning")
+            return
+        self.post_message(self.AttemptWanted())
+
+    def action_leave(self) -> None:
+        self.post_message(self.Left())

@@ -1,0 +1,366 @@
+"""The left pane: jobs → runs (newest first, paged) → steps in DAG order.
+
+Nodes are added lazily (a job's runs when it is expanded, a run's steps when it is
+expanded) and updated in place with `set_label` as events arrive; the tree is never
+rebuilt. The tree asks its parent for data with messages and is handed results through
+methods; it does no I/O itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from engine.query import JobSummary, RunSummary, RunView, StepView
+from tui import format as fmt
+
+
+@dataclass(slots=True)
+class JobNode:
+    name: str
+    job: JobSummary | None
+    last_run: RunSummary | None
+    runs_requested: bool = False
+    oldest_id: int | None = None
+
+
+@dataclass(slots=True)
+class RunNode:
+    summary: RunSummary
+    view: RunView | None = None
+    steps_requested: bool = False
+
+
+@dataclass(slots=True)
+class StepNode:
+    run_id: int
+    job: str
+    step: StepView
+
+
+@dataclass(slots=True)
+class MoreNode:
+    job: str
+    before_id: int
+
+
+@dataclass(slots=True)
+class ProblemNode:
+    file: str
+    line: int
+    message: str
+
+
+@dataclass(slots=True)
+class InfoNode:
+    text: str
+
+
+NodeData = JobNode | RunNode | StepNode | MoreNode | ProblemNode | InfoNode | None
+
+
+class RunTree(Tree[NodeData]):
+    DEFAULT_CSS = """
+    RunTree { scrollbar-size-vertical: 1; }
+    """
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Expand/collapse"),
+        Binding("space", "toggle_node", "Expand/collapse", show=False),
+    ]
+
+    class RunsWanted(Message):
+        """A job was expanded (or "more" chosen) and needs a page of runs."""
+
+        def __init__(self, job: str, before_id: int | None) -> None:
+            super().__init__()
+            self.job = job
+            self.before_id = before_id
+
+    class StepsWanted(Message):
+        """A run was expanded and needs its steps."""
+
+        def __init__(self, run_id: int) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    class SelectionChanged(Message):
+        """The cursor moved to another node."""
+
+        def __init__(self, data: NodeData) -> None:
+            super().__init__()
+            self.data = data
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("stepline", id=id)
+        self.show_root = False
+        self.guide_depth = 2
+        self.now = datetime.now().astimezone()
+        self.jobs: dict[str, TreeNode[NodeData]] = {}
+        self.runs: dict[int, TreeNode[NodeData]] = {}
+        self.steps: dict[tuple[int, str], TreeNode[NodeData]] = {}
+        self._problems: TreeNode[NodeData] | None = None
+        self._info: TreeNode[NodeData] | None = None
+        self.run_filter = "all"
+        self.catalog_known = False
+        """False until an engine has published its job catalogue (jobs then show as "not loaded")."""
+
+    # --- jobs and problems ---------------------------------------------------------------------------------
+
+    def set_catalog(self, jobs: list[JobSummary], last_runs: dict[str, RunSummary],
+                    problems: list[tuple[str, int, str]]) -> list[str]:
+        """Add or relabel job nodes and the problems node; returns the names of jobs added."""
+        by_name = {j.name: j for j in jobs}
+        self.catalog_known = bool(jobs)
+        names = sorted(set(by_name) | set(last_runs))
+        added = []
+        for name in names:
+            node = self.jobs.get(name)
+            if node is None:
+                later = [n for n in sorted(self.jobs) if n > name]
+                before = self.jobs[later[0]] if later else None
+                data = JobNode(name, by_name.get(name), last_runs.get(name))
+                node = self.root.add(self._job_label(data), data, before=before)
+                self.jobs[name] = node
+                added.append(name)
+            else:
+                data = node.data
+                assert isinstance(data, JobNode)
+                data.job = by_name.get(name)
+                data.last_run = last_runs.get(name, data.last_run)
+                node.set_label(self._job_label(data))
+        self._set_problems(problems)
+        self._set_info(None if names else
+                       "No jobs yet. Put job files in the jobs folder (--jobs DIR, default ./jobs); "
+                       "the engine loads them when it starts. `stepline check` validates them.")
+        return added
+
+    def _set_problems(self, problems: list[tuple[str, int, str]]) -> None:
+        if self._problems is not None:
+            self._problems.remove()
+            self._problems = None
+        if not problems:
+            return
+        label = Text(f"⚠ {len(problems)} job file problem{'s' if len(problems) != 1 else ''}", style="bold red")
+        first = next(iter(self.root.children), None)
+        node = self.root.add(label, InfoNode("problems"), before=first, expand=True)
+        for file, line, message in problems:
+            text = Text(f"✗ {_short_path(file)}:{line} ", style="red")
+            text.append(message.splitlines()[0] if message else "", style="")
+            node.add_leaf(text, ProblemNode(file, line, message))
+        self._problems = node
+
+    def _set_info(self, text: str | None) -> None:
+        if self._info is not None:
+            self._info.remove()
+            self._info = None
+        if text:
+            self._info = self.root.add_leaf(Text(text, style="italic"), InfoNode(text))
+
+    def _job_label(self, data: JobNode) -> Text:
+        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known)
+
+    # --- runs ------------------------------------------------------------------------------------------------
+
+    def add_runs(self, job: str, runs: list[RunSummary], has_more: bool) -> None:
+        """Append a page of runs (newest first) under a job, with a "more" line when there are more."""
+        node = self.jobs.get(job)
+        if node is None:
+            return
+        data = node.data
+        assert isinstance(data, JobNode)
+        for child in list(node.children):
+            if isinstance(child.data, MoreNode):
+                child.remove()
+        for run in runs:
+            if run.id not in self.runs:
+                self.runs[run.id] = node.add(fmt.run_label(run, self.now), RunNode(run))
+        if runs:
+            data.oldest_id = min(r.id for r in runs) if data.oldest_id is None else min(
+                data.oldest_id, *(r.id for r in runs))
+        if has_more and data.oldest_id is not None:
+            node.add_leaf(Text("… more runs (enter)", style="italic bright_black"), MoreNode(job, data.oldest_id))
+        if not node.children:
+            empty = "no runs yet: R runs it now, t with params" if self.run_filter == "all" else \
+                f"no {self.run_filter} runs (f changes the filter)"
+            node.add_leaf(Text(empty, style="italic bright_black"), InfoNode(empty))
+
+    def upsert_run(self, run: RunSummary) -> None:
+        """A run changed or appeared: relabel it, or add it on top of its job if the job's runs are shown."""
+        job_node = self.jobs.get(run.job)
+        if job_node is not None:
+            data = job_node.data
+            assert isinstance(data, JobNode)
+            if data.last_run is None or run.id >= data.last_run.id:
+                data.last_run = run
+                job_node.set_label(self._job_label(data))
+        node = self.runs.get(run.id)
+        if node is not None:
+            run_data = node.data
+            assert isinstance(run_data, RunNode)
+            run_data.summary = run
+            node.set_label(fmt.run_label(run, self.now))
+            return
+        if job_node is None or not job_node.data.runs_requested:  # type: ignore[union-attr]
+            return
+        if self.run_filter != "all" and run.state not in _filter_states(self.run_filter):
+            return
+        for child in list(job_node.children):
+            if isinstance(child.data, InfoNode):
+                child.remove()
+        first = next((c for c in job_node.children if isinstance(c.data, RunNode)
+                      and c.data.summary.id < run.id), None)
+        self.runs[run.id] = job_node.add(fmt.run_label(run, self.now), RunNode(run), before=first)
+
+    def clear_runs(self) -> None:
+        """Forget every loaded run (the filter changed); expanded jobs ask for their first page again."""
+        for node in self.jobs.values():
+            data = node.data
+            assert isinstance(data, JobNode)
+            node.remove_children()
+            data.oldest_id = None
+            data.runs_requested = False
+        self.runs.clear()
+        self.steps.clear()
+        for name, node in self.jobs.items():
+            if node.is_expanded:
+                self._want_runs(node)
+
+    # --- steps -----------------------------------------------------------------------------------------------
+
+    def set_steps(self, view: RunView) -> None:
+        """Show (or update) a run's steps in DAG order."""
+        node = self.runs.get(view.id)
+        if node is None:
+            return
+        data = node.data
+        assert isinstance(data, RunNode)
+        data.view = view
+        data.summary = view.run
+        node.set_label(fmt.run_label(view.run, self.now))
+        for step in view.steps:
+            key = (view.id, step.name)
+            step_node = self.steps.get(key)
+            if step_node is None:
+                self.steps[key] = node.add_leaf(fmt.step_label(step, self.now), StepNode(view.id, view.run.job, step))
+            else:
+                step_data = step_node.data
+                assert isinstance(step_data, StepNode)
+                if step_data.step != step:
+                    step_data.step = step
+                    step_node.set_label(fmt.step_label(step, self.now))
+
+    @property
+    def loaded_runs(self) -> list[int]:
+        """Runs whose steps are shown (their changes need a full view)."""
+        return [run_id for run_id, node in self.runs.items() if isinstance(node.data, RunNode) and node.data.view]
+
+    def tick(self, now: datetime) -> None:
+        """Advance live durations of running runs and steps (no I/O)."""
+        self.now = now
+        for node in self.runs.values():
+            data = node.data
+            if isinstance(data, RunNode) and data.summary.state == "running":
+                node.set_label(fmt.run_label(data.summary, now))
+        for node in self.steps.values():
+            data = node.data
+            if isinstance(data, StepNode) and data.step.state == "running":
+                node.set_label(fmt.step_label(data.step, now))
+
+    # --- navigation ------------------------------------------------------------------------------------------
+
+    def find(self, text: str, forward: bool = True) -> bool:
+        """Move to the next (or previous) loaded node whose line contains `text` (case-insensitive)."""
+        needle = text.lower()
+        lines = [self.get_node_at_line(i) for i in range(self.last_line + 1)]
+        count = len(lines)
+        if not count:
+            return False
+        start = self.cursor_line
+        for offset in range(1, count + 1):
+            index = (start + offset) % count if forward else (start - offset) % count
+            node = lines[index]
+            if node is not None and needle in _plain(node.label).lower():
+                self.move_cursor(node)
+                return True
+        return self._find_collapsed(needle)
+
+    def _find_collapsed(self, needle: str) -> bool:
+        """Look inside collapsed (but loaded) runs and jobs too, expanding the way to a match."""
+        for node in list(self.steps.values()) + list(self.runs.values()):
+            if needle in _plain(node.label).lower():
+                parent = node.parent
+                while parent is not None and parent is not self.root:
+                    parent.expand()
+                    parent = parent.parent
+                self.call_after_refresh(self.move_cursor, node)
+                return True
+        return False
+
+    def select_run_step(self, run_id: int, step: str | None) -> None:
+        node = self.steps.get((run_id, step)) if step else None
+        node = node or self.runs.get(run_id)
+        if node is None:
+            return
+        parent = node.parent
+        while parent is not None and parent is not self.root:
+            parent.expand()
+            parent = parent.parent
+        self.call_after_refresh(self.move_cursor, node)
+
+    # --- events ----------------------------------------------------------------------------------------------
+
+    def _want_runs(self, node: TreeNode[NodeData]) -> None:
+        data = node.data
+        if isinstance(data, JobNode) and not data.runs_requested:
+            data.runs_requested = True
+            node.add_leaf(Text("loading…", style="italic bright_black"), InfoNode("loading"))
+            self.post_message(self.RunsWanted(data.name, None))
+
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[NodeData]) -> None:
+        node = event.node
+        data = node.data
+        if isinstance(data, JobNode):
+            self._want_runs(node)
+        elif isinstance(data, RunNode) and not data.steps_requested:
+            data.steps_requested = True
+            self.post_message(self.StepsWanted(data.summary.id))
+
+    def on_tree_node_selected(self, event: Tree.NodeSelected[NodeData]) -> None:
+        data = event.node.data
+        if isinstance(data, MoreNode):
+            event.node.set_label(Text("loading…", style="italic bright_black"))
+            self.post_message(self.RunsWanted(data.job, data.before_id))
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[NodeData]) -> None:
+        self.post_message(self.SelectionChanged(event.node.data))
+
+    def add_runs_loaded(self, job: str) -> None:
+        """Remove the "loading…" line of a job (called before add_runs)."""
+        node = self.jobs.get(job)
+        if node is None:
+            return
+        for child in list(node.children):
+            if isinstance(child.data, InfoNode):
+                child.remove()
+
+
+def _filter_states(run_filter: str) -> tuple[str, ...]:
+    return {"failed": ("failed",), "running": ("running", "queued")}.get(run_filter, ())
+
+
+def _plain(label: object) -> str:
+    return label.plain if isinstance(label, Text) else str(label)
+
+
+def _short_path(path: str) -> str:
+    import os
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return relative if not relative.startswith("../..") else path
