@@ -119,7 +119,7 @@ def run_repeated(workload: Workload, size: int, repeat: int, parallel: int | Non
 
 
 def judge(name: str, result: dict[str, Any], startup_s: dict[str, float | None], floors: dict[str, float],
-          own_s: float | None) -> dict[str, Any]:
+          own_s: float | None, startup_cpu_s: dict[str, float | None]) -> dict[str, Any]:
     """Per-step cost and the time/RSS verdicts of one workload result."""
     workload = WORKLOADS[name]
     wall, units = result["wall_s"], result["units"]
@@ -127,7 +127,12 @@ def judge(name: str, result: dict[str, Any], startup_s: dict[str, float | None],
     per_step_ms = None
     if wall is not None and start is not None and units > 1:
         per_step_ms = (wall - start) * 1000 / (units - 1)
-    verdict: dict[str, Any] = {"startup_s": start, "per_step_ms": per_step_ms}
+    cpu, start_cpu = result.get("engine_cpu_s"), startup_cpu_s[workload.kind]
+    cpu_per_step_ms = None
+    if cpu is not None and start_cpu is not None and units > 1:
+        cpu_per_step_ms = (cpu - start_cpu) * 1000 / (units - 1)
+    verdict: dict[str, Any] = {"startup_s": start, "per_step_ms": per_step_ms,
+                               "engine_cpu_per_step_ms": cpu_per_step_ms}
     if name in ("W1", "W2"):
         verdict["floor"] = f"fork {floors['fork_ms']:.2f} ms"
         verdict["target"] = f"<= {PER_STEP_TARGET_MS:g} ms/step"
@@ -191,7 +196,8 @@ def render(report: dict[str, Any]) -> str:
            f"sh -c 'echo hi' {floors['sh_ms']:.2f} (x{floors['count_sh']})   "
            f"fork+_exit+wait {floors['fork_ms']:.2f} (x{floors['count_fork']})",
            f"start-up (1-step job, submit to run end, median of {startup['repeat']}): "
-           f"python {_ms(_scale(startup['python_s']), 1)}   shell {_ms(_scale(startup['shell_s']), 1)}",
+           f"python {_ms(_scale(startup['python_s']), 1)} (engine CPU {_ms(_scale(startup['python_engine_cpu_s']), 1)})"
+           f"   shell {_ms(_scale(startup['shell_s']), 1)} (engine CPU {_ms(_scale(startup['shell_engine_cpu_s']), 1)})",
            ""]
     header = ["workload", "steps", "wall", "start-up", "per-step", "floor", "target", "time",
               "engine CPU/step", "engine RSS", "worker RSS", "RSS<100MB", "checks"]
@@ -206,7 +212,7 @@ def render(report: dict[str, Any]) -> str:
             per_step = "-"
         rows.append([f"{item['name']} {item['label']}", steps, _seconds(result["wall_s"]),
                      _ms(_scale(verdict["startup_s"]), 1), per_step, verdict["floor"], verdict["target"],
-                     _flag(verdict["time_ok"]), _ms(_per(result.get("engine_cpu_s"), result["units"])),
+                     _flag(verdict["time_ok"]), _ms(verdict["engine_cpu_per_step_ms"]),
                      _mb(result.get("engine_peak_rss_bytes")),
                      _mb(result.get("worker_peak_rss_bytes")), _flag(verdict["rss_ok"]),
                      "ok" if result["check"]["ok"] else "FAILED"])
@@ -223,13 +229,9 @@ def render(report: dict[str, Any]) -> str:
         out += ["", "notes:"] + notes
     out += ["", "per-step = (wall - start-up) / (steps - 1); W4 divides by attempts; "
                 "W3's target is over the sh floor; W5's wall is judged against 2 s plus the step's own time.",
-            "engine CPU/step = CPU time of the engine process (all its threads) from submit to run end / steps: "
-            "the orchestrator's own cost, steady even on a busy machine."]
+            "engine CPU/step = the same formula over the engine process's CPU time (all its threads): "
+            "the orchestrator's own cost, steadier than wall time on a busy machine."]
     return "\n".join(out)
-
-
-def _per(seconds: float | None, units: int) -> float | None:
-    return None if seconds is None else seconds * 1000 / units
 
 
 def _scale(seconds: float | None) -> float | None:
@@ -278,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         startup[f"{kind}_s"] = statistics.median(walls) if walls else None
         startup[f"{kind}_runs_s"] = walls
         startup[f"{kind}_engine_peak_rss_bytes"] = max((r["engine_peak_rss_bytes"] or 0) for r in runs)
+        cpus = [r["engine_cpu_s"] for r in runs if r["check"]["ok"] and r.get("engine_cpu_s") is not None]
+        startup[f"{kind}_engine_cpu_s"] = statistics.median(cpus) if cpus else None
     startup_s = {kind: startup[f"{kind}_s"] for kind in PROBES}
+    startup_cpu_s = {kind: startup[f"{kind}_engine_cpu_s"] for kind in PROBES}
     w5_size = WORKLOADS["W5"].quick_size if quick else WORKLOADS["W5"].size
     own_s = chatty_own_s(w5_size) if "W5" in names else None
     workloads = []
@@ -289,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         label = {"W1": f"fan-out 1->{size}->1", "W2": f"chain of {size} python", "W3": f"chain of {size} shell",
                  "W4": f"retry x{size} then ok", "W5": f"{size:,} log lines"}[name]
         workloads.append({"name": name, "label": label, "title": workload.title, "size": size,
-                          "result": result, "verdict": judge(name, result, startup_s, floors, own_s)})
+                          "result": result, "verdict": judge(name, result, startup_s, floors, own_s,
+                                                             startup_cpu_s)})
         print(f"  {name} done: {_seconds(result['wall_s'])}, checks {'ok' if result['check']['ok'] else 'FAILED'}",
               file=sys.stderr, flush=True)
     parallel = next((w["result"]["parallel"] for w in workloads if w["result"].get("parallel")), args.parallel)
