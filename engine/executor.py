@@ -127,9 +127,28 @@ class Worker:
                    "params": request.params, "context": request.context,
                    "env": attempt_environment(request), "cwd": request.cwd,
                    "output_path": request.output_path, "result_path": request.result_path}
+        # One lock orders this against the reader thread marking the worker broken or gone: an attempt
+        # either reaches a live worker or fails with the worker's own reason, never with a race's.
         with self._send_lock:
+            if self.broken:
+                raise _Broken(*self.broken)
             self.keys.add(request.key)
-            socket.send_fds(self._sock, [json.dumps(message).encode()], [write_fd])
+            try:
+                socket.send_fds(self._sock, [json.dumps(message).encode()], [write_fd])
+            except OSError:
+                self.keys.discard(request.key)
+                if self.broken:
+                    raise _Broken(*self.broken) from None
+                raise
+
+    def take_keys(self, broken: tuple[str, str] | None = None) -> list[int]:
+        """Mark the worker broken (when given) and hand over the attempts it still owed an answer."""
+        with self._send_lock:
+            if broken is not None:
+                self.broken = broken
+            keys = list(self.keys)
+            self.keys.clear()
+        return keys
 
     def stop(self) -> None:
         try:
@@ -179,8 +198,6 @@ class Executor:
         self._logs.add(read_fd, request.log_path, request.key)
         try:
             worker = self._worker_for(request.job_file)
-            if worker.broken:
-                raise _Broken(*worker.broken)
             worker.start(request, write_fd)
         except _Broken as broken:
             os.write(write_fd, (broken.summary + "\n" + broken.detail).encode())
@@ -275,21 +292,18 @@ class Executor:
             self._notify(Exited(message["id"], message["exit_code"], message["signal"], message["cpu_s"],
                                 message["peak_rss_bytes"], self._clock()))
         elif op == "broken":
-            worker.broken = (message["summary"], message["detail"])
-            for key in list(worker.keys):
-                worker.keys.discard(key)
+            for key in worker.take_keys((message["summary"], message["detail"])):
                 self._notify(Exited(key, None, None, None, None, self._clock(), lost=message["summary"],
                                     lost_detail=message["detail"]))
 
     def _on_worker_gone(self, worker: Worker) -> None:
-        for key in list(worker.keys):
-            worker.keys.discard(key)
+        summary, detail = worker.broken or ("the worker process running this step died", "")
+        for key in worker.take_keys():
             with self._lock:
                 pid = self._pids.get(key)
             if pid is not None:
                 kill_tree(pid, 1.0)
-            self._notify(Exited(key, None, None, None, None, self._clock(),
-                                lost="the worker process running this step died"))
+            self._notify(Exited(key, None, None, None, None, self._clock(), lost=summary, lost_detail=detail))
             fd = self._read_fds.get(key)
             if fd is not None:
                 self._logs.force_close(fd)

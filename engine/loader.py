@@ -17,7 +17,6 @@ from types import ModuleType
 
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
-from engine.timing import ScheduleError, cron_trigger, parse_every, parse_zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +202,10 @@ def validate_job(job_def: JobDef) -> list[Problem]:
     if cycle:
         report(by_name[cycle[0]], f"job '{job_def.name}' has a cycle: {' → '.join(cycle)} (each step waits "
                                   "on the one before it); remove one of these dependencies")
+    # Imported here: engine.timing pulls in apscheduler and tzlocal, which the preloaded worker
+    # (it imports this module for import_job_file) must not pay for in every forked attempt.
+    from engine.timing import ScheduleError, cron_trigger, parse_every, parse_zone
+
     zone = job_def.timezone
     try:
         parse_zone(zone)

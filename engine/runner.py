@@ -294,14 +294,24 @@ class Engine:
 
     def _fill_slots(self) -> None:
         running = sum(1 for a in self._attempts.values() if not a.finished)
-        for run in list(self._runs.values()):
-            while run.ready and running < self.parallel:
-                name = run.ready.pop(0)
-                if run.states[name] not in (StepState.PENDING, StepState.WAITING):
-                    continue
-                run.slot_waiting.discard(name)
-                self._start_attempt(run, name)
-                running += 1
+        runs = list(self._runs.values())
+        # Round robin, one ready step per run per turn: a new run's first step does not queue
+        # behind the hundreds of ready steps of a wide run that started earlier.
+        while running < self.parallel:
+            started = False
+            for run in runs:
+                while run.ready and running < self.parallel:
+                    name = run.ready.pop(0)
+                    if run.states[name] not in (StepState.PENDING, StepState.WAITING):
+                        continue
+                    run.slot_waiting.discard(name)
+                    self._start_attempt(run, name)
+                    running += 1
+                    started = True
+                    break
+            if not started:
+                break
+        for run in runs:
             if run.ready:
                 now = self._clock()
                 changes = []

@@ -80,7 +80,7 @@ class EngineService:
 
     def __init__(self, home: Home, jobs_dir: str | os.PathLike[str], mode: str = "daemon",
                  parallel: int | None = None, clock: Callable[[], float] = time.time,
-                 heartbeat_s: float = query.HEARTBEAT_S, command_poll_s: float = 0.1,
+                 heartbeat_s: float = query.HEARTBEAT_S, command_poll_s: float = 0.05,
                  kill_grace_s: float = 5.0, stop_grace_s: float = 10.0,
                  listener: Callable[[Change], None] | None = None, watch_files: bool = True) -> None:
         self.home = home

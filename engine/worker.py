@@ -226,8 +226,20 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
     except BaseException as error:
         detail = traceback.format_exc()
         summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"
-        send(sock, {"op": "broken", "summary": summary, "detail": detail})
-        return
+        broken = {"op": "broken", "summary": summary, "detail": detail}
+        send(sock, broken)
+        # Stay and answer every request with the import error until the engine lets go: exiting with a
+        # request unread would reset the socket and could lose this very message on the engine's side.
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
+            except OSError:
+                return
+            for fd in fds:
+                os.close(fd)
+            if not data or json.loads(data).get("op") == "stop":
+                return
+            send(sock, broken)
     send(sock, {"op": "ready", "pid": os.getpid()})
 
     wake_r, wake_w = os.pipe()
