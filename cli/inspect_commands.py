@@ -125,10 +125,20 @@ def show(settings: Settings, run_id: int, as_json: bool) -> None:
     run = query.get_run(run_id)
     attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
     if as_json:
-        render.print_json({"run": run.run, "steps": [
-            {**render.to_jsonable(s), "attempts": attempts[s.name]} for s in run.steps]})
+        render.print_json(run_document(run, attempts))
         return
     click.echo(format_run(run, attempts, render.use_color()))
+
+
+def run_document(run: query.RunView, attempts: dict[str, list[query.AttemptView]]) -> dict[str, object]:
+    """The JSON document of `show --json` (and of `run`/`retry --json`)."""
+    steps = []
+    for step in run.steps:
+        entry = render.to_jsonable(step)
+        entry["attempt_count"] = entry.pop("attempts")
+        entry["attempts"] = render.to_jsonable(attempts[step.name])
+        steps.append(entry)
+    return {"run": render.to_jsonable(run.run), "steps": steps}
 
 
 def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]], color: bool) -> str:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import click
 
 from cli import remote, render
-from cli.inspect_commands import format_run, pass_settings
+from cli.inspect_commands import format_run, pass_settings, run_document
 from cli.main import Settings, group
 from engine import query, store
 from engine.errors import NotApplicableError, UnknownJobError, UsageError
@@ -86,11 +86,11 @@ def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
 
 def finish(home: Home, run_id: int, as_json: bool) -> None:
     run = query.get_run(run_id)
+    attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
     if as_json:
-        render.print_json({"run": run.run, "steps": run.steps})
+        render.print_json(run_document(run, attempts))
     else:
         click.echo("")
-        attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
         click.echo(format_run(run, attempts, render.use_color()))
     raise SystemExit(0 if run.state == "succeeded" else 1)
 
@@ -121,6 +121,11 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         broken = [p for p in result.problems if f"'{job_name}'" in p.message]
         if broken:
             raise UnknownJobError(f"job '{job_name}' cannot run: {broken[0]}")
+        if result.problems:
+            count = len(result.problems)
+            raise UnknownJobError(f"no job '{job_name}' is loaded from {settings.jobs_dir}, where {count} "
+                                  f"problem{'s' if count != 1 else ''} stop{'' if count != 1 else 's'} job files "
+                                  f"from loading (first: {result.problems[0]}); `stepline check` lists them")
         import difflib
         close = difflib.get_close_matches(job_name, list(result.jobs), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

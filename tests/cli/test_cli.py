@@ -1,0 +1,199 @@
+"""The `stepline` command line, run as a real process against a real home."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+
+from engine import query
+from tests.conftest import ROOT, wait_until
+
+FAILING = """
+@step
+def extract():
+    print("extracting 3 rows")
+    return [1, 2, 3]
+
+@step
+def check(extract):
+    raise ValueError(f"row {extract[0]} is invalid")
+
+report = shell("report", "echo report", after=["check"])
+j = job("j", [extract, check, report], schedule="0 6 * * 1-5", timezone="Europe/Berlin")
+"""
+
+
+def test_run_streams_states_and_exits_1_when_the_run_fails(harness):
+    harness.write_job("j.py", FAILING)
+    result = harness.cli("run", "j")
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any("extract" in line and "running" in line for line in lines)
+    assert any("check" in line and "failed" in line and "ValueError: row 1 is invalid" in line for line in lines)
+    assert any("report" in line and "upstream_failed" in line for line in lines)
+    assert "next: stepline logs 1 check   ·   stepline retry 1" in result.stdout
+
+
+def test_run_exits_0_when_the_run_succeeds_and_params_reach_the_steps(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo day=$STEPLINE_PARAM_DAY")])\n')
+    result = harness.cli("run", "j", "-p", "day=2026-11-27", check=True)
+    assert "succeeded" in result.stdout
+    logs = harness.cli("logs", "1", "a", check=True)
+    assert logs.stdout.rstrip().endswith("day=2026-11-27")
+    assert logs.stdout[:4].isdigit() and "Z " in logs.stdout  # each line starts with its UTC timestamp
+
+
+def test_show_json_has_the_documented_shape(harness):
+    harness.write_job("j.py", FAILING)
+    harness.cli("run", "j")
+    document = json.loads(harness.cli("show", "1", "--json", check=True).stdout)
+    assert set(document) == {"run", "steps"}
+    assert document["run"]["id"] == 1 and document["run"]["state"] == "failed"
+    assert document["run"]["reason"] == "step 'check' failed"
+    assert [s["name"] for s in document["steps"]] == ["extract", "check", "report"]
+    check = document["steps"][1]
+    assert check["state"] == "failed" and check["attempt_count"] == 1
+    assert check["reason"]["summary"] == "ValueError: row 1 is invalid"
+    assert 'raise ValueError(f"row {extract[0]} is invalid")' in check["reason"]["detail"]
+    (attempt,) = check["attempts"]
+    assert attempt["exit_code"] == 1 and attempt["number"] == 1 and attempt["peak_rss_bytes"] > 0
+    assert attempt["started_at"].endswith("Z")
+    assert document["steps"][0]["output_preview"] == "[1, 2, 3]"
+    assert document["steps"][2]["state"] == "upstream_failed"
+
+
+def test_runs_json_lists_newest_first_and_filters(harness):
+    harness.write_job("j.py", FAILING)
+    harness.write_job("ok.py", 'ok = job("ok", [shell("a", "true")])\n')
+    harness.cli("run", "j")
+    harness.cli("run", "ok", check=True)
+    everything = json.loads(harness.cli("runs", "--json", check=True).stdout)["runs"]
+    assert [(r["id"], r["job"], r["state"]) for r in everything] == [(2, "ok", "succeeded"), (1, "j", "failed")]
+    failed = json.loads(harness.cli("runs", "--status", "failed", "--json", check=True).stdout)["runs"]
+    assert [r["id"] for r in failed] == [1]
+
+
+def test_retry_reruns_the_failed_steps_in_the_same_run_reusing_outputs(harness):
+    path = harness.write_job("j.py", FAILING)
+    harness.cli("run", "j")
+    path.write_text(path.read_text().replace('raise ValueError(f"row {extract[0]} is invalid")',
+                                             'return sum(extract)'))
+    result = harness.cli("retry", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "retrying check, report in run 1" in result.stdout
+    run = query.get_run(1)
+    assert run.state == "succeeded"
+    assert [(s.name, s.attempts) for s in run.steps] == [("extract", 1), ("check", 2), ("report", 1)]
+    assert run.step("check").output_preview == "6"
+
+
+def test_check_lists_every_problem_and_exits_1(harness, monkeypatch):
+    harness.write_job("good.py", 'good = job("good", [shell("a", "true")])\n')
+    harness.write_job("bad.py", 'a = shell("a", "true", after=["nope"])\nbad = job("bad", [a])\n')
+    harness.write_job("syntax.py", "def broken(:\n", header=False)
+    result = harness.cli("check")
+    assert result.returncode == 1
+    errors = result.stderr.splitlines()
+    assert "jobs/bad.py:2: step 'a' waits on 'nope', which is not a step of job 'bad'" in errors
+    assert any(line.startswith("jobs/syntax.py:1: syntax error") for line in errors)
+    assert errors[-1].startswith("2 problems in ") and errors[-1].endswith("1 job OK")
+
+
+def test_jobs_still_lists_the_good_jobs_when_a_file_is_broken(harness):
+    harness.write_job("j.py", FAILING)
+    harness.write_job("syntax.py", "def broken(:\n", header=False)
+    result = harness.cli("jobs")
+    assert result.returncode == 0
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("j ")]
+    assert "0 6 * * 1-5" in row and ("CET" in row or "CEST" in row) and "(in " in row
+    assert "jobs/syntax.py:1: syntax error" in result.stderr
+    document = json.loads(harness.cli("jobs", "--json").stdout)
+    assert [j["name"] for j in document["jobs"]] == ["j"]
+    assert document["jobs"][0]["steps"] == ["extract", "check", "report"]
+    assert document["problems"][0]["file"] == "jobs/syntax.py"
+
+
+def test_unknown_names_get_one_clear_line(harness):
+    harness.write_job("j.py", FAILING)
+    unknown_job = harness.cli("run", "jj")
+    assert unknown_job.returncode == 1
+    assert unknown_job.stderr.strip() == (f"stepline: no job 'jj' in {harness.jobs_dir} (did you mean 'j'?); "
+                                          "`stepline jobs` lists them")
+    unknown_run = harness.cli("show", "42")
+    assert unknown_run.returncode == 1
+    assert unknown_run.stderr.strip() == "stepline: run 42 does not exist; `stepline runs` lists the runs"
+    harness.cli("run", "j")
+    unknown_step = harness.cli("logs", "1", "chek")
+    assert unknown_step.stderr.strip() == ("stepline: run 1 has no step 'chek' (did you mean 'check'?); "
+                                           "its steps are: extract, check, report")
+    succeeded = harness.cli("retry", "1", "extract")
+    assert succeeded.returncode == 1
+    assert succeeded.stderr.strip() == ("stepline: step 'extract' of run 1 succeeded; only failed, "
+                                        "upstream_failed or cancelled steps can be retried")
+
+
+def test_usage_errors_exit_2(harness):
+    harness.write_job("j.py", FAILING)
+    bad_param = harness.cli("run", "j", "-p", "novalue")
+    assert bad_param.returncode == 2
+    assert bad_param.stderr.strip() == ("stepline: -p 'novalue': write parameters as key=value, "
+                                        "e.g. -p day=2026-11-27")
+    assert harness.cli("show", "not-a-number").returncode == 2
+    assert harness.cli("frobnicate").returncode == 2
+
+
+def test_an_unusable_state_directory_is_named_in_one_line(harness, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    result = harness.cli("runs", env={"STEPLINE_HOME": str(blocker)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"stepline: state directory {blocker} is a file, not a directory; "
+                                     "pass --home DIR (or set STEPLINE_HOME) to a directory")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "stepline.db").write_bytes(b"this is not sqlite" * 100)
+    result = harness.cli("runs", env={"STEPLINE_HOME": str(corrupt)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"stepline: {corrupt / 'stepline.db'} is not a usable stepline database")
+
+
+def test_cancel_from_another_terminal_stops_the_run_and_its_processes(harness):
+    harness.write_job("j.py", """
+        slow = shell("slow", "sleep 300 & echo $! > child.pid; wait")
+        after = shell("after", "true", after=["slow"])
+        j = job("j", [slow, after])
+    """)
+    env = {**os.environ, "STEPLINE_HOME": str(harness.home.root), "STEPLINE_JOBS": str(harness.jobs_dir),
+           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    running = subprocess.Popen([sys.executable, "-m", "cli", "run", "j"], env=env, cwd=harness.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (harness.jobs_dir / "child.pid").exists() and (harness.jobs_dir / "child.pid").read_text())
+    child = int((harness.jobs_dir / "child.pid").read_text())
+    cancelled = harness.cli("cancel", "1")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.splitlines()[-1] == "run 1 cancelled: cancelled by user"
+    assert running.wait(timeout=60) == 1
+    run = query.get_run(1)
+    assert (run.step("slow").state, run.step("slow").reason.summary) == ("cancelled", "cancelled by user")
+    assert run.step("after").state == "cancelled"
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    again = harness.cli("cancel", "1")
+    assert again.returncode == 1 and again.stderr.strip() == "stepline: run 1 already cancelled; nothing to cancel"
+
+
+def test_ctrl_c_cancels_the_run_cleanly(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
+    env = {**os.environ, "STEPLINE_HOME": str(harness.home.root), "STEPLINE_JOBS": str(harness.jobs_dir),
+           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    running = subprocess.Popen([sys.executable, "-m", "cli", "run", "j"], env=env, cwd=harness.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: query.list_runs() and query.get_run(1).step("slow").state == "running")
+    running.send_signal(signal.SIGINT)
+    assert running.wait(timeout=60) == 1
+    run = query.get_run(1)
+    assert run.state == "cancelled"
+    assert run.step("slow").reason.summary == "interrupted from the terminal"
