@@ -14,6 +14,9 @@ from typing import Any, TextIO
 
 import click
 
+from engine.humanize import byte_size as bytes_size
+from engine.humanize import duration
+
 STATE_COLORS = {
     "succeeded": "green", "failed": "red", "upstream_failed": "red", "running": "cyan", "waiting": "yellow",
     "queued": "yellow", "pending": "bright_black", "cancelled": "magenta", "skipped": "bright_black",
@@ -37,24 +40,6 @@ def paint(text: str, state: str | None, color: bool) -> str:
     return click.style(text, fg=STATE_COLORS[state], bold=state in ("failed",))
 
 
-def duration(seconds: float | None) -> str:
-    """As people read them: 850ms, 12.3s, 4m05s, 2h03m, 3d04h."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
 def local_time(at: datetime | None, with_date: bool = True) -> str:
     if at is None:
         return "-"
@@ -67,7 +52,6 @@ def relative(at: datetime | None, now: datetime) -> str:
     if at is None:
         return "-"
     delta = (at - now).total_seconds()
-    text = duration(abs(delta)).replace("ms", "ms")
     if abs(delta) < 1:
         return "now"
     return f"in {_coarse(abs(delta))}" if delta > 0 else f"{_coarse(abs(delta))} ago"
@@ -81,17 +65,6 @@ def _coarse(seconds: float) -> str:
     if seconds < 86400:
         return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
     return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
-
-
-def bytes_size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}GB"
 
 
 def table(headers: list[str], rows: list[list[str]], states: list[str | None] | None = None,

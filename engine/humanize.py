@@ -1,0 +1,32 @@
+"""Numbers as people read them, shared by the command line and the console: 850ms, 12.3s, 4m05s, 31.5MB."""
+from __future__ import annotations
+
+
+def duration(seconds: float | None) -> str:
+    """850ms, 12.3s, 4m05s, 2h03m, 3d04h; "-" for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def byte_size(value: int | None) -> str:
+    """512B, 18.5MB, 1.2GB; "-" for None."""
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}GB"
