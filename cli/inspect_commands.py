@@ -130,6 +130,10 @@ def show(settings: Settings, run_id: int, as_json: bool) -> None:
     click.echo(format_run(run, attempts, render.use_color()))
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def run_document(run: query.RunView, attempts: dict[str, list[query.AttemptView]]) -> dict[str, object]:
     """The JSON document of `show --json` (and of `run`/`retry --json`)."""
     steps = []
@@ -167,7 +171,7 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
                          str(last.exit_code) if last.exit_code is not None else "-")
         note = step.reason.summary if step.reason else (
             f"waiting for {step.waiting_for}" if step.state == "waiting" and step.waiting_for else
-            f"→ {step.output_preview}" if step.output_preview else "")
+            f"→ {_cut(step.output_preview, 60)}" if step.output_preview else "")
         rows.append([f"{render.GLYPHS.get(step.state, ' ')} {step.name}", step.state, str(step.attempts),
                      render.duration(step.duration_s(now)), exit_text,
                      render.duration(last.cpu_s) if last and last.cpu_s is not None else "-",
