@@ -45,11 +45,15 @@ def jobs(settings: Settings, as_json: bool) -> None:
     result = load_or_report(settings)
     settings.open_home()
     last = query.last_run_by_job()
-    paused = {j.name: j.paused for j in query.jobs()}
+    catalog = {j.name: j for j in query.jobs()}
+    paused = {name: j.paused for name, j in catalog.items()}
     now = datetime.now(timezone.utc)
     entries = []
     for name, job_def in sorted(result.jobs.items()):
-        next_fire = timing.next_fire(job_def.schedule, job_def.every, job_def.timezone, now)
+        # The engine's own next fire keeps an interval's phase; without an engine, compute it.
+        recorded = catalog[name].next_fire_at if name in catalog else None
+        next_fire = recorded if recorded and recorded > now else timing.next_fire(
+            job_def.schedule, job_def.every, job_def.timezone, now)
         zone = timing.parse_zone(job_def.timezone)
         last_run = last.get(name)
         entries.append({

@@ -51,7 +51,7 @@ def up(settings: Settings, grace_s: float, parallel: int | None) -> None:
     setup_logging(home, to_stderr=False)
     service = EngineService(home, settings.jobs_dir, mode="embedded", parallel=parallel, stop_grace_s=grace_s)
     service.start()
-    app = SteplineApp(home, mode="embedded")
+    app = SteplineApp(home, mode="embedded", stop_grace_s=grace_s)
 
     def hang_up(number: int, frame: object) -> None:
         # The terminal is gone: leave the console and stop the engine as `q` would.

@@ -4,7 +4,10 @@ Keeps one preloaded worker per job file (see worker.py) that forks each attempt
 into its own session and process group, pumps the attempt's output into its log
 file (logpump.py), and kills whole process trees on cancel or timeout. Knows
 nothing of DAGs, retries or the database: the runner asks, and the executor
-answers with events (Started, Exited, LogClosed) through the `notify` callback.
+answers with events (Started, Result, Exited, LogClosed) through the `notify` callback.
+
+A Python attempt sends its Result before its process exits; when an attempt has a
+Result, it is always reported before the attempt's Exited.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ class AttemptRequest:
     log_path: str
     output_path: str
     result_path: str
+    """Unused: a Python attempt's result comes over a pipe (the Result event)."""
     shell_output_path: str
 
 
@@ -79,11 +83,34 @@ class LogClosed:
     at: float
 
 
-ExecutorEvent = Started | Exited | LogClosed
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a Python attempt reported before exiting: {"ok": True, "preview", "has_output"} or
+    {"ok": False, "summary", "detail"}. Its output is closed by then; its exit status follows."""
+    key: int
+    result: dict[str, Any]
+    at: float
+
+
+ExecutorEvent = Started | Result | Exited | LogClosed
+
+
+_environ_cache: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _current_environ() -> dict[str, str]:
+    """os.environ as a dict (do not modify), decoded again only when the environment has changed."""
+    global _environ_cache
+    raw = os.environb if os.supports_bytes_environ else None
+    data = dict(raw) if raw is not None else None
+    cache = _environ_cache
+    if cache is None or data is None or cache[0] != data:
+        cache = _environ_cache = (data or {}, dict(os.environ))
+    return cache[1]
 
 
 def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+    env = dict(_current_environ() if base is None else base)
     context = request.context
     env.update({
         "STEPLINE_RUN_ID": str(context["run_id"]), "STEPLINE_JOB": request.job, "STEPLINE_STEP": request.step,
@@ -121,12 +148,12 @@ class Worker:
                                         daemon=True)
         self._reader.start()
 
-    def start(self, request: AttemptRequest, write_fd: int) -> None:
+    def start(self, request: AttemptRequest, write_fd: int, result_fd: int) -> None:
         message = {"op": "start", "id": request.key, "job": request.job, "step": request.step,
                    "kind": request.kind, "command": request.command, "inputs": request.inputs,
                    "params": request.params, "context": request.context,
                    "env": attempt_environment(request), "cwd": request.cwd,
-                   "output_path": request.output_path, "result_path": request.result_path}
+                   "output_path": request.output_path}
         # One lock orders this against the reader thread marking the worker broken or gone: an attempt
         # either reaches a live worker or fails with the worker's own reason, never with a race's.
         with self._send_lock:
@@ -134,7 +161,7 @@ class Worker:
                 raise _Broken(*self.broken)
             self.keys.add(request.key)
             try:
-                socket.send_fds(self._sock, [json.dumps(message).encode()], [write_fd])
+                socket.send_fds(self._sock, [json.dumps(message).encode()], [write_fd, result_fd])
             except OSError:
                 self.keys.discard(request.key)
                 if self.broken:
@@ -188,26 +215,40 @@ class Executor:
         self._pids: dict[int, int] = {}  # key -> pid
         self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
         self._read_fds: dict[int, int] = {}  # key -> pipe read end
-        self._logs = LogPump(self._on_log_closed, clock)
+        self._logs = LogPump(self._on_log_closed, clock, self._on_result)
         self._kept: dict[str, str] = {}
         self._retired: list[Worker] = []
 
     def start(self, request: AttemptRequest) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        result_read, result_write = os.pipe2(os.O_CLOEXEC)
         self._read_fds[request.key] = read_fd
-        self._logs.add(read_fd, request.log_path, request.key)
+        # The result pipe is watched before the worker can answer (see _exited); the log file is
+        # created once the request is on its way, while the worker forks: a file creation can cost
+        # about a millisecond on a busy disk, and the pipe holds what the attempt writes meanwhile.
+        self._logs.add_result(request.key, result_read)
+        lost: Exited | None = None
+        message = b""
         try:
             worker = self._worker_for(request.job_file)
-            worker.start(request, write_fd)
+            worker.start(request, write_fd, result_write)
         except _Broken as broken:
-            os.write(write_fd, (broken.summary + "\n" + broken.detail).encode())
-            self._notify(Exited(request.key, None, None, None, None, self._clock(), lost=broken.summary,
-                                lost_detail=broken.detail))
+            message = (broken.summary + "\n" + broken.detail).encode()
+            lost = Exited(request.key, None, None, None, None, self._clock(), lost=broken.summary,
+                          lost_detail=broken.detail)
         except OSError as error:
-            self._notify(Exited(request.key, None, None, None, None, self._clock(),
-                                lost=f"could not start the step process: {error}"))
+            lost = Exited(request.key, None, None, None, None, self._clock(),
+                          lost=f"could not start the step process: {error}")
+        finally:
+            os.close(result_write)
+        try:
+            self._logs.add(read_fd, request.log_path, request.key)
+            if message:
+                os.write(write_fd, message)
         finally:
             os.close(write_fd)
+        if lost is not None:
+            self._exited(lost)
 
     def kill(self, key: int, grace_s: float | None = None) -> None:
         """Terminate the attempt's whole process tree: SIGTERM, then SIGKILL after the grace period."""
@@ -289,11 +330,11 @@ class Executor:
             if worker in self._retired and not worker.keys:
                 self._retired.remove(worker)
                 threading.Thread(target=worker.stop, daemon=True, name="stepline-worker-stop").start()
-            self._notify(Exited(message["id"], message["exit_code"], message["signal"], message["cpu_s"],
+            self._exited(Exited(message["id"], message["exit_code"], message["signal"], message["cpu_s"],
                                 message["peak_rss_bytes"], self._clock()))
         elif op == "broken":
             for key in worker.take_keys((message["summary"], message["detail"])):
-                self._notify(Exited(key, None, None, None, None, self._clock(), lost=message["summary"],
+                self._exited(Exited(key, None, None, None, None, self._clock(), lost=message["summary"],
                                     lost_detail=message["detail"]))
 
     def _on_worker_gone(self, worker: Worker) -> None:
@@ -303,13 +344,20 @@ class Executor:
                 pid = self._pids.get(key)
             if pid is not None:
                 kill_tree(pid, 1.0)
-            self._notify(Exited(key, None, None, None, None, self._clock(), lost=summary, lost_detail=detail))
+            self._exited(Exited(key, None, None, None, None, self._clock(), lost=summary, lost_detail=detail))
             fd = self._read_fds.get(key)
             if fd is not None:
                 self._logs.force_close(fd)
 
     def _on_log_closed(self, key: int) -> None:
         self._notify(LogClosed(key, self._clock()))
+
+    def _on_result(self, key: int, result: dict[str, Any]) -> None:
+        self._notify(Result(key, result, self._clock()))
+
+    def _exited(self, event: Exited) -> None:
+        """Report an exit after the attempt's Result, if it sent one (its process is gone: it is in the pipe)."""
+        self._logs.settle_result(event.key, lambda: self._notify(event))
 
 
 class _Broken(Exception):

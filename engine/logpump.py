@@ -5,10 +5,14 @@ on a full pipe and the engine never needs a thread per attempt. Bytes are writte
 as they arrive: invalid UTF-8, binary and a 10 MB line pass through unchanged, and
 a line cut off by a kill still reaches the file. Each line starts with its arrival
 time in UTC: `2026-11-27T03:12:40.123Z ` (24 characters and a space).
+
+The same thread reads each attempt's result pipe: one length-framed JSON message
+that a Python attempt sends after closing its output (see worker.send_result).
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import selectors
 import threading
@@ -35,11 +39,22 @@ class _Tail:
     bytes_written: int = 0
 
 
+@dataclass(slots=True)
+class _Result:
+    key: int
+    """Attempt id, handed back to on_result."""
+    data: bytearray
+    waiters: list[Callable[[], None]]
+    """Called once the result is settled (delivered, or known never to come)."""
+
+
 class LogPump:
     """Moves bytes from attempt pipes to attempt log files on one background thread."""
 
-    def __init__(self, on_closed: Callable[[int], None], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, on_closed: Callable[[int], None], clock: Callable[[], float] = time.time,
+                 on_result: Callable[[int, dict], None] | None = None) -> None:
         self._on_closed = on_closed
+        self._on_result = on_result
         self._clock = clock
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
@@ -48,6 +63,8 @@ class LogPump:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._pending: list[tuple[int, _Tail]] = []
         self._closing: list[int] = []
+        self._results: dict[int, int] = {}  # key -> result pipe read end, until settled
+        self._settling: list[tuple[int, Callable[[], None]]] = []
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="stepline-logs", daemon=True)
         self._thread.start()
@@ -58,6 +75,31 @@ class LogPump:
         with self._lock:
             self._pending.append((read_fd, _Tail(key, handle)))
         os.write(self._wake_w, b"x")
+
+    def add_result(self, key: int, result_fd: int) -> None:
+        """Read the attempt's result message from `result_fd` and pass it to on_result(key, result)."""
+        with self._lock:
+            self._results[key] = result_fd
+            self._pending.append((result_fd, _Result(key, bytearray(), [])))  # type: ignore[arg-type]
+        os.write(self._wake_w, b"x")
+
+    def settle_result(self, key: int, then: Callable[[], None]) -> None:
+        """Call `then` once the attempt's result has been passed on, or is known never to come.
+
+        Used when the attempt's process has exited: whatever it sent is in the pipe by now, so the
+        pipe is drained and closed (a process it forked may still hold it open), and `then` runs on
+        this pump's thread after on_result. Without a pending result pipe, `then` runs at once.
+        """
+        with self._lock:
+            if key not in self._results:
+                settled = True
+            else:
+                settled = False
+                self._settling.append((key, then))
+        if settled:
+            then()
+        else:
+            os.write(self._wake_w, b"x")
 
     def force_close(self, read_fd: int) -> None:
         """Stop reading a pipe that a leftover process keeps open (what it sent so far is kept)."""
@@ -77,7 +119,13 @@ class LogPump:
                 if fd == self._wake_r:
                     self._take_requests()
                     continue
+                if self._selector.get_map().get(fd) is not selected:
+                    # force_close() above closed it in this same round (its number may even be reused).
+                    continue
                 tail: _Tail = selected.data
+                if type(tail) is _Result:
+                    self._read_result(fd, tail)  # type: ignore[arg-type]
+                    continue
                 try:
                     data = os.read(fd, CHUNK)
                 except BlockingIOError:
@@ -90,7 +138,9 @@ class LogPump:
                     self._close(fd, tail)
         for key in list(self._selector.get_map()):
             selected = self._selector.get_map()[key]
-            if selected.data is not None:
+            if type(selected.data) is _Result:
+                self._end_result(selected.fd, selected.data)
+            elif selected.data is not None:
                 self._close(selected.fd, selected.data)
 
     def _take_requests(self) -> None:
@@ -102,9 +152,19 @@ class LogPump:
         with self._lock:
             pending, self._pending = self._pending, []
             closing, self._closing = self._closing, []
+            settling, self._settling = self._settling, []
         for fd, tail in pending:
             os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, tail)
+        for key, then in settling:
+            with self._lock:
+                fd = self._results.get(key)
+            if fd is None:
+                then()  # settled meanwhile; on_result (if any) has run
+                continue
+            result: _Result = self._selector.get_key(fd).data
+            result.waiters.append(then)
+            self._read_result(fd, result, drain=True)
         for fd in closing:
             try:
                 selected = self._selector.get_key(fd)
@@ -112,6 +172,40 @@ class LogPump:
                 continue
             self._drain(fd, selected.data)
             self._close(fd, selected.data)
+
+    def _read_result(self, fd: int, result: _Result, drain: bool = False) -> None:
+        """Read what the result pipe holds; pass the message on once complete. `drain`: the writer has exited."""
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                if drain:
+                    break  # nothing more will come from the attempt itself
+                return
+            except OSError:
+                data = b""
+            if not data:
+                break
+            result.data += data
+            size = int.from_bytes(result.data[:4], "big") if len(result.data) >= 4 else -1
+            if 0 <= size <= len(result.data) - 4:
+                message = None
+                try:
+                    message = json.loads(result.data[4:4 + size])
+                except ValueError:
+                    pass
+                if isinstance(message, dict) and self._on_result is not None:
+                    self._on_result(result.key, message)
+                break
+        self._end_result(fd, result)
+
+    def _end_result(self, fd: int, result: _Result) -> None:
+        self._selector.unregister(fd)
+        os.close(fd)
+        with self._lock:
+            self._results.pop(result.key, None)
+        for then in result.waiters:
+            then()
 
     def _drain(self, fd: int, tail: _Tail) -> None:
         while True:

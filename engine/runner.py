@@ -24,7 +24,7 @@ from typing import Any
 from engine import store
 from engine.definition import JobDef
 from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
-from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, LogClosed, Started
+from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, LogClosed, Result, Started
 from engine.home import Home
 from engine.plan import JobPlan, StepPlan, plan_job
 from engine.states import AttemptState, FailureReason, RunState, StepState
@@ -65,6 +65,13 @@ class ActiveRun:
     cancelling: str | None = None
     slot_waiting: set[str] = field(default_factory=set)
     """Ready steps whose waiting_for already says they wait for a free slot."""
+    step_plans: dict[str, StepPlan] = field(init=False)
+    downstream: dict[str, list[str]] = field(init=False)
+    """Direct downstream steps of every step (the plan's, computed once)."""
+
+    def __post_init__(self) -> None:
+        self.step_plans = {s.name: s for s in self.plan.steps}
+        self.downstream = self.plan.downstream()
 
 
 @dataclass(slots=True)
@@ -77,10 +84,13 @@ class RunningAttempt:
     attempt_id: int | None = None
     started_at: float | None = None
     exited: Exited | None = None
+    result: dict[str, Any] | None = None
+    """What a Python attempt reported before exiting (executor.Result)."""
     log_closed: bool = False
     kill_reason: FailureReason | None = None
     kill_state: StepState = StepState.FAILED
     finished: bool = False
+    """The step has its outcome; the attempt stays known until its process has exited (see _record_exit)."""
 
 
 class Engine:
@@ -325,7 +335,7 @@ class Engine:
                 self._write_steps(run, changes, now)
 
     def _start_attempt(self, run: ActiveRun, name: str) -> None:
-        step_plan = run.plan.step(name)
+        step_plan = run.step_plans[name]
         number = run.attempts[name] + 1
         run.attempts[name] = number
         run.states[name] = StepState.RUNNING
@@ -341,7 +351,7 @@ class Engine:
                      "scheduled_for": _iso(run.scheduled_for)},
             env=step_plan.env, cwd=self._cwd(run.plan, step_plan), log_path=log_path,
             output_path=str(self.home.output_file(run.id, name)),
-            result_path=str(self.home.result_file(run.id, name, number)),
+            result_path="",
             shell_output_path=str(self.home.shell_output_file(run.id, name, number)))
         self._executor.start(request)
 
@@ -357,21 +367,32 @@ class Engine:
             return
         if isinstance(event, Started):
             self._on_started(attempt, event)
+        elif isinstance(event, Result):
+            attempt.result = event.result
         elif isinstance(event, Exited):
             attempt.exited = event
+            if attempt.finished:
+                self._record_exit(attempt, event)
+                return
             if event.lost and attempt.attempt_id is None:
                 self._record_start(attempt, None, None, event.at)
             if not attempt.log_closed:
                 self._after(LEFTOVER_GRACE_S, lambda: self._reap_leftovers(attempt))
         elif isinstance(event, LogClosed):
             attempt.log_closed = True
-        if attempt.exited is not None and attempt.log_closed and not attempt.finished:
+        if attempt.finished or not attempt.log_closed:
+            return
+        if attempt.exited is not None:
+            self._finish(attempt)
+        elif attempt.result is not None and attempt.kill_reason is None and attempt.started_at is not None:
+            # The attempt has reported its result and closed its output: the step is done; its
+            # process is still exiting, and its exit status is recorded when it comes.
             self._finish(attempt)
 
     def _on_started(self, attempt: RunningAttempt, event: Started) -> None:
         self._record_start(attempt, event.pid, event.pid_started, event.at)
         run = self._runs[attempt.run_id]
-        timeout_s = run.plan.step(attempt.step).timeout_s
+        timeout_s = run.step_plans[attempt.step].timeout_s
         if timeout_s:
             self._after(timeout_s, lambda: self._time_out(attempt, timeout_s))
 
@@ -385,7 +406,8 @@ class Engine:
                               attempt.number))
 
     def _time_out(self, attempt: RunningAttempt, timeout_s: float) -> None:
-        if attempt.finished or attempt.exited is not None or attempt.kill_reason is not None:
+        if (attempt.finished or attempt.exited is not None or attempt.result is not None
+                or attempt.kill_reason is not None):
             return
         attempt.kill_reason = FailureReason(f"timed out after {_seconds(timeout_s)}")
         self._executor.kill(attempt.key)
@@ -396,18 +418,18 @@ class Engine:
 
     def _finish(self, attempt: RunningAttempt) -> None:
         attempt.finished = True
-        self._executor.forget(attempt.key)
-        del self._attempts[attempt.key]
-        run = self._runs[attempt.run_id]
-        step_plan = run.plan.step(attempt.step)
         exited = attempt.exited
-        assert exited is not None
+        if exited is not None:
+            self._executor.forget(attempt.key)
+            del self._attempts[attempt.key]
+        run = self._runs[attempt.run_id]
+        step_plan = run.step_plans[attempt.step]
         now = self._clock()
         state, reason, output = self._outcome(run, step_plan, attempt, exited)
-        outcome: dict[str, Any] = {"exit_code": exited.exit_code, "signal": exited.signal, "cpu_s": exited.cpu_s,
-                                   "peak_rss_bytes": exited.peak_rss_bytes,
-                                   "reason": reason.summary if reason else None,
+        outcome: dict[str, Any] = {"reason": reason.summary if reason else None,
                                    "detail": reason.detail if reason else None}
+        if exited is not None:
+            outcome.update(_exit_columns(exited))
         name = attempt.step
         extra: dict[str, Any] = {"reason": outcome["reason"], "detail": outcome["detail"], "ended_at": now}
         changes = []
@@ -435,7 +457,7 @@ class Engine:
             self._announce(Change(run.id, changed, new_state, values.get("reason") or values.get("waiting_for"),
                                   now, attempt.number if changed == name else None))
         if state == StepState.SUCCEEDED:
-            for downstream in run.plan.downstream()[name]:
+            for downstream in run.downstream[name]:
                 if downstream in run.waiting_on and run.states[downstream] in (StepState.PENDING,
                                                                                 StepState.WAITING):
                     run.waiting_on[downstream] -= 1
@@ -443,15 +465,29 @@ class Engine:
                         run.ready.append(downstream)
         self._maybe_finish_run(run)
 
+    def _record_exit(self, attempt: RunningAttempt, exited: Exited) -> None:
+        """The process of an attempt whose step finished on its result has exited: complete the attempt."""
+        self._executor.forget(attempt.key)
+        del self._attempts[attempt.key]
+        if attempt.attempt_id is not None:
+            store.record_exit(attempt.attempt_id, _exit_columns(exited))
+        run = self._runs.get(attempt.run_id)
+        if run is not None:
+            self._maybe_finish_run(run)
+
     def _outcome(self, run: ActiveRun, step_plan: StepPlan, attempt: RunningAttempt,
-                 exited: Exited) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
+                 exited: Exited | None) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
         no_output: tuple[bool, str | None] = (False, None)
+        result = attempt.result or {}
+        if exited is None:  # finished on the result the attempt sent before exiting
+            if result.get("ok"):
+                return StepState.SUCCEEDED, None, (bool(result.get("has_output")), result.get("preview"))
+            return StepState.FAILED, FailureReason(result.get("summary") or "failed", result.get("detail", "")), no_output
         if exited.lost:
             return StepState.FAILED, FailureReason(exited.lost, exited.lost_detail), no_output
         if attempt.kill_reason is not None:
             detail = self._log_tail(attempt.log_path)
             return attempt.kill_state, FailureReason(attempt.kill_reason.summary, detail), no_output
-        result = _read_json(self.home.result_file(run.id, step_plan.name, attempt.number))
         if exited.exit_code == 0:
             if step_plan.kind == "shell":
                 return self._shell_output(run, step_plan, attempt)
@@ -555,13 +591,9 @@ class Engine:
         return "\n".join(tail_lines(path, lines))
 
 
-def _read_json(path: os.PathLike[str]) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+def _exit_columns(exited: Exited) -> dict[str, Any]:
+    return {"exit_code": exited.exit_code, "signal": exited.signal, "cpu_s": exited.cpu_s,
+            "peak_rss_bytes": exited.peak_rss_bytes}
 
 
 def _iso(at: float | None) -> str | None:

@@ -327,6 +327,12 @@ def finish_attempt(run_id: int, attempt_id: int, attempt_state: str, outcome: di
         _insert_events(events)
 
 
+def record_exit(attempt_id: int, columns: dict[str, Any]) -> None:
+    """Exit code, signal, CPU and peak RSS of an attempt that already ended on the result it sent."""
+    with db.atomic("IMMEDIATE"):
+        _update_by_id(Attempt, attempt_id, columns)
+
+
 def add_command(kind: str, at: float | None = None, run_id: int | None = None, job: str | None = None,
                 step: str | None = None, payload: dict[str, Any] | None = None) -> int:
     at = time.time() if at is None else at

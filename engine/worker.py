@@ -19,6 +19,7 @@ import os
 import pickle
 import select
 import signal
+import _signal  # signal.signal without the enum wrapping: a fork's first calls to it cost ~0.3 ms
 import socket
 import sys
 import traceback
@@ -45,10 +46,16 @@ def preview(value: Any) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
 
 
-def write_json(path: str, data: dict[str, Any]) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(path + ".tmp", path)
+def send_result(fd: int, result: dict[str, Any]) -> None:
+    """Hand the attempt's result to the engine over its result pipe: a 4-byte length, then JSON.
+
+    The length frames the message, so the engine takes it without waiting for the pipe's end of
+    file (a process the step forked may hold the pipe open).
+    """
+    data = json.dumps(result).encode()
+    view = memoryview(len(data).to_bytes(4, "big") + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def load_input(path: str, step: str) -> Any:
@@ -93,11 +100,14 @@ class StepFailed(Exception):
         self.detail = detail
 
 
-def run_python_attempt(module: Any, request: dict[str, Any]) -> int:
-    """Body of a forked Python attempt; returns the exit code."""
+Result = tuple[int, dict[str, Any]]
+"""Exit code and the result message of an attempt."""
+
+
+def run_python_attempt(module: Any, request: dict[str, Any]) -> Result:
+    """Body of a forked Python attempt; returns the exit code and the result for the engine."""
     from engine.context import StepContext
 
-    result_path = request["result_path"]
     try:
         step_def = find_step(module, request["job"], request["step"])
         kwargs: dict[str, Any] = {}
@@ -110,7 +120,7 @@ def run_python_attempt(module: Any, request: dict[str, Any]) -> int:
                 kwargs[name] = StepContext(**request["context"])
         value = step_def.func(**kwargs)
     except LookupError as error:
-        return fail(result_path, str(error), "")
+        return fail(str(error), "")
     except SystemExit as error:
         code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
         if code == 0:
@@ -118,25 +128,24 @@ def run_python_attempt(module: Any, request: dict[str, Any]) -> int:
         else:
             detail = user_traceback(error)
             sys.stderr.write(detail)
-            return fail(result_path, f"SystemExit: {error.code}", detail, code)
+            return fail(f"SystemExit: {error.code}", detail, code)
     except BaseException as error:
         detail = user_traceback(error)
         sys.stderr.write(detail)
         message = str(error).splitlines()[0] if str(error) else ""
-        return fail(result_path, f"{type(error).__name__}: {message}".rstrip(": "), detail)
+        return fail(f"{type(error).__name__}: {message}".rstrip(": "), detail)
     try:
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as error:
         summary = (f"output of step '{request['step']}' cannot be persisted: {type(error).__name__}: {error}; "
                    "return plain data (str, numbers, lists, dicts, dataclasses) or write a file and return its path")
         sys.stderr.write(summary + "\n")
-        return fail(result_path, summary, traceback.format_exc())
+        return fail(summary, traceback.format_exc())
     output_path = request["output_path"]
     with open(output_path + ".tmp", "wb") as handle:
         handle.write(data)
     os.replace(output_path + ".tmp", output_path)
-    write_json(result_path, {"ok": True, "preview": preview(value), "has_output": value is not None})
-    return 0
+    return 0, {"ok": True, "preview": preview(value), "has_output": value is not None}
 
 
 def user_traceback(error: BaseException) -> str:
@@ -147,12 +156,9 @@ def user_traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, tb))
 
 
-def fail(result_path: str, summary: str, detail: str, code: int = 1) -> int:
-    write_json(result_path, {"ok": False, "summary": summary, "detail": detail})
-    sys.stdout.flush()
-    sys.stderr.flush()
+def fail(summary: str, detail: str, code: int = 1) -> Result:
     # An exit status is one byte: sys.exit(256) must not turn into a success.
-    return code if 0 < code < 256 else 1
+    return (code if 0 < code < 256 else 1), {"ok": False, "summary": summary, "detail": detail}
 
 
 def shell_environment(request: dict[str, Any]) -> dict[str, str]:
@@ -171,21 +177,26 @@ def env_key(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).upper()
 
 
-def child_main(module: Any, request: dict[str, Any], log_fd: int, sock: socket.socket) -> None:
-    """Runs in the forked attempt process; never returns."""
+def child_main(module: Any, request: dict[str, Any], log_fd: int, result_fd: int, sock: socket.socket,
+               base_env: dict[str, str]) -> None:
+    """Runs in the forked attempt process; never returns.
+
+    A Python attempt ends by closing its output (the log reaches its end) and then sending its
+    result, so the engine can finish the step without waiting for this process's exit teardown.
+    """
     code = 1
+    result: dict[str, Any] | None = None
     try:
         os.setsid()
         sock.close()
+        os.set_inheritable(result_fd, False)  # bash and the processes a step starts never see it
         for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
-            signal.signal(number, signal.SIG_DFL)
+            _signal.signal(number, _signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
+        # fd 0 is /dev/null and sys.stdin/stdout/stderr are set up already (prepare_stdio, in the worker).
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        os.close(devnull)
         if request.get("cwd"):
             os.chdir(request["cwd"])
         if request["kind"] == "shell":
@@ -193,27 +204,63 @@ def child_main(module: Any, request: dict[str, Any], log_fd: int, sock: socket.s
                 env = shell_environment(request)
             except StepFailed as error:
                 os.write(2, (error.summary + "\n").encode())
-                code = fail(request["result_path"], error.summary, "")
+                code, result = fail(error.summary, "")
+                send_result(result_fd, result)
                 os._exit(code)
             os.execve("/bin/bash", ["bash", "-c", request["command"]], env)
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.stdin = open(os.devnull)
-        # Line buffering: the log shows each line as it is printed, and a killed step loses nothing it printed.
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True)
-        code = run_python_attempt(module, request)
+        set_environment(request["env"], base_env)
+        code, result = run_python_attempt(module, request)
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:
+        result = None
         try:
             traceback.print_exc()
             sys.stderr.flush()
         except BaseException:
             pass
+    if result is not None:
+        try:
+            # Close the log pipe first: the engine finishes the step on the result and the log's end.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            send_result(result_fd, result)
+        except BaseException:
+            pass  # the engine falls back on the exit status
     os._exit(code)
+
+
+def set_environment(env: dict[str, str], base: dict[str, str]) -> None:
+    """Make os.environ (a copy of `base`) equal to `env`, touching only the variables that differ."""
+    environ = os.environ
+    for key in base.keys() - env.keys():
+        del environ[key]
+    for key, value in env.items():
+        if base.get(key) != value:
+            environ[key] = value
+
+
+def prepare_stdio() -> None:
+    """Once, in the worker: the standard streams every attempt inherits.
+
+    stdin reads /dev/null; stdout and stderr are line-buffered text streams over fds 1 and 2, which
+    each attempt points at its log pipe (line buffering: the log shows each line as it is printed,
+    and a killed step loses nothing it printed). The worker itself never writes to them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdin = open(os.devnull)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
 
 
 def serve(sock: socket.socket, job_file: str, source_file: str | None = None) -> None:
@@ -240,6 +287,8 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
             if not data or json.loads(data).get("op") == "stop":
                 return
             send(sock, broken)
+    prepare_stdio()
+    base_env = dict(os.environ)
     send(sock, {"op": "ready", "pid": os.getpid()})
 
     wake_r, wake_w = os.pipe()
@@ -288,11 +337,12 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 return
             request = json.loads(data)
             if request["op"] == "start":
-                log_fd = fds[0]
+                log_fd, result_fd = fds
                 pid = os.fork()
                 if pid == 0:
-                    child_main(module, request, log_fd, sock)
+                    child_main(module, request, log_fd, result_fd, sock, base_env)
                 os.close(log_fd)
+                os.close(result_fd)
                 children[pid] = request["id"]
                 send(sock, {"op": "started", "id": request["id"], "pid": pid})
             elif request["op"] == "stop":

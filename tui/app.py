@@ -26,12 +26,14 @@ class SteplineApp(App[None]):
     BINDINGS = [Binding(key, f"explain('{action}')", text, show=False) for key, action, text in MAIN_KEYS]
 
     def __init__(self, home: Home, mode: str = "attached", poll_interval_s: float = 0.25,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, stop_grace_s: float | None = None) -> None:
         super().__init__()
         self.home = home
         self.mode = mode
         self.poll_interval_s = poll_interval_s
         self.clock = clock
+        self.stop_grace_s = stop_grace_s
+        """How long `stepline up` lets running steps finish on quit (quoted by the quit question)."""
         self.main_screen = MainScreen(mode)
 
     def on_mount(self) -> None:

@@ -63,18 +63,41 @@ def stamp_text(at: datetime | None) -> str:
 
 
 def duration_text(seconds: float | None, live: bool = False) -> str:
-    """12.3s / 4m05s / 3h04m; whole seconds while live so labels tick once a second."""
+    """As people read them, exactly like the CLI: 850ms, 12.3s, 4m05s, 2h03m, 3d04h.
+
+    `live` is kept for callers that tick; a running duration reads the same way.
+    """
     if seconds is None:
         return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
-        return f"{int(seconds)}s" if live else f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
-    if hours < 48:
+    if hours < 24:
         return f"{hours}h{minutes:02d}m"
-    return f"{hours // 24}d{hours % 24:02d}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def relative_text(at: datetime | None, now: datetime) -> str:
+    """A coarse distance for narrow lines: "in 45s", "in 12m", "in 4h", "in 2d" (or "… ago")."""
+    if at is None:
+        return "—"
+    delta = (at - now).total_seconds()
+    span = abs(delta)
+    if span < 60:
+        text = f"{int(span)}s"
+    elif span < 3600:
+        text = f"{int(span // 60)}m"
+    elif span < 86400:
+        text = f"{int(span // 3600)}h"
+    else:
+        text = f"{int(span // 86400)}d"
+    return f"in {text}" if delta >= 0 else f"{text} ago"
 
 
 def bytes_text(count: int | None) -> str:
@@ -96,7 +119,8 @@ def utc_now(clock_s: float) -> datetime:
 
 
 def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
-              catalog_known: bool = True) -> Text:
+              catalog_known: bool = True, compact: bool = False) -> Text:
+    """A job's tree line; `compact` (narrow tree) keeps name, glyph and the next fire as "in 4h"."""
     text = Text()
     if last_run is not None:
         text.append_text(glyph(last_run.state))
@@ -110,11 +134,13 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
         return text
     schedule = job.schedule or (f"every {job.every}" if job.every else None)
     if schedule:
-        text.append(f"  {schedule}", style="bright_black")
+        if not compact:
+            text.append(f"  {schedule}", style="bright_black")
         if job.paused:
             text.append("  paused", style="bold magenta")
         elif job.next_fire_at is not None:
-            text.append(f"  next {when_text(job.next_fire_at, now)}", style="bright_black")
+            shown = relative_text(job.next_fire_at, now) if compact else f"next {when_text(job.next_fire_at, now)}"
+            text.append(f"  {shown}", style="bright_black")
     if last_run is None:
         text.append("  no runs yet", style="italic bright_black")
     return text

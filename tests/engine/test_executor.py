@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 
 from engine import query
 from engine.executor import AttemptRequest, Executor, Exited, LogClosed, Started, attempt_environment, kill_tree
@@ -21,6 +22,9 @@ bash -c 'trap "" TERM; sleep 300 & echo $! >> {pids}; wait' &
 echo $$ >> {pids}
 wait
 """
+
+# A crash in one of the engine's threads (log pump, worker reader) fails the test that caused it.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 def test_kill_tree_ends_a_tree_with_double_forks_that_ignores_sigterm(tmp_path):

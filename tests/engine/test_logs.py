@@ -12,6 +12,9 @@ from engine.logpump import STAMP_WIDTH
 
 STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
+# A crash in one of the engine's threads (log pump, worker reader) fails the test that caused it.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 def log_lines(run: query.RunView, step: str, attempt: int = 1) -> list[bytes]:
     path = Path(query.attempts(run.id, step)[attempt - 1].log_path)

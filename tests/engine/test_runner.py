@@ -18,6 +18,9 @@ from engine.plan import StepPlan
 from engine.runner import Engine
 from tests.conftest import ROOT, Harness, wait_until
 
+# A crash in one of the engine's threads (log pump, worker reader) fails the test that caused it.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 class Background:
     """An engine driving one run on its own thread, so the test can watch the database meanwhile."""

@@ -227,17 +227,19 @@ class CommandActions:
 
         active = self.counts.get("running", 0) + self.counts.get("queued", 0)
         if self.app_mode != "embedded" or not active:
-            self.app.exit()
+            self.quit()
             return
+        grace = self.app.stop_grace_s  # type: ignore[attr-defined]
+        grace_text = f"{grace:g} s (--grace)" if grace is not None else "(--grace, 10 s by default)"
         question = (f"{active} run{'s are' if active != 1 else ' is'} active. Quitting stops the embedded engine: "
-                    "running steps get the grace period (--grace, 10 s by default) to finish, then they are "
+                    f"running steps get the grace period {grace_text} to finish, then they are "
                     "cancelled and their runs end as cancelled (r retries them later). Schedules do not fire "
                     "until stepline starts again.\n\nTo keep runs going without a console, use "
                     "`stepline daemon` and `stepline tui`.")
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.app.exit()
+                self.quit()
 
         self.app.push_screen(ConfirmScreen("quit stepline up?", question, yes="quit"), answered)
 

@@ -58,9 +58,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.catalog, self.delta = catalog, delta
 
     class Polled(Message):
-        def __init__(self, delta: data.Delta) -> None:
+        def __init__(self, delta: data.Delta, error: str | None = None) -> None:
             super().__init__()
-            self.delta = delta
+            self.delta, self.error = delta, error
 
     class RunsLoaded(Message):
         def __init__(self, job: str, run_filter: str, runs: list[RunSummary], has_more: bool) -> None:
@@ -95,6 +95,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.search_term: str | None = None
         self._selection_token = 0
         self._polling = False
+        self.quitting = False
+        """Set by `quit`: no more ticks, polls or footer refreshes while the app shuts down."""
         self._focus_run: int | None = None
         self.pending_commands: dict[int, str] = {}
 
@@ -116,20 +118,29 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.run_tree.now = self.now()
         self.header.set_state(now=self.now())
         self._load_start(self.app.clock())  # type: ignore[attr-defined]
-        self.set_interval(self.app.poll_interval_s, self.tick)  # type: ignore[attr-defined]
+        self.ticker = self.set_interval(self.app.poll_interval_s, self.tick)  # type: ignore[attr-defined]
+
+    def quit(self) -> None:
+        """Leave the console: stop ticking and polling first, so nothing new starts while the app exits."""
+        self.quitting = True
+        self.ticker.stop()
+        self.app.exit()
 
     # --- polling -------------------------------------------------------------------------------------------
 
     def tick(self) -> None:
         """Advance clocks and live durations, follow the log, and ask for new events."""
+        if self.quitting:
+            return
         now = self.now()
         self.header.set_state(now=now)
         self.run_tree.tick(now)
+        self.details.tick(now)
         self.log_pane.poll()
         self.poll_now()
 
     def poll_now(self) -> None:
-        if self.last_event_id is None or self._polling:
+        if self.last_event_id is None or self._polling or self.quitting:
             return
         self._polling = True
         self._poll(self.last_event_id, self.app.clock(), self.run_tree.loaded_runs,  # type: ignore[attr-defined]
@@ -145,8 +156,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
         try:
             delta = data.closing_connection(lambda: data.poll(last_id, now, loaded, pending))
         except Exception as error:  # a transient read error must not kill the console; say it and go on
-            self.post_message(self.Polled(data.Delta(last_id, EngineStatus("not responding"), self.counts)))
-            self.app.call_from_thread(self.app.notify, f"reading the database failed: {error}", severity="error")
+            # post_message, never call_from_thread: a worker blocked on a loop that is shutting down
+            # keeps the process from exiting.
+            self.post_message(self.Polled(data.Delta(last_id, EngineStatus("not responding"), self.counts),
+                                          error=f"reading the database failed: {error}"))
             return
         self.post_message(self.Polled(delta))
 
@@ -174,6 +187,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
 
     def on_main_screen_polled(self, message: Polled) -> None:
         self._polling = False
+        if self.quitting:
+            return
+        if message.error:
+            self.app.notify(message.error, severity="error")
         delta = message.delta
         self.last_event_id = delta.last_event_id
         self._apply_status(delta)

@@ -6,7 +6,9 @@ Its parent hands it plain values; it renders them and reads nothing itself.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -40,15 +42,25 @@ class DetailsPane(VerticalScroll):
         self.border_title = "details"
         self._body = Static("", id="details-body")
         self.shown: RenderableType = Group()
+        self._live: Callable[[datetime], None] | None = None
+        """Re-renders what is shown at a new time, while it runs (see `tick`)."""
 
     def compose(self):  # type: ignore[no-untyped-def]
         yield self._body
 
-    def _show(self, title: str, *parts: RenderableType) -> None:
+    def tick(self, now: datetime) -> None:
+        """Advance the duration of a running run or step from the clock (no I/O, no scroll jump)."""
+        if self._live is not None:
+            self._live(now)
+
+    def _show(self, title: str, *parts: RenderableType, scroll_home: bool = True) -> None:
+        if scroll_home:
+            self._live = None
         self.border_title = title
         self.shown = Group(*parts)
         self._body.update(self.shown)
-        self.scroll_home(animate=False)
+        if scroll_home:
+            self.scroll_home(animate=False)
 
     # --- what can be shown ------------------------------------------------------------------------------------
 
@@ -104,7 +116,7 @@ class DetailsPane(VerticalScroll):
             parts.insert(0, Text(job.description + "\n", style="italic"))
         self._show(f"job {name}", *parts)
 
-    def show_run(self, run: RunSummary, view: RunView | None, now: datetime) -> None:
+    def show_run(self, run: RunSummary, view: RunView | None, now: datetime, ticking: bool = False) -> None:
         state = fmt.glyph(run.state)
         state.append(f" {run.state}", style=fmt.COLORS.get(run.state, ""))
         if run.reason:
@@ -132,10 +144,12 @@ class DetailsPane(VerticalScroll):
             if failed:
                 parts += [Text(""), Text(f"{failed[0].name}: {failed[0].reason.summary}", style="bold red"),  # type: ignore[union-attr]
                           Text(failed[0].reason.detail)]  # type: ignore[union-attr]
-        self._show(f"run #{run.id} of {run.job}", *parts)
+        self._show(f"run #{run.id} of {run.job}", *parts, scroll_home=not ticking)
+        if live:
+            self._live = partial(self.show_run, run, view, ticking=True)
 
     def show_step(self, run: RunSummary, step: StepView, attempts: list[AttemptView] | None,
-                  view: RunView | None, now: datetime) -> None:
+                  view: RunView | None, now: datetime, ticking: bool = False) -> None:
         state = fmt.glyph(step.state, step.waiting_for)
         state.append(f" {step.state}", style=fmt.COLORS.get(fmt.visual_state(step.state, step.waiting_for), ""))
         reason = fmt.step_reason(step)
@@ -168,7 +182,9 @@ class DetailsPane(VerticalScroll):
             from tui.widgets.log_tail import local_stamp
             detail = "\n".join(local_stamp(line) for line in step.reason.detail.splitlines())
             parts += [Text(""), Text(step.reason.summary, style="bold red"), Text(detail)]
-        self._show(f"step {step.name} · run #{run.id}", *parts)
+        self._show(f"step {step.name} · run #{run.id}", *parts, scroll_home=not ticking)
+        if live:
+            self._live = partial(self.show_step, run, step, attempts, view, ticking=True)
 
 
 def _neighbours(view: RunView, names: tuple[str, ...]) -> Text:

@@ -61,6 +61,9 @@ class InfoNode:
     text: str
 
 
+COMPACT_WIDTH = 46
+"""Below this many columns the tree shows compact job lines."""
+
 NodeData = JobNode | RunNode | StepNode | MoreNode | ProblemNode | InfoNode | None
 
 
@@ -106,6 +109,7 @@ class RunTree(Tree[NodeData]):
         self._problems: TreeNode[NodeData] | None = None
         self._info: TreeNode[NodeData] | None = None
         self.run_filter = "all"
+        self._compact_shown = False
         self.catalog_known = False
         """False until an engine has published its job catalogue (jobs then show as "not loaded")."""
 
@@ -161,8 +165,27 @@ class RunTree(Tree[NodeData]):
         if text:
             self._info = self.root.add_leaf(Text(text, style="italic"), InfoNode(text))
 
+    @property
+    def compact(self) -> bool:
+        """Job lines drop the schedule text when the tree is narrow (the details pane has it all)."""
+        return 0 < self.size.width < COMPACT_WIDTH
+
     def _job_label(self, data: JobNode) -> Text:
-        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known)
+        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, self.compact)
+
+    def relabel_jobs(self) -> None:
+        """Relabel job lines whose text changed (width or the relative next fire); no I/O."""
+        for node in self.jobs.values():
+            data = node.data
+            assert isinstance(data, JobNode)
+            label = self._job_label(data)
+            if _plain(node.label) != label.plain:
+                node.set_label(label)
+
+    def on_resize(self) -> None:
+        if self._compact_shown != self.compact:
+            self._compact_shown = self.compact
+            self.relabel_jobs()
 
     # --- runs ------------------------------------------------------------------------------------------------
 
@@ -184,9 +207,9 @@ class RunTree(Tree[NodeData]):
                 data.oldest_id, *(r.id for r in runs))
         if has_more and data.oldest_id is not None:
             node.add_leaf(Text("… more runs (enter)", style="italic bright_black"), MoreNode(job, data.oldest_id))
-        if not node.children:
-            empty = "no runs yet: R runs it now, t with params" if self.run_filter == "all" else \
-                f"no {self.run_filter} runs (f changes the filter)"
+        # A job without runs says "no runs yet" on its own line; only a filter that hides runs needs a child.
+        if not node.children and self.run_filter != "all":
+            empty = f"no {self.run_filter} runs (f changes the filter)"
             node.add_leaf(Text(empty, style="italic bright_black"), InfoNode(empty))
 
     def upsert_run(self, run: RunSummary) -> None:
@@ -262,6 +285,8 @@ class RunTree(Tree[NodeData]):
     def tick(self, now: datetime) -> None:
         """Advance live durations of running runs and steps (no I/O)."""
         self.now = now
+        if self.compact:
+            self.relabel_jobs()  # "in 4h" counts down
         for node in self.runs.values():
             data = node.data
             if isinstance(data, RunNode) and data.summary.state == "running":
