@@ -12,6 +12,7 @@ that a Python attempt sends after closing its output (see worker.send_result).
 from __future__ import annotations
 
 import io
+import logging
 import json
 import os
 import selectors
@@ -36,6 +37,8 @@ class _Tail:
     """Attempt id, handed back to on_closed."""
     file: io.FileIO
     at_line_start: bool = True
+    write_error: str | None = None
+    """Set when the log file stopped taking writes (e.g. disk full)."""
     bytes_written: int = 0
 
 
@@ -227,15 +230,27 @@ class LogPump:
         if tail.at_line_start:
             body = prefix + body
         tail.at_line_start = data.endswith(b"\n")
-        _write_all(tail.file, body)
+        if tail.write_error is not None:
+            return  # keep draining the pipe so the step never blocks; the file cannot take more
+        try:
+            _write_all(tail.file, body)
+        except OSError as error:
+            # A full disk must not stop this thread: every other attempt's log goes through it too.
+            tail.write_error = f"{error.strerror or error}"
+            logging.getLogger("stepline.engine").error("log %s: cannot write (%s); further output of "
+                                                       "this attempt is dropped", tail.file.name, tail.write_error)
+            return
         tail.bytes_written += len(body)
 
     def _close(self, fd: int, tail: _Tail) -> None:
         self._selector.unregister(fd)
         os.close(fd)
-        if not tail.at_line_start:
-            _write_all(tail.file, b"\n")
-        tail.file.close()
+        try:
+            if not tail.at_line_start and tail.write_error is None:
+                _write_all(tail.file, b"\n")
+            tail.file.close()
+        except OSError:
+            pass  # already reported by _write; the attempt must still end
         self._on_closed(tail.key)
 
 
