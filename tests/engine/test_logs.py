@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -190,3 +191,33 @@ def test_decoded_lines_replace_invalid_bytes_and_control_characters(tmp_path):
     path = tmp_path / "b.log"
     path.write_bytes(b"ok\tcaf\xc3\xa9\nbad \xff\x00 end\n")
     assert logread.tail_lines(path, 2) == ["ok\tcafé", "bad \ufffd\ufffd end"]
+
+
+def test_a_log_that_cannot_be_written_ends_its_attempt_and_the_pump_goes_on(tmp_path):
+    import threading
+
+    from engine.logpump import LogPump
+
+    closed: list[int] = []
+    done = threading.Event()
+
+    def on_closed(key: int) -> None:
+        closed.append(key)
+        if len(closed) == 2:
+            done.set()
+
+    pump = LogPump(on_closed)
+    try:
+        full_r, full_w = os.pipe()
+        pump.add(full_r, "/dev/full", 1)  # every write fails with ENOSPC, as on a full disk
+        os.write(full_w, b"first line\nsecond line\n")
+        os.close(full_w)
+        good_r, good_w = os.pipe()
+        pump.add(good_r, str(tmp_path / "good.log"), 2)
+        os.write(good_w, b"still logged\n")
+        os.close(good_w)
+        assert done.wait(30), closed
+    finally:
+        pump.stop()
+    assert sorted(closed) == [1, 2]
+    assert (tmp_path / "good.log").read_bytes().endswith(b"Z still logged\n")
