@@ -1,8 +1,10 @@
 """Commands that look: check, jobs, runs, show, logs."""
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 import click
 
@@ -48,7 +50,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
     catalog = {j.name: j for j in query.jobs()}
     paused = {name: j.paused for name, j in catalog.items()}
     now = datetime.now(timezone.utc)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for name, job_def in sorted(result.jobs.items()):
         # The engine's own next fire keeps an interval's phase; without an engine, compute it.
         recorded = catalog[name].next_fire_at if name in catalog else None
@@ -72,19 +74,20 @@ def jobs(settings: Settings, as_json: bool) -> None:
     if not entries:
         click.echo(f"no jobs in {settings.jobs_dir}; write one (see docs/jobs.md) or pass --jobs DIR")
     else:
-        rows, states = [], []
+        rows: list[list[str]] = []
+        states: list[str | None] = []
         for entry in entries:
             fire = entry["next_fire"]
             when = "paused" if entry["paused"] else (
                 f"{fire.strftime('%Y-%m-%d %H:%M %Z')} ({render.relative(fire, now)})" if fire else "-")
-            last_run = entry["last_run"]
+            latest = entry["last_run"]
             rows.append([entry["name"], str(len(entry["steps"])), entry["schedule"] or "-", when,
-                         f"{last_run['id']} {last_run['state']}" if last_run else "-"])
-            states.append(last_run["state"] if last_run else None)
+                         f"{latest['id']} {latest['state']}" if latest else "-"])
+            states.append(latest["state"] if latest else None)
         click.echo(render.table(["job", "steps", "schedule", "next fire", "last run"], rows, states, 4, color))
+    stderr_color = render.use_color(sys.stderr)
     for problem in result.problems:
-        click.echo(render.paint(str(problem), "failed", render.use_color(click.get_text_stream("stderr"))),
-                   err=True)
+        click.echo(render.paint(str(problem), "failed", stderr_color), err=True)
     if problems:
         click.echo(f"{len(problems)} problem(s) in job files; `stepline check` lists them", err=True)
 
@@ -115,8 +118,9 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, as
     now = datetime.now(timezone.utc)
     rows = [[str(r.id), r.job, r.state, r.trigger, render.local_time(r.started_at or r.created_at),
              render.duration(r.duration_s(now)), r.reason or ""] for r in found]
+    states: list[str | None] = [r.state for r in found]
     click.echo(render.table(["run", "job", "state", "trigger", "started", "duration", "reason"], rows,
-                            [r.state for r in found], 2, render.use_color()))
+                            states, 2, render.use_color()))
 
 
 @group.command(epilog="Example: stepline show 12 --json")

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import click
@@ -67,7 +68,7 @@ def _coarse(seconds: float) -> str:
     return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
-def table(headers: list[str], rows: list[list[str]], states: list[str | None] | None = None,
+def table(headers: list[str], rows: list[list[str]], states: Sequence[str | None] | None = None,
           state_column: int | None = None, color: bool = False) -> str:
     """Left-aligned columns; the state column painted when `color`."""
     widths = [len(h) for h in headers]
