@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
 from peewee import fn
 
@@ -21,6 +21,14 @@ HEARTBEAT_S = 1.0
 """How often a running engine writes its heartbeat."""
 STALE_AFTER_S = 5.0
 """A heartbeat older than this means the engine is not responding."""
+
+
+@overload
+def utc(at: float) -> datetime: ...
+@overload
+def utc(at: None) -> None: ...
+@overload
+def utc(at: float | None) -> datetime | None: ...
 
 
 def utc(at: float | None) -> datetime | None:
@@ -222,7 +230,8 @@ def last_run_by_job() -> dict[str, RunSummary]:
 
 def run_counts() -> dict[str, int]:
     """Number of runs per run state."""
-    return {state: count for state, count in Run.select(Run.state, fn.COUNT(Run.id)).group_by(Run.state).tuples()}
+    rows: Any = Run.select(Run.state, fn.COUNT(Run.id)).group_by(Run.state).tuples()
+    return {state: count for state, count in rows}
 
 
 def command(command_id: int) -> CommandView:
@@ -288,9 +297,11 @@ def engine_status(now: float) -> EngineStatus:
     row = EngineState.get_or_none(EngineState.id == 1)
     if row is None or row.started_at is None:
         return EngineStatus("never started")
-    base = dict(pid=row.pid, mode=row.mode, heartbeat_at=utc(row.heartbeat_at), started_at=utc(row.started_at))
     if row.stopped_at is not None:
-        return EngineStatus("stopped", **base)
-    if row.heartbeat_at is None or now - row.heartbeat_at > STALE_AFTER_S:
-        return EngineStatus("not responding", **base)
-    return EngineStatus("running", **base)
+        state = "stopped"
+    elif row.heartbeat_at is None or now - row.heartbeat_at > STALE_AFTER_S:
+        state = "not responding"
+    else:
+        state = "running"
+    return EngineStatus(state, pid=row.pid, mode=row.mode, heartbeat_at=utc(row.heartbeat_at),
+                        started_at=utc(row.started_at))

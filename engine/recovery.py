@@ -43,7 +43,7 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
     running = list(store.Attempt.select(store.Attempt, store.StepRun.name)
                    .join(store.StepRun).where((store.Attempt.run_id == run_id) & (store.Attempt.state == "running")))
     for attempt in running:
-        if is_alive(attempt.pid, attempt.pid_started):
+        if attempt.pid is not None and is_alive(attempt.pid, attempt.pid_started):
             kill_tree(attempt.pid, kill_grace_s)
     now = clock()
     cut_short = []
