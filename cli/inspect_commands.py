@@ -164,7 +164,9 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         when += f", ended {render.local_time(summary.ended_at, with_date=False)}"
     lines.append(f"{when}, took {render.duration(summary.duration_s(now))}")
     if summary.scheduled_for:
-        lines.append(f"scheduled for {render.local_time(summary.scheduled_for)}")
+        late = (f", started {render.duration((summary.started_at - summary.scheduled_for).total_seconds())} late"
+                if summary.started_at else "")
+        lines.append(f"scheduled for {render.local_time(summary.scheduled_for)}{late}")
     if summary.params:
         lines.append("params: " + " ".join(f"{k}={v}" for k, v in summary.params.items()))
     if summary.reason:

@@ -1,0 +1,55 @@
+"""Losing the SSH link (SIGHUP) while `stepline up` runs stops the engine the way `q` does."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from engine import query, store
+from engine.home import prepare_home
+from engine.service import EngineLock
+from tests.conftest import ROOT, wait_until
+from tests.test_e2e_console import Terminal
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
+                                reason="tmux is not installed (.ci/run installs it)")
+
+
+def test_sighup_stops_the_embedded_engine_and_cancels_running_steps_after_the_grace(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "slow.py").write_text("from engine import job, shell\n"
+                                  "slow = job('slow', [shell('wait', 'echo waiting; sleep 300')])\n")
+    home_dir = tmp_path / "home"
+    env = {"STEPLINE_HOME": str(home_dir), "STEPLINE_JOBS": str(jobs), "PYTHONPATH": str(ROOT),
+           "TERM": "xterm-256color", "PATH": os.environ["PATH"]}
+    term = Terminal(80, 24)
+    try:
+        exit_file = tmp_path / "exit_status"
+        term.start([sys.executable, "-m", "cli", "up", "--grace", "0.5"], tmp_path, env, exit_file)
+        term.wait_for("slow")
+        home = prepare_home(home_dir)
+        store.open_database(home)
+        engine_pid = wait_until(lambda: EngineLock(home).holder())
+        started = subprocess.run([sys.executable, "-m", "cli", "run", "slow"], env={**os.environ, **env},
+                                 capture_output=True, text=True, cwd=tmp_path)
+        assert started.returncode == 0, started.stderr
+        wait_until(lambda: query.list_runs() and query.get_run(1).step("wait").state == "running")
+        step_pid = query.attempts(1, "wait")[0].pid
+
+        os.kill(engine_pid, signal.SIGHUP)
+        wait_until(exit_file.exists, 60)
+        assert exit_file.read_text().strip() == "0"
+        run = query.get_run(1)
+        assert run.state == "cancelled"
+        assert run.step("wait").reason.summary == "engine stopping"
+        assert not psutil.pid_exists(step_pid)
+        assert query.engine_status(time.time()).state == "stopped"
+    finally:
+        term.close()
