@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -35,8 +37,8 @@ parallel_option = click.option("--parallel", type=click.IntRange(1, 512),
 \b
 Example:
   stepline --jobs sample_jobs up
-Keys are listed on the help screen (?). Closing the SSH link (SIGHUP) stops the
-engine like `q` does: running steps get --grace seconds, then are cancelled.
+Keys are listed on the help screen (?). Closing the SSH link (SIGHUP) or SIGTERM
+stops the engine like `q` does: running steps get --grace seconds, then are cancelled.
 Run `stepline daemon` instead when runs must outlive the terminal.
 """)
 @grace_option
@@ -54,10 +56,19 @@ def up(settings: Settings, grace_s: float, parallel: int | None) -> None:
     app = SteplineApp(home, mode="embedded", stop_grace_s=grace_s)
 
     def hang_up(number: int, frame: object) -> None:
-        # The terminal is gone: leave the console and stop the engine as `q` would.
+        # The terminal is gone (or we are told to stop): stop the engine as `q` would. The console may
+        # never finish shutting down on a terminal that vanished, so the engine's stop and the exit do
+        # not wait for it.
+        def stop_then_exit() -> None:
+            service.stop(grace_s)
+            logging.getLogger("stepline.engine").info("%s: engine stopped, leaving", signal.Signals(number).name)
+            os._exit(0)
+
+        threading.Thread(target=stop_then_exit, name="stepline-hangup", daemon=True).start()
         app.call_later(app.exit)
 
     signal.signal(signal.SIGHUP, hang_up)
+    signal.signal(signal.SIGTERM, hang_up)
     try:
         app.run()
     finally:

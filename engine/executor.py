@@ -99,13 +99,18 @@ _environ_cache: tuple[dict[bytes, bytes], dict[str, str]] | None = None
 
 
 def _current_environ() -> dict[str, str]:
-    """os.environ as a dict (do not modify), decoded again only when the environment has changed."""
+    """os.environ as a dict (do not modify), decoded again only when the environment has changed.
+
+    Copying os.environ decodes every variable in Python (~35 µs); comparing its raw mapping with the
+    last one seen is a C-level dict comparison (~1 µs).
+    """
     global _environ_cache
-    raw = os.environb if os.supports_bytes_environ else None
-    data = dict(raw) if raw is not None else None
+    raw = getattr(os.environ, "_data", None)
     cache = _environ_cache
-    if cache is None or data is None or cache[0] != data:
-        cache = _environ_cache = (data or {}, dict(os.environ))
+    if not isinstance(raw, dict):
+        return dict(os.environ)
+    if cache is None or cache[0] != raw:
+        cache = _environ_cache = (dict(raw), dict(os.environ))
     return cache[1]
 
 
@@ -142,7 +147,10 @@ class Worker:
             [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), job_file]
             + ([source_file] if source_file else []),
             pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
-            env={**os.environ, "PYTHONPATH": _engine_path()})
+            env={**os.environ, "PYTHONPATH": _engine_path()},
+            # Its own session: a terminal's Ctrl-C or hang-up reaches the engine, which decides; the
+            # worker goes when the engine closes its socket.
+            start_new_session=True)
         worker_end.close()
         self._reader = threading.Thread(target=self._read, name=f"stepline-worker-{os.path.basename(job_file)}",
                                         daemon=True)

@@ -53,3 +53,31 @@ def test_sighup_stops_the_embedded_engine_and_cancels_running_steps_after_the_gr
         assert query.engine_status(time.time()).state == "stopped"
     finally:
         term.close()
+
+
+def test_when_the_terminal_vanishes_the_engine_still_stops_and_the_process_exits(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "slow.py").write_text("from engine import job, shell\n"
+                                  "slow = job('slow', [shell('wait', 'echo waiting; sleep 300')])\n")
+    home_dir = tmp_path / "home"
+    env = {"STEPLINE_HOME": str(home_dir), "STEPLINE_JOBS": str(jobs), "PYTHONPATH": str(ROOT),
+           "TERM": "xterm-256color", "PATH": os.environ["PATH"]}
+    term = Terminal(80, 24)
+    try:
+        term.start([sys.executable, "-m", "cli", "up", "--grace", "0.5"], tmp_path, env, tmp_path / "status")
+        term.wait_for("slow")
+        home = prepare_home(home_dir)
+        store.open_database(home)
+        engine_pid = wait_until(lambda: EngineLock(home).holder())
+        started = subprocess.run([sys.executable, "-m", "cli", "run", "slow"], env={**os.environ, **env},
+                                 capture_output=True, text=True, cwd=tmp_path)
+        assert started.returncode == 0, started.stderr
+        wait_until(lambda: query.list_runs() and query.get_run(1).step("wait").state == "running")
+    finally:
+        term.close()  # the terminal and its pty are gone, as when an SSH connection drops
+    wait_until(lambda: not psutil.pid_exists(engine_pid)
+               or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE, 60)
+    run = query.get_run(1)
+    assert run.state == "cancelled" and run.step("wait").reason.summary == "engine stopping"
+    assert query.engine_status(time.time()).state == "stopped"

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from rich.text import Text
 
+from engine.humanize import duration
 from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, StepView
 
 GLYPHS = {
@@ -63,24 +64,11 @@ def stamp_text(at: datetime | None) -> str:
 
 
 def duration_text(seconds: float | None, live: bool = False) -> str:
-    """As people read them, exactly like the CLI: 850ms, 12.3s, 4m05s, 2h03m, 3d04h.
+    """As people read them, exactly like the CLI: 850ms, 12.3s, 4m05s, 2h03m, 3d04h ("" when unknown).
 
     `live` is kept for callers that tick; a running duration reads the same way.
     """
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
+    return "" if seconds is None else duration(seconds)
 
 
 def relative_text(at: datetime | None, now: datetime) -> str:
@@ -142,7 +130,7 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
             shown = relative_text(job.next_fire_at, now) if compact else f"next {when_text(job.next_fire_at, now)}"
             text.append(f"  {shown}", style="bright_black")
     if last_run is None:
-        text.append("  no runs yet", style="italic bright_black")
+        text.append("  no runs" if compact else "  no runs yet", style="italic bright_black")
     return text
 
 

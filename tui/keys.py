@@ -19,6 +19,14 @@ MAIN_KEYS: list[tuple[str, str, str]] = [
     ("q", "quit_console", "Quit"),
 ]
 
+FOOTER_LABELS: dict[str, str] = {
+    # Short footer labels, in the order the footer shows them: at 80 columns the first ones stay visible.
+    "retry": "Retry", "cancel_run": "Cancel", "rerun_job": "Run now", "focus_log": "Log",
+    "help": "Help", "quit_console": "Quit", "trigger": "Trigger", "toggle_pause": "Pause", "timeline": "Timeline",
+    "graph": "Graph", "cycle_filter": "Filter", "search_tree": "Search",
+}
+"""The footer's label of each action (the palette and help keep the long descriptions)."""
+
 HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Tree (left)", [
         ("↑ ↓ / PgUp PgDn", "move; the details and log follow the selection"),

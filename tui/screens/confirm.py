@@ -9,9 +9,11 @@ from textual.widgets import Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
+    # A round border draws whole cells in the box's colour; the half-block thick border let the pane
+    # beneath (the log's status line) show through the dialog's edge.
     DEFAULT_CSS = """
-    ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 70; max-width: 100%; height: auto; border: thick $warning;
+    ConfirmScreen { align: center middle; background: $background 70%; }
+    ConfirmScreen > Vertical { width: 70; max-width: 100%; height: auto; border: round $warning;
                                padding: 1 2; background: $surface; }
     ConfirmScreen #confirm-keys { margin-top: 1; text-style: bold; }
     """

@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, RunView
 from tui import data
 from tui import format as fmt
-from tui.keys import MAIN_KEYS
+from tui.keys import FOOTER_LABELS, MAIN_KEYS
 from tui.screens import commands
 from tui.widgets.details import DetailsPane
 from tui.widgets.log_tail import LogSource, LogTail
@@ -39,7 +39,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
     MainScreen #body { height: 1fr; }
     MainScreen RunTree { width: 44%; border: round $primary-darken-2; }
     MainScreen RunTree:focus { border: round $accent; }
-    MainScreen.-narrow RunTree { width: 36; }
+    MainScreen.-narrow RunTree { width: 38; }
     MainScreen #right { width: 1fr; }
     MainScreen DetailsPane { height: 45%; }
     MainScreen LogTail { height: 1fr; }
@@ -49,8 +49,11 @@ class MainScreen(commands.CommandActions, Screen[None]):
     MainScreen #tree-search { dock: bottom; display: none; }
     MainScreen #tree-search.-open { display: block; }
     """
-    BINDINGS = [Binding(key, action, text, show=action not in ("search_next", "search_previous"))
-                for key, action, text in MAIN_KEYS]
+    # Footer order and short labels from FOOTER_LABELS (the keys that matter for a selection come
+    # first, so 80 columns show them); the long text is the tooltip, the palette and help entry.
+    BINDINGS = sorted((Binding(key, action, FOOTER_LABELS.get(action, text), show=action in FOOTER_LABELS,
+                               tooltip=text) for key, action, text in MAIN_KEYS),
+                      key=lambda b: list(FOOTER_LABELS).index(b.action) if b.action in FOOTER_LABELS else 99)
 
     class Started(Message):
         def __init__(self, catalog: data.Catalog, delta: data.Delta) -> None:

@@ -61,8 +61,8 @@ class InfoNode:
     text: str
 
 
-COMPACT_WIDTH = 46
-"""Below this many columns the tree shows compact job lines."""
+JOB_LINE_INDENT = 3
+"""Columns a job line needs besides its label: the expander and the scrollbar."""
 
 NodeData = JobNode | RunNode | StepNode | MoreNode | ProblemNode | InfoNode | None
 
@@ -72,7 +72,7 @@ class RunTree(Tree[NodeData]):
     RunTree { scrollbar-size-vertical: 1; }
     """
     BINDINGS = [
-        Binding("enter", "select_cursor", "Expand/collapse"),
+        Binding("enter", "select_cursor", "Expand/collapse", show=False),  # on the help screen; the footer keeps room for actions
         Binding("space", "toggle_node", "Expand/collapse", show=False),
     ]
 
@@ -109,7 +109,6 @@ class RunTree(Tree[NodeData]):
         self._problems: TreeNode[NodeData] | None = None
         self._info: TreeNode[NodeData] | None = None
         self.run_filter = "all"
-        self._compact_shown = False
         self.catalog_known = False
         """False until an engine has published its job catalogue (jobs then show as "not loaded")."""
 
@@ -165,13 +164,12 @@ class RunTree(Tree[NodeData]):
         if text:
             self._info = self.root.add_leaf(Text(text, style="italic"), InfoNode(text))
 
-    @property
-    def compact(self) -> bool:
-        """Job lines drop the schedule text when the tree is narrow (the details pane has it all)."""
-        return 0 < self.size.width < COMPACT_WIDTH
-
     def _job_label(self, data: JobNode) -> Text:
-        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, self.compact)
+        """The full job line, or the compact one when the full one does not fit the tree's width."""
+        full = fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known)
+        if not self.size.width or full.cell_len + JOB_LINE_INDENT <= self.size.width:
+            return full
+        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, compact=True)
 
     def relabel_jobs(self) -> None:
         """Relabel job lines whose text changed (width or the relative next fire); no I/O."""
@@ -183,9 +181,7 @@ class RunTree(Tree[NodeData]):
                 node.set_label(label)
 
     def on_resize(self) -> None:
-        if self._compact_shown != self.compact:
-            self._compact_shown = self.compact
-            self.relabel_jobs()
+        self.relabel_jobs()
 
     # --- runs ------------------------------------------------------------------------------------------------
 
@@ -211,6 +207,7 @@ class RunTree(Tree[NodeData]):
         if not node.children and self.run_filter != "all":
             empty = f"no {self.run_filter} runs (f changes the filter)"
             node.add_leaf(Text(empty, style="italic bright_black"), InfoNode(empty))
+        node.allow_expand = bool(node.children)  # no ▼ over nothing
 
     def upsert_run(self, run: RunSummary) -> None:
         """A run changed or appeared: relabel it, or add it on top of its job if the job's runs are shown."""
@@ -237,6 +234,7 @@ class RunTree(Tree[NodeData]):
                 child.remove()
         first = next((c for c in job_node.children if isinstance(c.data, RunNode)
                       and c.data.summary.id < run.id), None)
+        job_node.allow_expand = True
         self.runs[run.id] = job_node.add(fmt.run_label(run, self.now), RunNode(run), before=first)
 
     def clear_runs(self) -> None:
@@ -245,6 +243,7 @@ class RunTree(Tree[NodeData]):
             data = node.data
             assert isinstance(data, JobNode)
             node.remove_children()
+            node.allow_expand = True
             data.oldest_id = None
             data.runs_requested = False
         self.runs.clear()
@@ -285,8 +284,7 @@ class RunTree(Tree[NodeData]):
     def tick(self, now: datetime) -> None:
         """Advance live durations of running runs and steps (no I/O)."""
         self.now = now
-        if self.compact:
-            self.relabel_jobs()  # "in 4h" counts down
+        self.relabel_jobs()  # a compact line's "in 4h" counts down
         for node in self.runs.values():
             data = node.data
             if isinstance(data, RunNode) and data.summary.state == "running":
@@ -343,6 +341,7 @@ class RunTree(Tree[NodeData]):
         data = node.data
         if isinstance(data, JobNode) and not data.runs_requested:
             data.runs_requested = True
+            node.allow_expand = True
             node.add_leaf(Text("loading…", style="italic bright_black"), InfoNode("loading"))
             self.post_message(self.RunsWanted(data.name, None))
 
