@@ -211,7 +211,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self._reload_selection()
         elif delta.catalog is not None and isinstance(self.selected, JobNode):
             self._show_selection()
-        self.refresh_bindings()
+        # The footer rebuilds and restyles every key on refresh_bindings: only when the keys can have
+        # changed (a state change, a new catalogue, an answered command), never on an empty poll.
+        if delta.runs or delta.views or delta.catalog is not None or delta.acked:
+            self.refresh_bindings()
 
     def _apply_status(self, delta: data.Delta) -> None:
         self.status, self.counts = delta.status, delta.counts
