@@ -161,13 +161,13 @@ class LogPump:
             self._selector.register(fd, selectors.EVENT_READ, tail)
         for key, then in settling:
             with self._lock:
-                fd = self._results.get(key)
-            if fd is None:
+                result_fd = self._results.get(key)
+            if result_fd is None:
                 then()  # settled meanwhile; on_result (if any) has run
                 continue
-            result: _Result = self._selector.get_key(fd).data
+            result: _Result = self._selector.get_key(result_fd).data
             result.waiters.append(then)
-            self._read_result(fd, result, drain=True)
+            self._read_result(result_fd, result, drain=True)
         for fd in closing:
             try:
                 selected = self._selector.get_key(fd)

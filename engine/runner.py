@@ -545,6 +545,7 @@ class Engine:
         if any(a.run_id == run.id for a in self._attempts.values()):
             return
         states = set(run.states.values())
+        reason: str | None
         if run.cancelling:
             state, reason = RunState.CANCELLED, run.cancelling
         elif states & {StepState.FAILED, StepState.UPSTREAM_FAILED}:

@@ -352,7 +352,8 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
 
     while True:
         try:
-            readable, _, _ = select.select([sock, wake_r], [], [])
+            watched: list[Any] = [sock, wake_r]
+            readable, _, _ = select.select(watched, [], [])
         except InterruptedError:
             continue
         if wake_r in readable:

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc"
+# (the mixin's methods annotate `self: MainScreen`, which mypy cannot check on a mixin)
 """The keys that change things: retry, re-run, trigger, cancel, pause, quit, and the T/D views.
 
 A mixin of MainScreen. Each action first asks `why_not(action)`: when the key does not
@@ -255,7 +257,9 @@ class CommandActions:
         if not self._guard("graph" if graph else "timeline"):
             return
         job, run, _ = self._selection()
-        run_id = run.id if run is not None else self._last_run_of(job).id
+        if run is None and job is None:
+            return
+        run_id = run.id if run is not None else self._last_run_of(job).id  # type: ignore[arg-type]
         self.app.notify(f"loading the {'dependency graph' if graph else 'timeline'} of run {run_id}…", timeout=2)
         self._load_view(run_id, graph)
 

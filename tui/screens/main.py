@@ -53,7 +53,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
     # first, so 80 columns show them); the long text is the tooltip, the palette and help entry.
     BINDINGS = sorted((Binding(key, action, FOOTER_LABELS.get(action, text), show=action in FOOTER_LABELS,
                                tooltip=text) for key, action, text in MAIN_KEYS),
-                      key=lambda b: list(FOOTER_LABELS).index(b.action) if b.action in FOOTER_LABELS else 99)
+                      key=lambda b: list(FOOTER_LABELS).index(b.action) if b.action in FOOTER_LABELS else 99)  # type: ignore[union-attr]
 
     class Started(Message):
         def __init__(self, catalog: data.Catalog, delta: data.Delta) -> None:
@@ -325,7 +325,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
                 started = [s for s in view.steps if s.started_at is not None]
                 name = next((s.name for s in view.steps if s.state == "failed"), None) or next(
                     (s.name for s in view.steps if s.state == "running"), None) or (
-                    max(started, key=lambda s: s.started_at).name if started else None)
+                    max(started, key=lambda s: s.started_at.timestamp() if s.started_at else 0.0).name
+                    if started else None)
             return view, name, (query.attempts(run_id, name) if name else [])
 
         view, name, attempts = data.closing_connection(read)

@@ -332,7 +332,7 @@ class LogTail(Vertical):
 
     def search(self, term: str) -> None:
         self._term = term or None
-        self.log_widget.highlighter.term = self._term
+        self.log_widget.highlighter.term = self._term  # type: ignore[attr-defined]  # our LogHighlighter
         self.log_widget.restyle()
         self._find_matches()
         if self._matches:

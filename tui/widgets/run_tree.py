@@ -131,8 +131,9 @@ class RunTree(Tree[NodeData]):
                 self.jobs[name] = node
                 added.append(name)
             else:
-                data = node.data
-                assert isinstance(data, JobNode)
+                existing = node.data
+                assert isinstance(existing, JobNode)
+                data = existing
                 data.job = by_name.get(name)
                 data.last_run = last_runs.get(name, data.last_run)
                 node.set_label(self._job_label(data))
