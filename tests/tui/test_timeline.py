@@ -44,7 +44,7 @@ def test_a_retried_step_shows_the_failed_attempt_the_wait_and_the_retry() -> Non
     row = row_of("transform")
     assert "▓✗░" in row  # failed attempt, then the retry delay
     assert "░█" in row  # then the successful attempt
-    assert row.endswith("25s")  # from its first attempt to its end
+    assert row.endswith(" 25.0s")  # from its first attempt to its end
 
 
 def test_a_step_that_waited_for_a_slot_shows_the_wait_before_its_attempt() -> None:
@@ -52,8 +52,8 @@ def test_a_step_that_waited_for_a_slot_shows_the_wait_before_its_attempt() -> No
 
 
 def test_a_running_step_runs_to_now_and_a_retrying_step_waits_to_now() -> None:
-    assert row_of("parse", running_run).rstrip().endswith("▒    20s")
-    assert row_of("audit", running_run).rstrip().endswith("░    20s")
+    assert row_of("parse", running_run).rstrip().endswith("▒  20.0s")
+    assert row_of("audit", running_run).rstrip().endswith("░  20.0s")
 
 
 def test_steps_that_never_ran_say_why_instead_of_drawing_a_bar() -> None:

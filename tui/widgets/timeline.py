@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from engine.humanize import duration
 from engine.query import AttemptView, RunView, StepView
 from tui.widgets.dag_graph import STEP_COLORS, STEP_GLYPHS, Legend, drawn_state, run_title, shorten
 
@@ -40,15 +41,8 @@ MAX_NAME = 20
 
 
 def duration_text(seconds: float) -> str:
-    """Whole units, short: "7s", "1m05s", "2h03m"."""
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    """As everywhere in stepline: 850ms, 12.3s, 4m05s, 2h03m (at most 5 characters)."""
+    return duration(seconds)
 
 
 def offset_text(seconds: int) -> str:
