@@ -98,7 +98,13 @@ def daemon(settings: Settings, grace_s: float, parallel: int | None) -> None:
 
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(number, stop)
-    service.run()
+    # The engine loop runs on its own thread and the main thread only waits: a signal interrupts the
+    # main thread, and a wait that a signal cut short once hung for good inside the engine's queue.
+    service.start()
+    while not service.stopped.wait(0.5):
+        pass
+    if service.error is not None:
+        raise service.error
 
 
 @group.command(epilog="Example (over SSH on the engine's host):  stepline --home /srv/stepline tui")
