@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -74,14 +75,29 @@ def install_interrupt() -> dict[str, int]:
 
 
 def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
-    cancelled = False
-    while run_id in engine.active_run_ids:
-        engine.step()
-        if caught["count"] and not cancelled:
-            cancelled = True
-            click.echo("interrupted: cancelling the run (its steps are stopped); press Ctrl-C again to quit now",
-                       err=True)
-            engine.cancel(run_id, "interrupted from the terminal")
+    """Run the engine until the run ends, on its own thread: signals interrupt only the main thread,
+    which just waits (a wait a signal cut short once hung for good inside the engine's queue)."""
+    failure: list[BaseException] = []
+
+    def loop() -> None:
+        cancelled = False
+        try:
+            while run_id in engine.active_run_ids:
+                engine.step()
+                if caught["count"] and not cancelled:
+                    cancelled = True
+                    click.echo("interrupted: cancelling the run (its steps are stopped); press Ctrl-C again "
+                               "to quit now", err=True)
+                    engine.cancel(run_id, "interrupted from the terminal")
+        except BaseException as error:  # handed to the main thread
+            failure.append(error)
+
+    thread = threading.Thread(target=loop, name="stepline-engine", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if failure:
+        raise failure[0]
 
 
 def finish(home: Home, run_id: int, as_json: bool) -> None:
