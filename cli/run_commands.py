@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from datetime import datetime, timezone
 
 import click
 
@@ -253,7 +252,7 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
 
 
 def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
-    from engine.service import set_paused
+    from engine.scheduler import record_paused
 
     result = load_jobs(settings.jobs_dir)
     if job_name not in result.jobs:
@@ -264,7 +263,7 @@ def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
         answer = remote.send("pause" if pause else "resume", pid, job=job_name)
         click.echo(answer.result or "")
         return
-    set_paused(job_name, pause, time.time())
+    record_paused(job_name, pause, None, time.time())
     click.echo(f"{job_name} {'paused' if pause else 'resumed'} (takes effect when an engine runs)")
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobSubmissionEvent
@@ -201,7 +201,7 @@ class Scheduler:
             if entry is not None:
                 entry.paused = True
                 self._unschedule(job)
-        _record_paused(job, True, None, self.clock())
+        record_paused(job, True, None, self.clock())
 
     def resume(self, job: str) -> None:
         """Fire `job` again from now on; fires it missed while paused are not made up."""
@@ -215,7 +215,7 @@ class Scheduler:
                     entry.trigger = _trigger(entry.job_def, now)
                 self._schedule(job, entry, now)
             next_fire = self._next_fire_locked(job)
-        _record_paused(job, False, next_fire, now)
+        record_paused(job, False, next_fire, now)
 
     def next_fire(self, job: str) -> float | None:
         """Epoch seconds of the job's next fire; None if it is paused, unscheduled or unknown."""
@@ -397,7 +397,8 @@ def _record_fire(job: str, scheduled_for: float, next_fire: float | None, at: fl
         _event(at, "fired", f"{job}: run due for {_when(scheduled_for)}")
 
 
-def _record_paused(job: str, paused: bool, next_fire: float | None, at: float) -> None:
+def record_paused(job: str, paused: bool, next_fire: float | None, at: float) -> None:
+    """Persist a pause or resume (and its event); used directly when no engine runs the home."""
     with store.db.atomic("IMMEDIATE"):
         _upsert(job, {"paused": paused, "next_fire_at": next_fire, "updated_at": at})
         _event(at, "paused" if paused else "resumed", job)

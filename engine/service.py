@@ -365,12 +365,3 @@ class EngineService:
                 self.scheduler.resume(job)
             return f"{job} {'paused' if kind == 'pause' else 'resumed'}", None
         raise NotApplicableError(f"unknown command '{kind}'")
-
-
-def set_paused(job: str, paused: bool, at: float) -> None:
-    with store.db.atomic("IMMEDIATE"):
-        store.Schedule.insert(job=job, paused=paused, updated_at=at).on_conflict(
-            conflict_target=[store.Schedule.job],
-            update={store.Schedule.paused: paused, store.Schedule.updated_at: at}).execute()
-        store.Event.insert(at=at, run_id=None, step=None, kind="schedule", state="paused" if paused else "resumed",
-                           message=job).execute()
