@@ -9,7 +9,6 @@ why the table subtracts a 1-step probe measured the same way.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import sys

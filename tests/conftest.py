@@ -62,16 +62,24 @@ class Harness:
             engine.close()
         return query.get_run(run_id)
 
+    def cli_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of a `stepline` process on this home and jobs folder."""
+        return {**os.environ, "STEPLINE_HOME": str(self.home.root), "STEPLINE_JOBS": str(self.jobs_dir),
+                "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
+
     def cli(self, *args: str, check: bool = False, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the real `stepline` command line against this home and jobs folder."""
-        full_env = {**os.environ, "STEPLINE_HOME": str(self.home.root), "STEPLINE_JOBS": str(self.jobs_dir),
-                    "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
+        """Run the real `stepline` command line against this home and jobs folder, to its end."""
         result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
-                                env=full_env, cwd=self.root, timeout=timeout)
+                                env=self.cli_env(env), cwd=self.root, timeout=timeout)
         if check:
             assert result.returncode == 0, result.stderr
         return result
+
+    def cli_process(self, *args: str) -> subprocess.Popen[str]:
+        """Start the real `stepline` command line in the background (the caller waits for it)."""
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=self.cli_env(), cwd=self.root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import psutil
 
 from engine import query
-from tests.conftest import ROOT, wait_until
+from tests.conftest import wait_until
 
 FAILING = """
 @step
@@ -167,10 +164,7 @@ def test_cancel_from_another_terminal_stops_the_run_and_its_processes(harness):
         after = shell("after", "true", after=["slow"])
         j = job("j", [slow, after])
     """)
-    env = {**os.environ, "STEPLINE_HOME": str(harness.home.root), "STEPLINE_JOBS": str(harness.jobs_dir),
-           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    running = subprocess.Popen([sys.executable, "-m", "cli", "run", "j"], env=env, cwd=harness.root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = harness.cli_process("run", "j")
     wait_until(lambda: (harness.jobs_dir / "child.pid").exists() and (harness.jobs_dir / "child.pid").read_text())
     child = int((harness.jobs_dir / "child.pid").read_text())
     cancelled = harness.cli("cancel", "1")
@@ -187,10 +181,7 @@ def test_cancel_from_another_terminal_stops_the_run_and_its_processes(harness):
 
 def test_ctrl_c_cancels_the_run_cleanly(harness):
     harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
-    env = {**os.environ, "STEPLINE_HOME": str(harness.home.root), "STEPLINE_JOBS": str(harness.jobs_dir),
-           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    running = subprocess.Popen([sys.executable, "-m", "cli", "run", "j"], env=env, cwd=harness.root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = harness.cli_process("run", "j")
     wait_until(lambda: query.list_runs() and query.get_run(1).step("slow").state == "running")
     running.send_signal(signal.SIGINT)
     assert running.wait(timeout=60) == 1

@@ -1,11 +1,8 @@
 """The execution contract of the Engine: data flow, failures, retries, timeouts, cancel, events."""
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from engine import query, store
 from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
 from engine.plan import StepPlan
 from engine.runner import Engine
-from tests.conftest import ROOT, Harness, wait_until
+from tests.conftest import Harness, wait_until
 
 # A crash in one of the engine's threads (log pump, worker reader) fails the test that caused it.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -491,18 +488,13 @@ def test_cancel_from_another_connection_ends_the_run_and_its_processes(home, wri
 
 
 def test_cancel_reaches_a_run_of_the_command_line_in_another_process(home, write_job, tmp_path):
-    if not (ROOT / "cli" / "__main__.py").exists():
-        pytest.skip("the command line does not exist yet")
     pids = tmp_path / "pids"
     write_job("j.py", f"""
         tree = shell("tree", {TREE.format(pids=pids)!r})
         later = shell("later", "true", after=["tree"])
         j = job("j", [tree, later])
     """)
-    env = {**os.environ, "STEPLINE_HOME": str(home.home.root), "STEPLINE_JOBS": str(home.jobs_dir),
-           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "cli", "run", "j"], env=env, cwd=home.root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = home.cli_process("run", "j")
     try:
         started = wait_until(lambda: read_pids(pids, 4))
         run_id = query.list_runs(job="j")[0].id

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
@@ -12,14 +11,11 @@ import pytest
 
 from engine import query, store
 from engine.service import EngineLock, EngineLockedError, EngineService
-from tests.conftest import ROOT, wait_until
+from tests.conftest import wait_until
 
 
 def start_daemon(harness, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "STEPLINE_HOME": str(harness.home.root), "STEPLINE_JOBS": str(harness.jobs_dir),
-           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "cli", "daemon", *args], env=env, cwd=harness.root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = harness.cli_process("daemon", *args)
     wait_until(lambda: query.engine_status(time.time()).state == "running" and
                query.engine_status(time.time()).pid == process.pid or process.poll() is not None)
     assert process.poll() is None, process.communicate()

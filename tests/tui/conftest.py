@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
+from engine.service import EngineService
 from tests.conftest import Harness
 from tui.app import SteplineApp
 from tui.widgets.details import DetailsPane
 from tui.widgets.log_tail import LogTail
-from tui.widgets.run_tree import RunTree
+from tui.widgets.run_tree import JobNode, RunNode, RunTree, StepNode
 
 SLOW_POLL_S = 30.0
 """Tests poll by hand (settle); a fast timer would keep Pilot from ever seeing the app idle."""
@@ -82,3 +83,37 @@ def log_lines(app: SteplineApp) -> list[str]:
 
 def notifications(app: SteplineApp) -> str:
     return "\n".join(n.message for n in app._notifications)
+
+
+# --- a real engine and the tree's lines, for the key tests -------------------------------------------
+
+
+@pytest.fixture
+def engine(harness):
+    """The engine service of `stepline up`, in a thread, consuming commands every 50 ms."""
+    service = EngineService(harness.home, harness.jobs_dir, mode="embedded", command_poll_s=0.05,
+                            kill_grace_s=1.0, stop_grace_s=0.5)
+    yield service
+    service.stop()
+
+
+def select(app, predicate) -> None:  # type: ignore[no-untyped-def]
+    tree = app.main_screen.run_tree
+    for index in range(tree.last_line + 1):
+        node = tree.get_node_at_line(index)
+        if node is not None and predicate(node.data):
+            tree.move_cursor(node)
+            return
+    raise AssertionError(f"no tree line matches; tree is:\n{tree_text(app)}")
+
+
+def is_job(name):  # type: ignore[no-untyped-def]
+    return lambda data: isinstance(data, JobNode) and data.name == name
+
+
+def is_step(name):  # type: ignore[no-untyped-def]
+    return lambda data: isinstance(data, StepNode) and data.step.name == name
+
+
+def is_run(run_id):  # type: ignore[no-untyped-def]
+    return lambda data: isinstance(data, RunNode) and data.summary.id == run_id

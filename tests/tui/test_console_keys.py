@@ -4,45 +4,13 @@ from __future__ import annotations
 import pytest
 
 from engine import query
-from engine.service import EngineService
-from tests.tui.conftest import (details_text, make_app, notifications, publish_catalog, settle, settle_until,
-                                tree_text)
+from tests.tui.conftest import (details_text, is_job, is_run, is_step, make_app, notifications, publish_catalog,
+                                select, settle, settle_until, tree_text)
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.trigger import TriggerScreen
-from tui.widgets.run_tree import JobNode, RunNode, StepNode
+from tui.widgets.run_tree import StepNode
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
-
-
-@pytest.fixture
-def engine(harness):
-    """The engine service of `stepline up`, in a thread, consuming commands every 50 ms."""
-    service = EngineService(harness.home, harness.jobs_dir, mode="embedded", command_poll_s=0.05,
-                            kill_grace_s=1.0, stop_grace_s=0.5)
-    yield service
-    service.stop()
-
-
-def select(app, predicate) -> None:  # type: ignore[no-untyped-def]
-    tree = app.main_screen.run_tree
-    for index in range(tree.last_line + 1):
-        node = tree.get_node_at_line(index)
-        if node is not None and predicate(node.data):
-            tree.move_cursor(node)
-            return
-    raise AssertionError(f"no tree line matches; tree is:\n{tree_text(app)}")
-
-
-def is_job(name):  # type: ignore[no-untyped-def]
-    return lambda data: isinstance(data, JobNode) and data.name == name
-
-
-def is_step(name):  # type: ignore[no-untyped-def]
-    return lambda data: isinstance(data, StepNode) and data.step.name == name
-
-
-def is_run(run_id):  # type: ignore[no-untyped-def]
-    return lambda data: isinstance(data, RunNode) and data.summary.id == run_id
 
 
 async def test_r_retries_the_failed_step_and_the_retry_succeeds(harness, engine, tmp_path):

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.conftest import log_lines, make_app, notifications, settle, settle_until
+from tests.tui.conftest import is_job, is_run, log_lines, make_app, notifications, select, settle, settle_until
 from tests.tui.console_data import NOW_S, T0, fill
-from tests.tui.test_console_keys import engine, is_job, is_run, is_step, select  # noqa: F401 (fixture)
 from tui.screens.attempts import AttemptScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
