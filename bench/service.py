@@ -118,6 +118,10 @@ def main() -> None:
         lateness_ms = [row[0] * 1000 for row in connection.execute(
             "SELECT MIN(a.started_at) - r.scheduled_for FROM run r JOIN attempt a ON a.run_id = r.id "
             "WHERE r.trigger = 'schedule' AND r.created_at >= ? GROUP BY r.id", (started,))]
+        phases = connection.execute(
+            "SELECT r.created_at - r.scheduled_for, r.started_at - r.created_at, MIN(a.started_at) - r.started_at "
+            "FROM run r JOIN attempt a ON a.run_id = r.id WHERE r.trigger = 'schedule' AND r.created_at >= ? "
+            "GROUP BY r.id", (started,)).fetchall()
         command_ms = [row[0] * 1000 for row in connection.execute(
             "SELECT acked_at - created_at FROM command WHERE acked_at IS NOT NULL AND kind IN ('pause','resume')")]
         w1_steps = connection.execute("SELECT COUNT(*) FROM attempt WHERE run_id IN "
@@ -132,6 +136,11 @@ def main() -> None:
         "command_ms": {"count": len(command_ms), "p50": percentile(command_ms, 0.5),
                        "p99": percentile(command_ms, 0.99), "max": max(command_ms, default=float("nan"))},
     }
+    phase_names = ("fire -> run created", "run created -> started", "run started -> 1st step")
+    result["lateness_phases_ms"] = {
+        name: {"p50": percentile([row[i] * 1000 for row in phases], 0.5),
+               "p99": percentile([row[i] * 1000 for row in phases], 0.99)}
+        for i, name in enumerate(phase_names)}
     Path(args.json_path).write_text(json.dumps(result, indent=2))
     late, cmd = result["lateness_ms"], result["command_ms"]
     print(f"stepline bench.service: {result['cpus']} CPUs, parallel {result['parallel']}, "
@@ -140,6 +149,8 @@ def main() -> None:
     print(f"{'lateness (scheduled -> 1st step)':<34}{len(lateness_ms):>7}{late['p50']:>9.1f}ms{late['p99']:>9.1f}ms"
           f"{late['max']:>9.1f}ms  p99 < {LATENESS_TARGET_MS:.0f}ms  "
           f"{'pass' if late['p99'] < LATENESS_TARGET_MS else 'FAIL'}")
+    for name, values in result["lateness_phases_ms"].items():
+        print(f"{'  ' + name:<34}{'':>7}{values['p50']:>9.1f}ms{values['p99']:>9.1f}ms")
     print(f"{'command latency (written -> ack)':<34}{cmd['count']:>7}{cmd['p50']:>9.1f}ms{cmd['p99']:>9.1f}ms"
           f"{cmd['max']:>9.1f}ms  p99 < {COMMAND_TARGET_MS:.0f}ms  "
           f"{'pass' if cmd['p99'] < COMMAND_TARGET_MS else 'FAIL'}")

@@ -130,6 +130,12 @@ def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = N
     return env
 
 
+def environment_changes(env: dict[str, str], base: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """What turns `base` into `env`: variables to set and variables to remove."""
+    changed = {key: value for key, value in env.items() if base.get(key) != value}
+    return changed, [key for key in base if key not in env]
+
+
 class Worker:
     """One `python -m engine.worker` process for one job file."""
 
@@ -143,11 +149,14 @@ class Worker:
         engine_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = engine_end
         self._send_lock = threading.Lock()
+        self.environ = {**_current_environ(), "PYTHONPATH": _engine_path()}
+        """The worker's own environment: each attempt request carries only its differences from it."""
+        self._changes_from: tuple[dict[str, str], tuple[dict[str, str], list[str]]] | None = None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), job_file]
             + ([source_file] if source_file else []),
             pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
-            env={**os.environ, "PYTHONPATH": _engine_path()},
+            env=self.environ,
             # Its own session: a terminal's Ctrl-C or hang-up reaches the engine, which decides; the
             # worker goes when the engine closes its socket.
             start_new_session=True)
@@ -157,10 +166,11 @@ class Worker:
         self._reader.start()
 
     def start(self, request: AttemptRequest, write_fd: int, result_fd: int) -> None:
+        env_set, env_unset = self._environment_changes(request)
         message = {"op": "start", "id": request.key, "job": request.job, "step": request.step,
                    "kind": request.kind, "command": request.command, "inputs": request.inputs,
                    "params": request.params, "context": request.context,
-                   "env": attempt_environment(request), "cwd": request.cwd,
+                   "env_set": env_set, "env_unset": env_unset, "cwd": request.cwd,
                    "output_path": request.output_path}
         # One lock orders this against the reader thread marking the worker broken or gone: an attempt
         # either reaches a live worker or fails with the worker's own reason, never with a race's.
@@ -175,6 +185,20 @@ class Worker:
                 if self.broken:
                     raise _Broken(*self.broken) from None
                 raise
+
+    def _environment_changes(self, request: AttemptRequest) -> tuple[dict[str, str], list[str]]:
+        """The attempt's environment as changes to the worker's: a few variables instead of all of them.
+
+        The engine's own environment rarely changes, so its difference from the worker's is kept
+        until it does; the attempt's STEPLINE_* variables, params and env= are added on top.
+        """
+        environ = _current_environ()
+        if self._changes_from is None or self._changes_from[0] is not environ:
+            self._changes_from = (environ, environment_changes(environ, self.environ))
+        changed, removed = self._changes_from[1]
+        env = attempt_environment(request, base={})
+        env_set = {**changed, **{k: v for k, v in env.items() if self.environ.get(k) != v}}
+        return env_set, [k for k in removed if k not in env_set]
 
     def take_keys(self, broken: tuple[str, str] | None = None) -> list[int]:
         """Mark the worker broken (when given) and hand over the attempts it still owed an answer."""

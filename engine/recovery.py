@@ -48,7 +48,7 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
     now = clock()
     cut_short = []
     step_state = StepState.CANCELLED if cancelled else StepState.FAILED
-    with store.db.atomic("IMMEDIATE"):
+    with store.write():
         for attempt in running:
             store.Attempt.update(state=AttemptState.CANCELLED if cancelled else AttemptState.FAILED, ended_at=now,
                                  reason=reason).where(store.Attempt.id == attempt.id).execute()

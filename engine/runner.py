@@ -113,6 +113,7 @@ class Engine:
         self._timer_seq = itertools.count()
         self._next_command_poll = 0.0
         self._queued: list[tuple[ActiveRun, int]] = []
+        self._plans: dict[int, tuple[JobDef, JobPlan, str]] = {}
         self.owner = store.process_identity()
 
     # --- public API -----------------------------------------------------------------------------------
@@ -141,12 +142,22 @@ class Engine:
         return (sum(1 for r in self._runs.values() if r.plan.job == job)
                 + sum(1 for r, _ in self._queued if r.plan.job == job))
 
+    def _plan(self, job_def: JobDef) -> tuple[JobPlan, str]:
+        """The plan of `job_def` and its JSON, made once per loaded definition (a reload makes new ones)."""
+        cached = self._plans.get(id(job_def))
+        if cached is None or cached[0] is not job_def:
+            if len(self._plans) >= 1000:
+                self._plans.clear()
+            plan = plan_job(job_def)
+            cached = self._plans[id(job_def)] = (job_def, plan, plan.to_json())
+        return cached[1], cached[2]
+
     def _create_run(self, job_def: JobDef, params: dict[str, str] | None, trigger: str,
                     scheduled_for: float | None) -> ActiveRun:
-        plan = plan_job(job_def)
+        plan, snapshot = self._plan(job_def)
         merged = {**plan.params, **(params or {})}
         now = self._clock()
-        run_id, step_ids = store.create_run(plan.job, trigger, merged, plan.to_json(),
+        run_id, step_ids = store.create_run(plan.job, trigger, merged, snapshot,
                                             [s.name for s in plan.steps], now, scheduled_for)
         self._announce(Change(run_id, None, RunState.QUEUED, f"{trigger} run of {plan.job}", now))
         return ActiveRun(id=run_id, plan=plan, params=merged, step_ids=step_ids,
@@ -247,8 +258,9 @@ class Engine:
 
     def step(self, timeout_s: float = 0.5, consume_commands: bool = True) -> None:
         """Handle what is due: start queued runs and ready steps, process executor events and timers."""
-        self._start_queued()
-        self._fill_slots()
+        with store.batch():
+            self._start_queued()
+            self._fill_slots()
         now = self._clock()
         wait = timeout_s
         if self._timers:
@@ -259,13 +271,14 @@ class Engine:
             event = self._events.get(timeout=wait)
         except queue.Empty:
             event = None
-        while event is not None:
-            self._handle(event)
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                event = None
-        self._run_timers()
+        with store.batch():
+            while event is not None:
+                self._handle(event)
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    event = None
+            self._run_timers()
         if consume_commands and self._runs and self._clock() >= self._next_command_poll:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
@@ -305,8 +318,9 @@ class Engine:
     def _fill_slots(self) -> None:
         running = sum(1 for a in self._attempts.values() if not a.finished)
         runs = list(self._runs.values())
-        # Round robin, one ready step per run per turn: a new run's first step does not queue
-        # behind the hundreds of ready steps of a wide run that started earlier.
+        # Round robin, one ready step per run per turn, and a run that got a slot goes to the back of
+        # the line: a new run's first step does not queue behind the hundreds of ready steps of a
+        # wide run that started earlier, whichever run the last slot went to.
         while running < self.parallel:
             started = False
             for run in runs:
@@ -316,6 +330,7 @@ class Engine:
                         continue
                     run.slot_waiting.discard(name)
                     self._start_attempt(run, name)
+                    self._runs[run.id] = self._runs.pop(run.id)
                     running += 1
                     started = True
                     break
@@ -540,7 +555,9 @@ class Engine:
         return changes
 
     def _maybe_finish_run(self, run: ActiveRun) -> None:
-        if not all(state.is_terminal for state in run.states.values()):
+        # From the end: the last steps in DAG order are the last to end, so an unfinished run is
+        # told in a step or two rather than after walking every step of a wide run.
+        if not all(state.is_terminal for state in reversed(run.states.values())):
             return
         if any(a.run_id == run.id for a in self._attempts.values()):
             return

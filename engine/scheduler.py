@@ -354,12 +354,12 @@ def _upsert(job: str, values: dict[str, Any]) -> None:
 
 
 def _event(at: float, state: str, message: str) -> None:
-    store.Event.insert(at=at, run_id=None, step=None, kind="schedule", state=state, message=message).execute()
+    store.insert_events([store.event_row("schedule", None, None, state, message, at)])
 
 
 def _record_sync(next_fires: dict[str, float | None], paused: int,
                  decisions: list[tuple[JobDef, list[float], list[Due], str]], at: float) -> None:
-    with store.db.atomic("IMMEDIATE"):
+    with store.write():
         for job, next_fire in next_fires.items():
             _upsert(job, {"next_fire_at": next_fire, "updated_at": at})
         store.Schedule.update(next_fire_at=None, updated_at=at).where(
@@ -370,7 +370,7 @@ def _record_sync(next_fires: dict[str, float | None], paused: int,
 
 
 def _record_misfire(job_def: JobDef, fires: list[float], dues: list[Due], message: str, at: float) -> None:
-    with store.db.atomic("IMMEDIATE"):
+    with store.write():
         _misfire_changes(job_def, fires, dues, message, at)
 
 
@@ -390,15 +390,21 @@ def _advance_last_fire(job: str, scheduled_for: float, at: float) -> None:
     _upsert(job, {"last_fire_at": scheduled_for if last is None else max(last, scheduled_for), "updated_at": at})
 
 
+# Once per fire of every scheduled job: plain SQL. last_fire_at only ever moves forward.
+_RECORD_FIRE = ('INSERT INTO "schedule" ("job", "paused", "last_fire_at", "next_fire_at", "updated_at") '
+                'VALUES (?, 0, ?, ?, ?) ON CONFLICT ("job") DO UPDATE SET '
+                '"last_fire_at" = MAX(COALESCE("last_fire_at", excluded."last_fire_at"), excluded."last_fire_at"), '
+                '"next_fire_at" = excluded."next_fire_at", "updated_at" = excluded."updated_at"')
+
+
 def _record_fire(job: str, scheduled_for: float, next_fire: float | None, at: float) -> None:
-    with store.db.atomic("IMMEDIATE"):
-        _advance_last_fire(job, scheduled_for, at)
-        _upsert(job, {"next_fire_at": next_fire})
+    with store.write():
+        store.db.execute_sql(_RECORD_FIRE, [job, scheduled_for, next_fire, at])
         _event(at, "fired", f"{job}: run due for {_when(scheduled_for)}")
 
 
 def record_paused(job: str, paused: bool, next_fire: float | None, at: float) -> None:
     """Persist a pause or resume (and its event); used directly when no engine runs the home."""
-    with store.db.atomic("IMMEDIATE"):
+    with store.write():
         _upsert(job, {"paused": paused, "next_fire_at": next_fire, "updated_at": at})
         _event(at, "paused" if paused else "resumed", job)

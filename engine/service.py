@@ -174,7 +174,8 @@ class EngineService:
             if now >= next_beat:
                 store.heartbeat(*self.identity, self.mode, now)
                 next_beat = now + self.heartbeat_s
-            self._start_due_runs()
+            with store.batch():
+                self._start_due_runs()
             if now >= next_poll:
                 if self._jobs_changed.is_set():
                     self._jobs_changed.clear()

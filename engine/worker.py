@@ -78,17 +78,26 @@ def as_env_text(value: Any) -> str:
         return str(value)
 
 
-def find_step(module: Any, job_name: str, step_name: str) -> Any:
-    from engine.definition import JobDef
+class StepTable:
+    """The steps of one imported job file by (job, step), built once in the worker before any fork.
 
-    for value in vars(module).values():
-        if isinstance(value, JobDef) and value.name == job_name:
-            try:
-                return value.step(step_name)
-            except KeyError:
-                break
-    raise LookupError(f"step '{step_name}' of job '{job_name}' is no longer defined in {module.__file__}; "
-                      "restore it in the job file, or start a new run of the job")
+    An attempt looks its step up in a dict instead of walking the module: every object a forked
+    attempt touches costs a copy-on-write page fault, and a fault costs microseconds.
+    """
+
+    def __init__(self, module: Any) -> None:
+        from engine.definition import JobDef
+
+        self.file = getattr(module, "__file__", "?")
+        self.steps = {(value.name, step_def.name): step_def for value in vars(module).values()
+                      if isinstance(value, JobDef) for step_def in value.steps}
+
+    def find(self, job_name: str, step_name: str) -> Any:
+        try:
+            return self.steps[job_name, step_name]
+        except KeyError:
+            raise LookupError(f"step '{step_name}' of job '{job_name}' is no longer defined in {self.file}; "
+                              "restore it in the job file, or start a new run of the job") from None
 
 
 class StepFailed(Exception):
@@ -104,12 +113,12 @@ Result = tuple[int, dict[str, Any]]
 """Exit code and the result message of an attempt."""
 
 
-def run_python_attempt(module: Any, request: dict[str, Any]) -> Result:
+def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
     """Body of a forked Python attempt; returns the exit code and the result for the engine."""
     from engine.context import StepContext
 
     try:
-        step_def = find_step(module, request["job"], request["step"])
+        step_def = steps.find(request["job"], request["step"])
         kwargs: dict[str, Any] = {}
         for name in step_def.parameters:
             if name in request["inputs"]:
@@ -161,9 +170,17 @@ def fail(summary: str, detail: str, code: int = 1) -> Result:
     return (code if 0 < code < 256 else 1), {"ok": False, "summary": summary, "detail": detail}
 
 
-def shell_environment(request: dict[str, Any]) -> dict[str, str]:
+def attempt_environment(request: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
+    """The attempt's whole environment: the worker's own `base` with the request's changes."""
+    env = {**base, **request["env_set"]}
+    for key in request["env_unset"]:
+        env.pop(key, None)
+    return env
+
+
+def shell_environment(request: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
     """Environment of a shell attempt: upstream outputs and params as STEPLINE_* variables."""
-    env = dict(request["env"])
+    env = attempt_environment(request, base)
     for name, path in request["inputs"].items():
         text = as_env_text(load_input(path, name))
         if len(text) > MAX_ENV_INPUT:
@@ -177,9 +194,35 @@ def env_key(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).upper()
 
 
-def child_main(module: Any, request: dict[str, Any], log_fd: int, result_fd: int, sock: socket.socket,
-               base_env: dict[str, str]) -> None:
-    """Runs in the forked attempt process; never returns.
+def become_attempt_process(sock: socket.socket) -> None:
+    """In a freshly forked child: its own session, no engine connection, default signal handling."""
+    os.setsid()
+    sock.close()
+    for number in CHILD_DEFAULT_SIGNALS:
+        _signal.signal(number, _signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+
+
+def spare_main(steps: StepTable, spare_sock: socket.socket, sock: socket.socket, base_env: dict[str, str]) -> None:
+    """A process forked ahead of need: set up, it waits for the next attempt; never returns.
+
+    The fork and the child's set-up (each page it touches is a copy-on-write fault) happen while
+    the previous attempt runs, so an attempt starts as soon as its request arrives.
+    """
+    try:
+        become_attempt_process(sock)
+        data, fds, _, _ = socket.recv_fds(spare_sock, MAX_MESSAGE, 2)
+    except BaseException:
+        os._exit(1)
+    spare_sock.close()
+    if not data or len(fds) != 2:
+        os._exit(0)  # the worker is stopping (or replaced this spare): nothing to run
+    child_main(steps, json.loads(data), fds[0], fds[1], None, base_env)
+
+
+def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd: int,
+               sock: socket.socket | None, base_env: dict[str, str]) -> None:
+    """Runs in the forked attempt process; never returns. `sock`: the engine connection, still to close.
 
     A Python attempt ends by closing its output (the log reaches its end) and then sending its
     result, so the engine can finish the step without waiting for this process's exit teardown.
@@ -187,12 +230,9 @@ def child_main(module: Any, request: dict[str, Any], log_fd: int, result_fd: int
     code = 1
     result: dict[str, Any] | None = None
     try:
-        os.setsid()
-        sock.close()
+        if sock is not None:
+            become_attempt_process(sock)
         os.set_inheritable(result_fd, False)  # bash and the processes a step starts never see it
-        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
-            _signal.signal(number, _signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
         # fd 0 is /dev/null and sys.stdin/stdout/stderr are set up already (prepare_stdio, in the worker).
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -201,15 +241,15 @@ def child_main(module: Any, request: dict[str, Any], log_fd: int, result_fd: int
             os.chdir(request["cwd"])
         if request["kind"] == "shell":
             try:
-                env = shell_environment(request)
+                env = shell_environment(request, base_env)
             except StepFailed as error:
                 os.write(2, (error.summary + "\n").encode())
                 code, result = fail(error.summary, "")
                 send_result(result_fd, result)
                 os._exit(code)
             os.execve("/bin/bash", ["bash", "-c", request["command"]], env)
-        set_environment(request["env"], base_env)
-        code, result = run_python_attempt(module, request)
+        set_environment(request["env_set"], request["env_unset"])
+        code, result = run_python_attempt(steps, request)
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:
@@ -234,7 +274,7 @@ def child_main(module: Any, request: dict[str, Any], log_fd: int, result_fd: int
 CHILD_DEFAULT_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP)
 
 
-def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str) -> int | None:
+def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str, base_env: dict[str, str]) -> int | None:
     """Start a shell attempt with posix_spawn (vfork + exec) instead of fork + exec; returns its pid.
 
     Forking first copies the worker's page tables and exec then tears them down, which costs several
@@ -251,7 +291,7 @@ def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str) -> int | 
     try:
         if cwd:
             os.chdir(cwd)  # posix_spawn has no chdir: the (single-threaded) worker moves there and back
-        return os.posix_spawn("/bin/bash", ["bash", "-c", request["command"]], request["env"],
+        return os.posix_spawn("/bin/bash", ["bash", "-c", request["command"]], attempt_environment(request, base_env),
                               file_actions=[(os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)],
                               setsid=True, setsigdef=CHILD_DEFAULT_SIGNALS)
     except (OSError, ValueError, TypeError):
@@ -264,14 +304,13 @@ def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str) -> int | 
                 pass
 
 
-def set_environment(env: dict[str, str], base: dict[str, str]) -> None:
-    """Make os.environ (a copy of `base`) equal to `env`, touching only the variables that differ."""
+def set_environment(changes: dict[str, str], removed: list[str]) -> None:
+    """Apply an attempt's environment changes to os.environ (the worker's environment before them)."""
     environ = os.environ
-    for key in base.keys() - env.keys():
-        del environ[key]
-    for key, value in env.items():
-        if base.get(key) != value:
-            environ[key] = value
+    for key in removed:
+        environ.pop(key, None)
+    for key, value in changes.items():
+        environ[key] = value
 
 
 def prepare_stdio() -> None:
@@ -321,6 +360,7 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 return
             send(sock, broken)
     prepare_stdio()
+    steps = StepTable(module)
     base_env = dict(os.environ)
     worker_cwd = os.getcwd()
     send(sock, {"op": "ready", "pid": os.getpid()})
@@ -331,9 +371,39 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     children: dict[int, int] = {}  # pid -> attempt id
+    spare: tuple[int, socket.socket] | None = None  # (pid, socket) of the process forked ahead of need
+
+    def make_spare() -> tuple[int, socket.socket] | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            ours.close()
+            spare_main(steps, theirs, sock, base_env)
+        theirs.close()
+        return pid, ours
+
+    def hand_to_spare(data: bytes, log_fd: int, result_fd: int) -> int | None:
+        """Give the request to the spare process; its pid, or None when there is none (or it died)."""
+        nonlocal spare
+        if spare is None:
+            return None
+        pid, spare_sock = spare
+        spare = None
+        try:
+            socket.send_fds(spare_sock, [data], [log_fd, result_fd])
+        except OSError:
+            return None
+        finally:
+            spare_sock.close()
+        return pid
 
     def reap() -> None:
-        while children:
+        while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
@@ -367,24 +437,30 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
             except ConnectionResetError:
                 data, fds = b"", []
-            if not data:
-                abandon(children)
-                return
-            request = json.loads(data)
+            request: dict[str, Any] = json.loads(data) if data else {"op": "stop"}
             if request["op"] == "start":
                 log_fd, result_fd = fds
                 os.set_inheritable(log_fd, False)  # an attempt gets it as fds 1 and 2 only
                 os.set_inheritable(result_fd, False)
-                pid = spawn_shell(request, log_fd, worker_cwd)
+                pid = spawn_shell(request, log_fd, worker_cwd, base_env)
+                forked = pid is None
+                if pid is None:
+                    pid = hand_to_spare(data, log_fd, result_fd)
                 if pid is None:
                     pid = os.fork()
                     if pid == 0:
-                        child_main(module, request, log_fd, result_fd, sock, base_env)
+                        child_main(steps, request, log_fd, result_fd, sock, base_env)
                 os.close(log_fd)
                 os.close(result_fd)
                 children[pid] = request["id"]
                 send(sock, {"op": "started", "id": request["id"], "pid": pid})
+                if forked and spare is None:
+                    spare = make_spare()  # for the next Python attempt of this job file
             elif request["op"] == "stop":
+                data = b""
+            if not data:
+                if spare is not None:
+                    spare[1].close()  # the spare sees the end of its socket and exits
                 abandon(children)
                 return
             reap()

@@ -1,6 +1,7 @@
 """The execution contract of the Engine: data flow, failures, retries, timeouts, cancel, events."""
 from __future__ import annotations
 
+import pickle
 import random
 import signal
 import threading
@@ -49,6 +50,11 @@ class Background:
         if self.error is not None:
             raise self.error
         return query.get_run(self.run_id)
+
+
+def _output(harness: Harness, run_id: int, step: str) -> object:
+    with open(harness.home.output_file(run_id, step), "rb") as handle:
+        return pickle.load(handle)
 
 
 def gone(pid: int, created: float) -> bool:
@@ -209,6 +215,51 @@ def test_context_tells_a_step_its_run_and_attempt(home, write_job):
     run = home.run_now("j")
     assert run.state == "succeeded"
     assert run.step("where").output_preview == f"'{run.id}/j/where/2'"
+
+
+def test_every_attempt_is_its_own_process_and_session_with_only_its_own_environment(home, write_job, monkeypatch):
+    # Attempts fork from a preloaded worker (some ahead of need): each must still be a new process
+    # leading its own session, and see the engine's environment plus its own variables only.
+    monkeypatch.setenv("STEPLINE_TEST_ENGINE_VAR", "from the engine")
+    monkeypatch.delenv("STEPLINE_TEST_UNSET", raising=False)
+    write_job("j.py", """
+        import os
+
+        def probe():
+            return (os.getpid(), os.getsid(0), os.environ.get("STEPLINE_STEP"), os.environ.get("ONLY_A"),
+                    os.environ.get("STEPLINE_TEST_ENGINE_VAR"), "PYTHONPATH" in os.environ)
+
+        @step(env={"ONLY_A": "a"})
+        def a():
+            return probe()
+
+        @step(after=["a"])
+        def b():
+            return probe()
+
+        @step(after=["b"])
+        def c():
+            os.environ["LEAK"] = "c"
+            return probe()
+
+        @step(after=["c"])
+        def d():
+            return probe() + (os.environ.get("LEAK"),)
+
+        j = job("j", [a, b, c, d])
+    """)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    run = home.run_now("j")
+    assert run.state == "succeeded", run.reason
+    seen = {name: _output(home, run.id, name) for name in "abcd"}
+    pids = {probe[0] for probe in seen.values()}
+    assert len(pids) == 4, seen  # four attempts, four processes
+    assert all(probe[0] == probe[1] for probe in seen.values()), seen  # each leads its own session
+    assert [probe[2] for probe in seen.values()] == ["a", "b", "c", "d"]
+    assert seen["a"][3] == "a" and seen["b"][3] is None  # a step's env= is its own
+    assert all(probe[4] == "from the engine" for probe in seen.values())
+    assert not any(probe[5] for probe in seen.values())  # the worker's own PYTHONPATH stays its own
+    assert seen["d"][6] is None  # what one attempt changes never reaches the next
 
 
 # --- failures ------------------------------------------------------------------------------------------
