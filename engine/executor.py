@@ -165,7 +165,7 @@ class Worker:
                                         daemon=True)
         self._reader.start()
 
-    def start(self, request: AttemptRequest, write_fd: int, result_fd: int) -> None:
+    def start(self, request: AttemptRequest, write_fd: int, result_fd: int | None) -> None:
         env_set, env_unset = self._environment_changes(request)
         message = {"op": "start", "id": request.key, "job": request.job, "step": request.step,
                    "kind": request.kind, "command": request.command, "inputs": request.inputs,
@@ -179,7 +179,8 @@ class Worker:
                 raise _Broken(*self.broken)
             self.keys.add(request.key)
             try:
-                socket.send_fds(self._sock, [json.dumps(message).encode()], [write_fd, result_fd])
+                fds = [write_fd] if result_fd is None else [write_fd, result_fd]
+                socket.send_fds(self._sock, [json.dumps(message).encode()], fds)
             except OSError:
                 self.keys.discard(request.key)
                 if self.broken:
@@ -251,14 +252,16 @@ class Executor:
         self._kept: dict[str, str] = {}
         self._retired: list[Worker] = []
 
-    def start(self, request: AttemptRequest) -> None:
+    def start(self, request: AttemptRequest, defer_logs: bool = False) -> None:
+        """Start an attempt; with `defer_logs`, its output is watched from the next flush() on."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        result_read, result_write = os.pipe2(os.O_CLOEXEC)
+        # A shell step without inputs reports through its exit status only: no result pipe to watch.
+        result_read, result_write = (os.pipe2(os.O_CLOEXEC) if request.kind == "python" or request.inputs
+                                     else (None, None))
         self._read_fds[request.key] = read_fd
-        # The result pipe is watched before the worker can answer (see _exited); the log file is
-        # created once the request is on its way, while the worker forks: a file creation can cost
-        # about a millisecond on a busy disk, and the pipe holds what the attempt writes meanwhile.
-        self._logs.add_result(request.key, result_read)
+        # Both pipes are watched before the worker can answer (see _exited); the pump's thread creates
+        # the log file while the worker forks, and the pipe holds what the attempt writes meanwhile.
+        self._logs.add(read_fd, request.log_path, request.key, result_read, wake=not defer_logs)
         lost: Exited | None = None
         message = b""
         try:
@@ -272,15 +275,19 @@ class Executor:
             lost = Exited(request.key, None, None, None, None, self._clock(),
                           lost=f"could not start the step process: {error}")
         finally:
-            os.close(result_write)
+            if result_write is not None:
+                os.close(result_write)
         try:
-            self._logs.add(read_fd, request.log_path, request.key)
             if message:
                 os.write(write_fd, message)
         finally:
             os.close(write_fd)
         if lost is not None:
             self._exited(lost)
+
+    def flush(self) -> None:
+        """Hand the attempts started since the last call to the log pump; call it before waiting for events."""
+        self._logs.wake()
 
     def kill(self, key: int, grace_s: float | None = None) -> None:
         """Terminate the attempt's whole process tree: SIGTERM, then SIGKILL after the grace period."""

@@ -35,7 +35,10 @@ def stamp(at: float) -> bytes:
 class _Tail:
     key: int
     """Attempt id, handed back to on_closed."""
-    file: io.FileIO
+    path: str
+    file: io.FileIO | None = None
+    """Opened by the pump's thread when it starts watching the pipe (creating a file can take a
+    millisecond on a busy disk; the engine's thread never waits for it)."""
     at_line_start: bool = True
     write_error: str | None = None
     """Set when the log file stopped taking writes (e.g. disk full)."""
@@ -72,18 +75,28 @@ class LogPump:
         self._thread = threading.Thread(target=self._loop, name="stepline-logs", daemon=True)
         self._thread.start()
 
-    def add(self, read_fd: int, log_path: str, key: int) -> None:
-        """Start copying `read_fd` into `log_path`; on_closed(key) is called at end of output."""
-        handle = io.FileIO(log_path, "ab")
+    def add(self, read_fd: int, log_path: str, key: int, result_fd: int | None = None, wake: bool = True) -> None:
+        """Start copying `read_fd` into `log_path` (created, with its folder, if missing); on_closed(key)
+        is called at end of output. With `result_fd`, also read the attempt's result message from it
+        and pass it to on_result(key, result). With `wake=False` the pump starts on the next wake()."""
         with self._lock:
-            self._pending.append((read_fd, _Tail(key, handle)))
-        os.write(self._wake_w, b"x")
+            self._pending.append((read_fd, _Tail(key, log_path)))
+            if result_fd is not None:
+                self._results[key] = result_fd
+                self._pending.append((result_fd, _Result(key, bytearray(), [])))  # type: ignore[arg-type]
+        if wake:
+            os.write(self._wake_w, b"x")
 
-    def add_result(self, key: int, result_fd: int) -> None:
-        """Read the attempt's result message from `result_fd` and pass it to on_result(key, result)."""
+    def wake(self) -> None:
+        """Take the pipes added with wake=False: the engine calls it once a turn, just before it waits.
+
+        Waking the pump's thread while the engine's thread is busy makes the two contend for the
+        interpreter lock; once the engine waits, the pump runs at no one's cost. What an attempt
+        writes meanwhile waits in its pipe.
+        """
         with self._lock:
-            self._results[key] = result_fd
-            self._pending.append((result_fd, _Result(key, bytearray(), [])))  # type: ignore[arg-type]
+            if not self._pending:
+                return
         os.write(self._wake_w, b"x")
 
     def settle_result(self, key: int, then: Callable[[], None]) -> None:
@@ -157,6 +170,8 @@ class LogPump:
             closing, self._closing = self._closing, []
             settling, self._settling = self._settling, []
         for fd, tail in pending:
+            if type(tail) is _Tail:
+                self._open(tail)
             os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, tail)
         for key, then in settling:
@@ -175,6 +190,19 @@ class LogPump:
                 continue
             self._drain(fd, selected.data)
             self._close(fd, selected.data)
+
+    def _open(self, tail: _Tail) -> None:
+        try:
+            try:
+                tail.file = io.FileIO(tail.path, "ab")
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(tail.path), exist_ok=True)  # a run's first attempt
+                tail.file = io.FileIO(tail.path, "ab")
+        except OSError as error:
+            # The attempt runs anyway; its output is drained so it never blocks, and the reason is logged.
+            tail.write_error = f"{error.strerror or error}"
+            logging.getLogger("stepline.engine").error("log %s: cannot create (%s); the output of this "
+                                                       "attempt is dropped", tail.path, tail.write_error)
 
     def _read_result(self, fd: int, result: _Result, drain: bool = False) -> None:
         """Read what the result pipe holds; pass the message on once complete. `drain`: the writer has exited."""
@@ -230,7 +258,7 @@ class LogPump:
         if tail.at_line_start:
             body = prefix + body
         tail.at_line_start = data.endswith(b"\n")
-        if tail.write_error is not None:
+        if tail.write_error is not None or tail.file is None:
             return  # keep draining the pipe so the step never blocks; the file cannot take more
         try:
             _write_all(tail.file, body)
@@ -238,7 +266,7 @@ class LogPump:
             # A full disk must not stop this thread: every other attempt's log goes through it too.
             tail.write_error = f"{error.strerror or error}"
             logging.getLogger("stepline.engine").error("log %s: cannot write (%s); further output of "
-                                                       "this attempt is dropped", tail.file.name, tail.write_error)
+                                                       "this attempt is dropped", tail.path, tail.write_error)
             return
         tail.bytes_written += len(body)
 
@@ -246,9 +274,10 @@ class LogPump:
         self._selector.unregister(fd)
         os.close(fd)
         try:
-            if not tail.at_line_start and tail.write_error is None:
-                _write_all(tail.file, b"\n")
-            tail.file.close()
+            if tail.file is not None:
+                if not tail.at_line_start and tail.write_error is None:
+                    _write_all(tail.file, b"\n")
+                tail.file.close()
         except OSError:
             pass  # already reported by _write; the attempt must still end
         self._on_closed(tail.key)

@@ -261,6 +261,7 @@ class Engine:
         with store.batch():
             self._start_queued()
             self._fill_slots()
+        self._executor.flush()
         now = self._clock()
         wait = timeout_s
         if self._timers:
@@ -293,8 +294,8 @@ class Engine:
     # --- run life cycle -------------------------------------------------------------------------------
 
     def _activate(self, run: ActiveRun, to_run: set[str], retry: bool = False) -> None:
-        self.home.run_log_dir(run.id).mkdir(parents=True, exist_ok=True)
-        self.home.run_output_dir(run.id).mkdir(parents=True, exist_ok=True)
+        # The run's log and output folders are made where they are first needed, off this thread:
+        # by the log pump (logs) and by the worker or the attempt (outputs).
         now = self._clock()
         message = "retry: " + ", ".join(s.name for s in run.plan.steps if s.name in to_run) if retry else None
         store.set_run_state(run.id, RunState.RUNNING, now, reason=message, started=True, owner=self.owner,
@@ -368,7 +369,7 @@ class Engine:
             output_path=str(self.home.output_file(run.id, name)),
             result_path="",
             shell_output_path=str(self.home.shell_output_file(run.id, name, number)))
-        self._executor.start(request)
+        self._executor.start(request, defer_logs=True)  # the pump takes them at flush(), in step()
 
     def _cwd(self, plan: JobPlan, step_plan: StepPlan) -> str:
         folder = os.path.dirname(plan.file)

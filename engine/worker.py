@@ -151,7 +151,12 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
         sys.stderr.write(summary + "\n")
         return fail(summary, traceback.format_exc())
     output_path = request["output_path"]
-    with open(output_path + ".tmp", "wb") as handle:
+    try:
+        handle = open(output_path + ".tmp", "wb")
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(output_path), exist_ok=True)  # the run's first output
+        handle = open(output_path + ".tmp", "wb")
+    with handle:
         handle.write(data)
     os.replace(output_path + ".tmp", output_path)
     return 0, {"ok": True, "preview": preview(value), "has_output": value is not None}
@@ -220,7 +225,7 @@ def spare_main(steps: StepTable, spare_sock: socket.socket, sock: socket.socket,
     child_main(steps, json.loads(data), fds[0], fds[1], None, base_env)
 
 
-def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd: int,
+def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd: int | None,
                sock: socket.socket | None, base_env: dict[str, str]) -> None:
     """Runs in the forked attempt process; never returns. `sock`: the engine connection, still to close.
 
@@ -232,7 +237,8 @@ def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd
     try:
         if sock is not None:
             become_attempt_process(sock)
-        os.set_inheritable(result_fd, False)  # bash and the processes a step starts never see it
+        if result_fd is not None:
+            os.set_inheritable(result_fd, False)  # bash and the processes a step starts never see it
         # fd 0 is /dev/null and sys.stdin/stdout/stderr are set up already (prepare_stdio, in the worker).
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -245,7 +251,8 @@ def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd
             except StepFailed as error:
                 os.write(2, (error.summary + "\n").encode())
                 code, result = fail(error.summary, "")
-                send_result(result_fd, result)
+                if result_fd is not None:
+                    send_result(result_fd, result)
                 os._exit(code)
             os.execve("/bin/bash", ["bash", "-c", request["command"]], env)
         set_environment(request["env_set"], request["env_unset"])
@@ -259,7 +266,7 @@ def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd
             sys.stderr.flush()
         except BaseException:
             pass
-    if result is not None:
+    if result is not None and result_fd is not None:
         try:
             # Close the log pipe first: the engine finishes the step on the result and the log's end.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -302,6 +309,14 @@ def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str, base_env:
                 os.chdir(worker_cwd)
             except OSError:
                 pass
+
+
+def ensure_output_folder(request: dict[str, Any]) -> None:
+    """A shell step writes $STEPLINE_OUTPUT itself: its run's output folder must exist beforehand."""
+    try:
+        os.makedirs(os.path.dirname(request["output_path"]), exist_ok=True)
+    except OSError:
+        pass  # the step's own write to $STEPLINE_OUTPUT then fails and says why
 
 
 def set_environment(changes: dict[str, str], removed: list[str]) -> None:
@@ -439,19 +454,22 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 data, fds = b"", []
             request: dict[str, Any] = json.loads(data) if data else {"op": "stop"}
             if request["op"] == "start":
-                log_fd, result_fd = fds
-                os.set_inheritable(log_fd, False)  # an attempt gets it as fds 1 and 2 only
-                os.set_inheritable(result_fd, False)
+                if request["kind"] == "shell":
+                    ensure_output_folder(request)
+                log_fd = fds[0]
+                result_fd = fds[1] if len(fds) > 1 else None  # none for a shell step without inputs
+                for fd in fds:
+                    os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
                 pid = spawn_shell(request, log_fd, worker_cwd, base_env)
                 forked = pid is None
-                if pid is None:
+                if pid is None and result_fd is not None:
                     pid = hand_to_spare(data, log_fd, result_fd)
                 if pid is None:
                     pid = os.fork()
                     if pid == 0:
                         child_main(steps, request, log_fd, result_fd, sock, base_env)
-                os.close(log_fd)
-                os.close(result_fd)
+                for fd in fds:
+                    os.close(fd)
                 children[pid] = request["id"]
                 send(sock, {"op": "started", "id": request["id"], "pid": pid})
                 if forked and spare is None:

@@ -221,3 +221,34 @@ def test_a_log_that_cannot_be_written_ends_its_attempt_and_the_pump_goes_on(tmp_
         pump.stop()
     assert sorted(closed) == [1, 2]
     assert (tmp_path / "good.log").read_bytes().endswith(b"Z still logged\n")
+
+
+def test_a_log_that_cannot_be_created_ends_its_attempt_and_a_missing_folder_is_made(tmp_path):
+    import threading
+
+    from engine.logpump import LogPump
+
+    closed: list[int] = []
+    done = threading.Event()
+
+    def on_closed(key: int) -> None:
+        closed.append(key)
+        if len(closed) == 2:
+            done.set()
+
+    (tmp_path / "a-file").write_text("in the way")
+    pump = LogPump(on_closed)
+    try:
+        blocked_r, blocked_w = os.pipe()
+        pump.add(blocked_r, str(tmp_path / "a-file" / "step.1.log"), 1)  # its folder is a file
+        os.write(blocked_w, b"nowhere to go\n")
+        os.close(blocked_w)
+        new_r, new_w = os.pipe()
+        pump.add(new_r, str(tmp_path / "logs" / "7" / "step.1.log"), 2)  # a run's first log
+        os.write(new_w, b"first line\n")
+        os.close(new_w)
+        assert done.wait(30), closed
+    finally:
+        pump.stop()
+    assert sorted(closed) == [1, 2]
+    assert (tmp_path / "logs" / "7" / "step.1.log").read_bytes().endswith(b"Z first line\n")
