@@ -47,6 +47,15 @@ class Change:
     attempt: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Wake:
+    """Put on the event queue by wake(): the engine's thread stops waiting and looks at what is due."""
+    key: None = None
+
+
+_WAKE = _Wake()
+
+
 @dataclass(slots=True)
 class ActiveRun:
     id: int
@@ -104,7 +113,7 @@ class Engine:
         self._clock = clock
         self._listener = listener
         self._rng = rng or random.Random()
-        self._events: queue.SimpleQueue[ExecutorEvent] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[ExecutorEvent | _Wake] = queue.SimpleQueue()
         self._executor = Executor(self._events.put, clock, kill_grace_s)
         self._runs: dict[int, ActiveRun] = {}
         self._attempts: dict[int, RunningAttempt] = {}
@@ -284,6 +293,10 @@ class Engine:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
 
+    def wake(self) -> None:
+        """Make a waiting step() return now; callable from any thread (e.g. when a schedule fires)."""
+        self._events.put(_WAKE)
+
     def keep_code(self, sources: dict[str, str]) -> None:
         """Job file -> copy of its last good version: attempts of broken files run the copy."""
         self._executor.keep_code(sources)
@@ -377,7 +390,9 @@ class Engine:
 
     # --- executor events ------------------------------------------------------------------------------
 
-    def _handle(self, event: ExecutorEvent) -> None:
+    def _handle(self, event: ExecutorEvent | _Wake) -> None:
+        if isinstance(event, _Wake):
+            return
         attempt = self._attempts.get(event.key)
         if attempt is None:
             return

@@ -107,7 +107,7 @@ class EngineService:
         self._thread: threading.Thread | None = None
         self.engine: Engine | None = None
         self._due: queue.SimpleQueue[Due] = queue.SimpleQueue()
-        self.scheduler = Scheduler(self._due.put, clock)
+        self.scheduler = Scheduler(self._on_due, clock)
         self.identity = store.process_identity()
 
     # --- life cycle --------------------------------------------------------------------------------------
@@ -220,6 +220,12 @@ class EngineService:
             self.engine.step(timeout_s=0.1, consume_commands=False)
 
     # --- work ----------------------------------------------------------------------------------------------
+
+    def _on_due(self, due: Due) -> None:
+        """A schedule fired (scheduler's thread): hand it over and wake the engine, which may be waiting."""
+        self._due.put(due)
+        if self.engine is not None:
+            self.engine.wake()
 
     def recover(self) -> None:
         """Close runs left running by an engine that is gone (pid + start time, safe against pid reuse)."""
