@@ -9,7 +9,7 @@ import click
 from engine import query, store
 from engine.errors import NotApplicableError, SteplineError
 from engine.home import Home
-from engine.runner import Change
+from engine.states import Change
 
 ACK_TIMEOUT_S = 15.0
 

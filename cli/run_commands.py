@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,7 +15,10 @@ from engine import query, store
 from engine.errors import NotApplicableError, UnknownJobError, UsageError
 from engine.home import Home
 from engine.loader import load_jobs
-from engine.runner import Change, Engine
+from engine.states import Change
+
+if TYPE_CHECKING:
+    from engine.runner import Engine
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -156,6 +160,8 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
             return
         remote.follow(answer.run_id, Printer(render.use_color(), quiet=as_json), since)
         finish(home, answer.run_id, as_json)
+    from engine.runner import Engine  # only the commands that run steps pay for importing the engine
+
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
     caught = install_interrupt()
     try:
@@ -192,6 +198,8 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
         remote.follow(run_id, Printer(render.use_color(), quiet=as_json), since)
         finish(home, run_id, as_json)
     _close_if_abandoned(run_id)
+    from engine.runner import Engine  # only the commands that run steps pay for importing the engine
+
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
     caught = install_interrupt()
     try:

@@ -27,24 +27,13 @@ from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
 from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, LogClosed, Result, Started
 from engine.home import Home
 from engine.plan import JobPlan, StepPlan, plan_job
-from engine.states import AttemptState, FailureReason, RunState, StepState
+from engine.states import AttemptState, Change, FailureReason, RunState, StepState
 from engine.worker import preview as preview_of
 
 COMMAND_POLL_S = 0.1
 LEFTOVER_GRACE_S = 2.0
 """How long an exited step's leftover processes may keep its output open before they are killed."""
 DETAIL_LINES = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A state change, as announced to the engine's listener."""
-    run_id: int
-    step: str | None
-    state: str
-    message: str | None
-    at: float
-    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,3 +67,14 @@ class FailureReason:
     """One line for lists: "exit code 3", "timed out after 30s"."""
     detail: str = ""
     """Traceback or last log lines, shown in the details pane."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A state change, as the engine announces it to its listener (the CLI prints them)."""
+    run_id: int
+    step: str | None
+    state: str
+    message: str | None
+    at: float
+    attempt: int | None = None
