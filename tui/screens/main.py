@@ -29,10 +29,6 @@ from tui.widgets.log_tail import LogSource, LogTail
 from tui.widgets.run_tree import InfoNode, JobNode, MoreNode, NodeData, ProblemNode, RunNode, RunTree, StepNode
 from tui.widgets.status_header import StatusHeader
 
-AUTO_EXPAND_JOBS = 6
-"""Up to this many jobs are all expanded at start; beyond, only jobs whose last run failed or runs."""
-
-
 class MainScreen(commands.CommandActions, Screen[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     DEFAULT_CSS = """
@@ -56,9 +52,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
                       key=lambda b: list(FOOTER_LABELS).index(b.action) if b.action in FOOTER_LABELS else 99)  # type: ignore[union-attr]
 
     class Started(Message):
-        def __init__(self, catalog: data.Catalog, delta: data.Delta) -> None:
+        def __init__(self, start: data.Start) -> None:
             super().__init__()
-            self.catalog, self.delta = catalog, delta
+            self.start = start
 
     class Polled(Message):
         def __init__(self, delta: data.Delta, error: str | None = None) -> None:
@@ -101,7 +97,11 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.quitting = False
         """Set by `quit`: no more ticks, polls or footer refreshes while the app shuts down."""
         self._focus_run: int | None = None
+        self._preloaded: tuple[RunView, str | None, list[AttemptView]] | None = None
+        """The run, step and attempts the console opens on, read at start (used by the first selection)."""
         self.pending_commands: dict[int, str] = {}
+        self._applicable: tuple[bool, ...] = ()
+        """Which of MAIN_KEYS applied when the footer was last refreshed (see `refresh_keys`)."""
 
     def now(self) -> datetime:
         return fmt.utc_now(self.app.clock())  # type: ignore[attr-defined]
@@ -147,17 +147,18 @@ class MainScreen(commands.CommandActions, Screen[None]):
             return
         self._polling = True
         self._poll(self.last_event_id, self.app.clock(), self.run_tree.loaded_runs,  # type: ignore[attr-defined]
-                   list(self.pending_commands))
+                   list(self.pending_commands), dict(self.counts) if self.status is not None else None)
 
     @work(thread=True, exclusive=True, group="start")
     def _load_start(self, now: float) -> None:
-        catalog, delta = data.closing_connection(lambda: data.load_start(now))
-        self.post_message(self.Started(catalog, delta))
+        start = data.closing_connection(lambda: data.load_start(now))
+        self.post_message(self.Started(start))
 
     @work(thread=True, group="poll")
-    def _poll(self, last_id: int, now: float, loaded: list[int], pending: list[int]) -> None:
+    def _poll(self, last_id: int, now: float, loaded: list[int], pending: list[int],
+              counts: dict[str, int] | None) -> None:
         try:
-            delta = data.closing_connection(lambda: data.poll(last_id, now, loaded, pending))
+            delta = data.closing_connection(lambda: data.poll(last_id, now, loaded, pending, counts=counts))
         except Exception as error:  # a transient read error must not kill the console; say it and go on
             # post_message, never call_from_thread: a worker blocked on a loop that is shutting down
             # keeps the process from exiting.
@@ -167,26 +168,31 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.post_message(self.Polled(delta))
 
     def on_main_screen_started(self, message: Started) -> None:
-        catalog, delta = message.catalog, message.delta
+        start = message.start
+        catalog, delta = start.catalog, start.delta
         self.last_event_id = delta.last_event_id
         self._apply_status(delta)
         self.jobs = {j.name: j for j in catalog.jobs}
         self.run_tree.set_catalog(catalog.jobs, catalog.last_runs, catalog.problems)
-        failing = {name: run for name, run in catalog.last_runs.items() if run.state in ("failed", "running", "queued")}
-        for name, node in self.run_tree.jobs.items():
-            if len(self.run_tree.jobs) <= AUTO_EXPAND_JOBS or name in failing:
-                node.expand()
-        failed = [run for run in catalog.last_runs.values() if run.state == "failed"]
-        if failed:
-            self._focus_run = max(failed, key=lambda r: r.id).id
+        # The first pages came with the catalogue: expanding a job finds its runs there, not in a worker.
+        for name, (runs, more) in start.pages.items():
+            self.run_tree.add_first_page(name, runs, more)
+        focus = start.focus
+        if focus is not None and focus.id in self.run_tree.runs:
+            self.run_tree.set_steps(focus)
+            self._preloaded = (focus, start.focus_step, start.focus_attempts)
+            self.run_tree.select_run_step(focus.id, start.focus_step)
+        elif focus is not None:
+            self._focus_run = focus.id
         elif not catalog.jobs and not catalog.last_runs:
             self.details.show_empty(delta.status, self.app_mode)
         if catalog.problems:
             self.app.notify(f"{len(catalog.problems)} job file problem(s): the other jobs work; see the top of "
                             "the tree", severity="warning", timeout=8)
         first = next(iter(self.run_tree.root.children), None)
-        if first is not None and self._focus_run is None:
+        if first is not None and focus is None:
             self.run_tree.move_cursor(first)
+        self.call_after_refresh(self.app.start_up_done)  # type: ignore[attr-defined]
 
     def on_main_screen_polled(self, message: Polled) -> None:
         self._polling = False
@@ -195,6 +201,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         if message.error:
             self.app.notify(message.error, severity="error")
         delta = message.delta
+        if self._preloaded is not None and self._preloaded[0].id in delta.runs:
+            self._preloaded = None  # the run changed since start: the selection reads it afresh
         self.last_event_id = delta.last_event_id
         self._apply_status(delta)
         if delta.catalog is not None:
@@ -211,9 +219,18 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self._reload_selection()
         elif delta.catalog is not None and isinstance(self.selected, JobNode):
             self._show_selection()
-        # The footer rebuilds and restyles every key on refresh_bindings: only when the keys can have
-        # changed (a state change, a new catalogue, an answered command), never on an empty poll.
         if delta.runs or delta.views or delta.catalog is not None or delta.acked:
+            self.refresh_keys()
+
+    def refresh_keys(self) -> None:
+        """Refresh the footer when the set of keys that apply to the selection changed.
+
+        The footer removes and mounts every key on refresh_bindings, a layout pass that costs more
+        than a frame under a log flood; moving between nodes where the same keys apply costs nothing.
+        """
+        applicable = tuple(self.why_not(action) is None for _, action, _ in MAIN_KEYS)
+        if applicable != self._applicable:
+            self._applicable = applicable
             self.refresh_bindings()
 
     def _apply_status(self, delta: data.Delta) -> None:
@@ -267,9 +284,16 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.pinned_attempt = None
             self.selected_attempts = []
             self.selected_view = None
-        self._show_selection()
-        self._reload_selection()
-        self.refresh_bindings()
+        preloaded = self._preloaded
+        if (preloaded is not None and isinstance(message.data, StepNode)
+                and (message.data.run_id, message.data.step.name) == (preloaded[0].id, preloaded[1])):
+            self._preloaded = None
+            self._selection_token += 1  # a read still under way for an earlier selection is void
+            self._apply_selection(*preloaded)  # read at start a moment ago: no second read
+        else:
+            self._show_selection()
+            self._reload_selection()
+        self.refresh_keys()
 
     def _show_selection(self) -> None:
         """Show what is known now; the worker fills in fresh attempts and steps."""
@@ -336,25 +360,30 @@ class MainScreen(commands.CommandActions, Screen[None]):
     def on_main_screen_selection_loaded(self, message: SelectionLoaded) -> None:
         if message.token != self._selection_token:
             return
-        view, now = message.view, self.now()
+        self._apply_selection(message.view, message.step, message.attempts)
+
+    def _apply_selection(self, view: RunView, step_name: str | None, attempts: list[AttemptView]) -> None:
+        """Show fresh details, and the log of `step_name` (the selected step, or the run's step that matters)."""
+        now = self.now()
         self.selected_view = view
-        self.selected_attempts = message.attempts
+        self.selected_attempts = attempts
         self.run_tree.set_steps(view)
         self.run_tree.upsert_run(view.run)
         node = self.selected
         if isinstance(node, StepNode):
             step = next((s for s in view.steps if s.name == node.step.name), node.step)
-            self.details.show_step(view.run, step, message.attempts, view, now)
+            self.details.show_step(view.run, step, attempts, view, now)
         elif isinstance(node, RunNode):
             self.details.show_run(view.run, view, now)
-        if message.step is None:
+        if step_name is None:
             self.log_pane.show(None, "no step has run yet")
-        elif not message.attempts:
-            self.log_pane.show(None, f"step '{message.step}' has not started yet")
+        elif not attempts:
+            self.log_pane.show(None, f"step '{step_name}' has not started yet")
         else:
-            numbers = [a.number for a in message.attempts]
+            numbers = [a.number for a in attempts]
             number = self.pinned_attempt if self.pinned_attempt in numbers else numbers[-1]
-            self.log_pane.show(LogSource(view.id, message.step, tuple(message.attempts), number))  # type: ignore[arg-type]
+            self.log_pane.show(LogSource(view.id, step_name, tuple(attempts), number))
+        self.refresh_keys()  # the fresh view can change what applies (retry of a run)
 
     # --- focus, search, log ----------------------------------------------------------------------------------
 
@@ -398,7 +427,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
         if self.search_term and not self.run_tree.find(self.search_term):
             self.app.notify(f"'{self.search_term}' matches nothing loaded (collapsed jobs load their runs when "
                             "expanded)", severity="warning")
-        self.refresh_bindings()
+        self.refresh_keys()
 
     @on(Input.Blurred, "#tree-search")
     def _tree_search_blurred(self, event: Input.Blurred) -> None:

@@ -12,14 +12,19 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.highlighter import Highlighter
+from rich.style import Style
 from rich.text import Text
 from textual import work
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.geometry import Size
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import Input, Log, Static
 from textual.worker import get_current_worker
 
@@ -27,6 +32,8 @@ from engine.logread import read_from
 from engine.query import AttemptView
 
 MAX_LINES = 10_000
+STRIPS_KEPT = 512
+"""Rendered lines kept by their text: a few screenfuls (under a flood, older ones never show again)."""
 TAIL_BYTES = 2 << 20
 """How far back from the end the first read starts."""
 CATCH_UP_BYTES = 8 << 20
@@ -73,16 +80,77 @@ class LogHighlighter(Highlighter):
 
 
 class TailLog(Log):
-    """A Log that highlights with LogHighlighter and can forget its rendered lines."""
+    """A Log made cheap for a flood: lean appends, and each distinct line highlighted once.
+
+    Textual's Log measures every appended line in a worker thread and forgets a rendered line
+    as soon as it is drawn; at 10,000 lines/s both cost more than the lines are worth. Here an
+    append measures in place (plain ASCII lines by length) and refreshes only what is on screen,
+    and rendered lines are kept by their text until the search term or the styles change.
+    """
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(highlight=True, max_lines=MAX_LINES * 4, **kwargs)  # type: ignore[arg-type]
         self.highlighter = LogHighlighter()
+        self._strips: dict[str, Strip] = {}
+        """Rendered lines by their text (no offsets: those are applied per draw)."""
 
     def restyle(self) -> None:
-        # Log caches rendered lines; a new search term must re-render the visible ones.
+        # A new search term changes how lines render: draw the visible ones again.
+        self._strips.clear()
         self._render_line_cache.clear()
         self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+
+    def clear(self) -> TailLog:
+        self._strips.clear()
+        super().clear()
+        return self
+
+    def write_lines(self, lines: Iterable[str], scroll_end: bool | None = None) -> TailLog:
+        """Append lines that hold no line break (what `read_from` returns)."""
+        new = list(lines)
+        if not new:
+            return self
+        at_end = self.is_vertical_scroll_end
+        self._lines.extend(new)
+        if self.max_lines is not None and len(self._lines) > self.max_lines:
+            del self._lines[:len(self._lines) - self.max_lines]
+            # Line numbers moved: nothing cached by number is valid any more.
+            self._render_line_cache.clear()
+        self._width = max(self._width, _widest(new))
+        self.virtual_size = Size(self._width, len(self._lines))
+        follow = self.auto_scroll if scroll_end is None else scroll_end
+        if follow and at_end and not self.is_vertical_scrollbar_grabbed:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.refresh()
+        return self
+
+    def _render_line_strip(self, y: int, rich_style: Style) -> Strip:
+        if self.text_selection is not None:
+            return super()._render_line_strip(y, rich_style)
+        line = self._lines[y]
+        strip = self._strips.get(line)
+        if strip is None:
+            if len(self._strips) >= STRIPS_KEPT:
+                self._strips.clear()
+            strip = self._strips[line] = super()._render_line_strip(y, rich_style)
+        return strip
+
+
+def _widest(lines: list[str]) -> int:
+    """Cells the widest line takes, as Log measures it (control codes replaced, tabs expanded)."""
+    widest = 0
+    for line in lines:
+        if line.isascii() and line.isprintable():
+            width = len(line)  # the common case: one cell per character
+        else:
+            width = cell_len(Log._process_line(line))
+        if width > widest:
+            widest = width
+    return widest
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +216,7 @@ class LogTail(Vertical):
         self._matches: list[int] = []
         self._match = -1
         self._note = ""
+        self._status = ""
 
     def compose(self):  # type: ignore[no-untyped-def]
         yield Static("", id="log-status")
@@ -285,11 +354,13 @@ class LogTail(Vertical):
     def _update_title(self) -> None:
         source = self.source
         if source is None:
-            self.border_title = "log"
+            title = "log"
         else:
             attempt = source.attempt
             state = attempt.state if attempt else "—"
-            self.border_title = f"log · {source.step} · attempt {source.number}/{len(source.attempts)} · {state}"
+            title = f"log · {source.step} · attempt {source.number}/{len(source.attempts)} · {state}"
+        if title != self.border_title:  # setting a title repaints the pane, even the same title
+            self.border_title = title
         flags = ["follow" if self.follow else "follow off (F)"]
         if self.wrap:
             flags.append("wrap")
@@ -301,7 +372,10 @@ class LogTail(Vertical):
         status = " · ".join(flags)
         if self._note:
             status = f"{self._note} · {status}"
-        self.query_one("#log-status", Static).update(status)
+        if status != self._status:
+            # One line of fixed height: no layout needed (a layout pass costs a frame under a flood).
+            self._status = status
+            self.query_one("#log-status", Static).update(status, layout=False)
 
     # --- actions -------------------------------------------------------------------------------------------------
 

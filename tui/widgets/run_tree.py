@@ -210,6 +210,17 @@ class RunTree(Tree[NodeData]):
             node.add_leaf(Text(empty, style="italic bright_black"), InfoNode(empty))
         node.allow_expand = bool(node.children)  # no ▼ over nothing
 
+    def add_first_page(self, job: str, runs: list[RunSummary], has_more: bool) -> None:
+        """Open a job on its first page of runs, read along with the catalogue (no RunsWanted)."""
+        node = self.jobs.get(job)
+        if node is None:
+            return
+        data = node.data
+        assert isinstance(data, JobNode)
+        data.runs_requested = True
+        self.add_runs(job, runs, has_more)
+        node.expand()
+
     def upsert_run(self, run: RunSummary) -> None:
         """A run changed or appeared: relabel it, or add it on top of its job if the job's runs are shown."""
         job_node = self.jobs.get(run.job)
@@ -264,6 +275,7 @@ class RunTree(Tree[NodeData]):
         assert isinstance(data, RunNode)
         data.view = view
         data.summary = view.run
+        data.steps_requested = True  # expanding it later shows these; polls keep them fresh
         node.set_label(fmt.run_label(view.run, self.now))
         for step in view.steps:
             key = (view.id, step.name)
