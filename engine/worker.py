@@ -25,6 +25,8 @@ import sys
 import traceback
 from typing import Any
 
+from engine.context import StepContext  # imported here, once: an attempt that imported it would pay each time
+
 MAX_MESSAGE = 1 << 20
 MAX_ENV_INPUT = 128 * 1024
 PREVIEW_CHARS = 300
@@ -115,8 +117,6 @@ Result = tuple[int, dict[str, Any]]
 
 def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
     """Body of a forked Python attempt; returns the exit code and the result for the engine."""
-    from engine.context import StepContext
-
     try:
         step_def = steps.find(request["job"], request["step"])
         kwargs: dict[str, Any] = {}
