@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from engine.logpump import LogPump
-from engine.worker import MAX_MESSAGE, env_key
+from engine.worker import env_key, message_size
 
 KILL_GRACE_S = 5.0
 
@@ -225,7 +225,7 @@ class Worker:
     def _read(self) -> None:
         while True:
             try:
-                data = self._sock.recv(MAX_MESSAGE)
+                data = self._sock.recv(max(message_size(self._sock), 1))
             except OSError:
                 data = b""
             if not data:
