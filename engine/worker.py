@@ -4,9 +4,11 @@ The executor starts one worker per job file (`python -m engine.worker FD FILE`)
 and talks to it over a SOCK_SEQPACKET socket: JSON messages, with the attempt's
 log pipe passed as a file descriptor. Forking a process that has already paid
 the interpreter start-up and the job module's imports makes a Python attempt
-cost about a fork. Shell attempts fork too and exec bash, so every attempt is a
-child of this process and its exit status comes with CPU time and peak RSS
-(wait4). The worker is single-threaded, which keeps fork safe.
+cost about a fork, and the fork is made ahead of need: a spare process waits,
+set up, for the next Python attempt. Shell attempts start bash with posix_spawn
+(or fork and exec it when they read upstream outputs). Every attempt is a child
+of this process, so its exit status comes with CPU time and peak RSS (wait4).
+The worker is single-threaded, which keeps fork safe.
 
 If the engine goes away (the socket closes) the worker terminates every attempt
 it started, so no step outlives its supervisor unseen.
