@@ -193,7 +193,8 @@ def test_decoded_lines_replace_invalid_bytes_and_control_characters(tmp_path):
     assert logread.tail_lines(path, 2) == ["ok\tcafé", "bad \ufffd\ufffd end"]
 
 
-def test_a_log_that_cannot_be_written_ends_its_attempt_and_the_pump_goes_on(tmp_path):
+def pump_two_attempts(first_log: str, first: bytes, second_log: str, second: bytes) -> list[int]:
+    """Pump one output into each log through a real LogPump; the attempt keys it reported closed."""
     import threading
 
     from engine.logpump import LogPump
@@ -208,47 +209,28 @@ def test_a_log_that_cannot_be_written_ends_its_attempt_and_the_pump_goes_on(tmp_
 
     pump = LogPump(on_closed)
     try:
-        full_r, full_w = os.pipe()
-        pump.add(full_r, "/dev/full", 1)  # every write fails with ENOSPC, as on a full disk
-        os.write(full_w, b"first line\nsecond line\n")
-        os.close(full_w)
-        good_r, good_w = os.pipe()
-        pump.add(good_r, str(tmp_path / "good.log"), 2)
-        os.write(good_w, b"still logged\n")
-        os.close(good_w)
+        for key, (log, data) in enumerate(((first_log, first), (second_log, second)), start=1):
+            read_end, write_end = os.pipe()
+            pump.add(read_end, log, key)
+            os.write(write_end, data)
+            os.close(write_end)
         assert done.wait(30), closed
     finally:
         pump.stop()
-    assert sorted(closed) == [1, 2]
+    return sorted(closed)
+
+
+def test_a_log_that_cannot_be_written_ends_its_attempt_and_the_pump_goes_on(tmp_path):
+    # /dev/full fails every write with ENOSPC, as a full disk does.
+    closed = pump_two_attempts("/dev/full", b"first line\nsecond line\n", str(tmp_path / "good.log"),
+                               b"still logged\n")
+    assert closed == [1, 2]
     assert (tmp_path / "good.log").read_bytes().endswith(b"Z still logged\n")
 
 
 def test_a_log_that_cannot_be_created_ends_its_attempt_and_a_missing_folder_is_made(tmp_path):
-    import threading
-
-    from engine.logpump import LogPump
-
-    closed: list[int] = []
-    done = threading.Event()
-
-    def on_closed(key: int) -> None:
-        closed.append(key)
-        if len(closed) == 2:
-            done.set()
-
     (tmp_path / "a-file").write_text("in the way")
-    pump = LogPump(on_closed)
-    try:
-        blocked_r, blocked_w = os.pipe()
-        pump.add(blocked_r, str(tmp_path / "a-file" / "step.1.log"), 1)  # its folder is a file
-        os.write(blocked_w, b"nowhere to go\n")
-        os.close(blocked_w)
-        new_r, new_w = os.pipe()
-        pump.add(new_r, str(tmp_path / "logs" / "7" / "step.1.log"), 2)  # a run's first log
-        os.write(new_w, b"first line\n")
-        os.close(new_w)
-        assert done.wait(30), closed
-    finally:
-        pump.stop()
-    assert sorted(closed) == [1, 2]
+    closed = pump_two_attempts(str(tmp_path / "a-file" / "step.1.log"), b"nowhere to go\n",  # a file as folder
+                               str(tmp_path / "logs" / "7" / "step.1.log"), b"first line\n")  # a run's first log
+    assert closed == [1, 2]
     assert (tmp_path / "logs" / "7" / "step.1.log").read_bytes().endswith(b"Z first line\n")
