@@ -304,17 +304,23 @@ def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str, base_env:
     milliseconds per attempt on a small VM; posix_spawn does neither. The attempt is set up as
     child_main would: own session, stdin /dev/null (fd 0 of the worker), stdout and stderr the log
     pipe, default signal dispositions, its environment and working directory. Returns None, leaving
-    the attempt to the fork path, when the step takes upstream outputs (reading them runs in the
-    attempt's process, never in the worker) or when anything fails (the fork path then reports the
-    error in the attempt's log, as it always has).
+    the attempt to the fork path, when an upstream output is more than plain data (only the
+    attempt's own process may unpickle objects of the job's classes) or when anything fails (the
+    fork path then reports the error in the attempt's log, as it always has).
     """
-    if request["kind"] != "shell" or request["inputs"]:
+    if request["kind"] != "shell":
+        return None
+    env = attempt_environment(request, base_env)
+    try:
+        for name, path in request["inputs"].items():
+            env[f"STEPLINE_IN_{env_key(name)}"] = plain_input_text(path)
+    except Exception:  # not plain data, too large, unreadable: the fork path decides and says why
         return None
     cwd = request.get("cwd")
     try:
         if cwd:
             os.chdir(cwd)  # posix_spawn has no chdir: the (single-threaded) worker moves there and back
-        return os.posix_spawn("/bin/bash", ["bash", "-c", request["command"]], attempt_environment(request, base_env),
+        return os.posix_spawn("/bin/bash", ["bash", "-c", request["command"]], env,
                               file_actions=[(os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)],
                               setsid=True, setsigdef=CHILD_DEFAULT_SIGNALS)
     except (OSError, ValueError, TypeError):
@@ -325,6 +331,29 @@ def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str, base_env:
                 os.chdir(worker_cwd)
             except OSError:
                 pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only (str, bytes, numbers, None, lists, dicts, ...): it refuses every class
+    and function a pickle names, so loading cannot run code. Safe in the worker itself."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def plain_input_text(path: str) -> str:
+    """An upstream output as a shell step sees it ($STEPLINE_IN_<STEP>), if it is plain data."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return as_env_text(None)
+    with handle:
+        if os.fstat(handle.fileno()).st_size > 2 * MAX_ENV_INPUT:
+            raise ValueError("too large for the environment")  # the fork path says so in the step's log
+        text = as_env_text(_PlainUnpickler(handle).load())
+    if len(text) > MAX_ENV_INPUT:
+        raise ValueError("too large for the environment")
+    return text
 
 
 _made_folders: set[str] = set()

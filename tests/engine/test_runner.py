@@ -164,6 +164,42 @@ def test_shell_steps_get_upstream_outputs_and_write_their_own(home, write_job):
     assert run.step("shout").output_preview == "'HELLO ADA [1, 2]'"
 
 
+def test_shell_steps_see_every_kind_of_upstream_output_as_text(home, write_job):
+    # Plain data is read by the worker itself; an object of the job's own classes only in the
+    # attempt's process. Both must reach the shell step the same way.
+    write_job("j.py", """
+        from dataclasses import dataclass
+
+        @dataclass
+        class Point:
+            x: int
+
+        @step
+        def point():
+            return Point(3)
+
+        @step
+        def table():
+            return {"rows": 2, "ok": True}
+
+        @step
+        def nothing():
+            return None
+
+        first = shell("first", 'printf "%s" "line one" > "$STEPLINE_OUTPUT"')
+        show = shell("show", 'echo "$STEPLINE_IN_POINT|$STEPLINE_IN_TABLE|$STEPLINE_IN_NOTHING|$STEPLINE_IN_FIRST"'
+                             ' > "$STEPLINE_OUTPUT"', after=["point", "table", "nothing", "first"])
+        plain = shell("plain", 'echo "$STEPLINE_IN_FIRST!" > "$STEPLINE_OUTPUT"', after=["first"])
+
+        j = job("j", [point, table, nothing, first, show, plain])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded", run.reason
+    # Other values than text arrive as JSON; an object JSON cannot encode, as the JSON string of its str().
+    assert run.step("show").output_preview == """'"Point(x=3)"|{"rows": 2, "ok": true}|null|line one'"""
+    assert run.step("plain").output_preview == "'line one!'"
+
+
 def test_a_shell_step_that_writes_no_output_passes_none_downstream(home, write_job):
     write_job("j.py", """
         quiet = shell("quiet", "true")
