@@ -278,6 +278,11 @@ class Engine:
                 except queue.Empty:
                     event = None
             self._run_timers()
+            # Start what these events released before committing them: the next step of a chain does
+            # not wait for the commit, and its first state change joins the same transaction.
+            self._start_queued()
+            self._fill_slots()
+        self._executor.flush()
         if consume_commands and self._runs and self._clock() >= self._next_command_poll:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
