@@ -155,6 +155,9 @@ def test_after_kill_9_the_next_engine_closes_the_run_and_retries_as_policy_allow
     wait_until(lambda: query.get_run(run_id).step("slow").state == "running"
                and query.attempts(run_id, "slow")[0].pid)
     step_pid = query.attempts(run_id, "slow")[0].pid
+    log_path = query.attempts(run_id, "slow")[0].log_path
+    # What reached the log before the kill must survive it (a line still in the pipe dies with the engine).
+    wait_until(lambda: os.path.exists(log_path) and "attempt 1" in open(log_path).read())
     daemon.send_signal(signal.SIGKILL)
     daemon.wait(timeout=10)
     # The worker notices its engine is gone and ends the attempt's process group.
