@@ -9,12 +9,10 @@ from typing import Any
 import click
 
 from cli import render
-from cli.main import Settings, group
+from cli.main import Settings, group, pass_settings
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
 from engine.loader import LoadResult, load_jobs
-
-pass_settings = click.make_pass_decorator(Settings)
 
 
 def load_or_report(settings: Settings) -> LoadResult:

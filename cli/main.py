@@ -5,6 +5,7 @@ else is a bug: its traceback goes to the home's engine.log and one line says whe
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -17,6 +18,15 @@ from engine.errors import SteplineError, UsageError
 from engine.home import Home, prepare_home, resolve_home
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+COMMAND_MODULES = {
+    "check": "inspect_commands", "jobs": "inspect_commands", "runs": "inspect_commands",
+    "show": "inspect_commands", "logs": "inspect_commands",
+    "run": "run_commands", "retry": "run_commands", "cancel": "run_commands", "pause": "run_commands",
+    "resume": "run_commands",
+    "up": "service_commands", "daemon": "service_commands", "tui": "service_commands",
+}
+"""The module that registers each command: only the one invoked is imported (`stepline tui` starts
+without the loader, the runner's helpers and the CLI's renderers)."""
 
 
 @dataclass
@@ -37,7 +47,24 @@ class Settings:
         return home
 
 
+pass_settings = click.make_pass_decorator(Settings)
+
+
 class SteplineGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(COMMAND_MODULES.values())):  # help lists every command
+            importlib.import_module(f"cli.{module}")
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = COMMAND_MODULES.get(cmd_name)
+            if module is not None:
+                importlib.import_module(f"cli.{module}")
+            else:  # not a known name: look among all of them, as before
+                self.list_commands(ctx)
+        return super().get_command(ctx, cmd_name)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -93,6 +120,4 @@ def group(ctx: click.Context, home_path: str | None, jobs_path: str | None) -> N
 
 
 def main() -> None:
-    from cli import inspect_commands, run_commands, service_commands  # noqa: F401  (registers commands)
-
     group(prog_name="stepline")

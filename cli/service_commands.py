@@ -9,8 +9,7 @@ import threading
 
 import click
 
-from cli.inspect_commands import pass_settings
-from cli.main import Settings, group
+from cli.main import Settings, group, pass_settings
 from engine.home import Home
 
 

@@ -20,6 +20,11 @@ from engine.home import Home
 from tui.keys import MAIN_KEYS
 from tui.screens.main import MainScreen
 
+FIRST_PAINT_WAIT_S = 1.0
+"""The longest the console waits for its first read before it paints anyway."""
+FULL_COLLECTION_EVERY = 100
+"""Middle-generation collections per full one while the console runs (Python's default is 10)."""
+
 
 class SteplineApp(App[None]):
     TITLE = "stepline"
@@ -37,9 +42,34 @@ class SteplineApp(App[None]):
         """How long `stepline up` lets running steps finish on quit (quoted by the quit question)."""
         self.main_screen = MainScreen(mode)
         self._frozen = False
+        self._thresholds: tuple[int, int, int] = gc.get_threshold()
+        self._collecting_paused = False
+        self._holding_paint = False
+
+    def on_load(self) -> None:
+        # Before the terminal is set up and the screen built: the read overlaps with both.
+        self.main_screen.load_start()
+        # Paint the first screen once, when its data is there: frames of an empty tree before it cost
+        # the read its share of the interpreter, and the whole start-up ~150 ms. At most FIRST_PAINT_WAIT_S.
+        self._begin_batch()
+        self._holding_paint = True
+        self.set_timer(FIRST_PAINT_WAIT_S, self.first_screen_ready)
+        # Start-up makes its long-lived objects in a burst, and collections during it walk them again
+        # and again (one full collection alone took 50-90 ms on the way to the first screen). None
+        # until they are built and frozen (see `start_up_done`).
+        if gc.isenabled():
+            gc.disable()
+            self._collecting_paused = True
 
     def on_mount(self) -> None:
         self.push_screen(self.main_screen)
+
+    def first_screen_ready(self) -> None:
+        """The first screen has its data (or waited long enough): paint from now on."""
+        if self._holding_paint:
+            self._holding_paint = False
+            self._end_batch()
+            self.screen.refresh()
 
     def start_up_done(self) -> None:
         """The first screen is built: keep the garbage collector off the objects made so far.
@@ -51,11 +81,26 @@ class SteplineApp(App[None]):
         if not self._frozen:
             self._frozen = True
             gc.freeze()
+            # Under a log flood a full collection still came every ~10 s (20-50 ms each, one key in a
+            # hundred waited for it): one full for 100 rather than 10 middle-generation collections.
+            # What it leaves for later is bounded (the log keeps MAX_LINES, the caches have sizes):
+            # bench.console's RSS stays flat over its 3-minute flood.
+            self._thresholds = gc.get_threshold()
+            young, middle, old = self._thresholds
+            gc.set_threshold(young, middle, max(old, FULL_COLLECTION_EVERY))
+        self._resume_collecting()
+
+    def _resume_collecting(self) -> None:
+        if self._collecting_paused:
+            self._collecting_paused = False
+            gc.enable()
 
     def on_unmount(self) -> None:
+        self._resume_collecting()
         if self._frozen:
             self._frozen = False
             gc.unfreeze()
+            gc.set_threshold(*self._thresholds)
 
     def action_explain(self, action: str) -> None:
         if self.screen is self.main_screen:

@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 from textual.worker import get_current_worker
 
 from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, RunView
@@ -25,6 +25,7 @@ from tui import format as fmt
 from tui.keys import FOOTER_LABELS, MAIN_KEYS
 from tui.screens import commands
 from tui.widgets.details import DetailsPane
+from tui.widgets.footer import KeyFooter
 from tui.widgets.log_tail import LogSource, LogTail
 from tui.widgets.run_tree import InfoNode, JobNode, MoreNode, NodeData, ProblemNode, RunNode, RunTree, StepNode
 from tui.widgets.status_header import StatusHeader
@@ -39,9 +40,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
     MainScreen #right { width: 1fr; }
     MainScreen DetailsPane { height: 45%; }
     MainScreen LogTail { height: 1fr; }
-    MainScreen.-narrow.-log-focus DetailsPane { display: none; }
-    MainScreen.-narrow.-details-focus LogTail { display: none; }
-    MainScreen.-narrow.-details-focus DetailsPane { height: 1fr; }
+    MainScreen.-narrow #right.-log-focus DetailsPane { display: none; }
+    MainScreen.-narrow #right.-details-focus LogTail { display: none; }
+    MainScreen.-narrow #right.-details-focus DetailsPane { height: 1fr; }
     MainScreen #tree-search { dock: bottom; display: none; }
     MainScreen #tree-search.-open { display: block; }
     """
@@ -82,6 +83,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.run_tree = RunTree(id="tree")
         self.details = DetailsPane(id="details")
         self.log_pane = LogTail(id="log-pane")
+        self.right = Vertical(id="right")
+        """Details over log; its classes say which of them has focus (see `on_descendant_focus`)."""
         self.header = StatusHeader(self.app_mode, id="header")
         self.last_event_id: int | None = None
         self.status: EngineStatus | None = None
@@ -94,6 +97,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.search_term: str | None = None
         self._selection_token = 0
         self._polling = False
+        self._start_requested = False
         self.quitting = False
         """Set by `quit`: no more ticks, polls or footer refreshes while the app shuts down."""
         self._focus_run: int | None = None
@@ -110,17 +114,17 @@ class MainScreen(commands.CommandActions, Screen[None]):
         yield self.header
         with Horizontal(id="body"):
             yield self.run_tree
-            with Vertical(id="right"):
+            with self.right:
                 yield self.details
                 yield self.log_pane
         yield Input(placeholder="search loaded jobs, runs and steps · enter finds · escape closes", id="tree-search")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.run_tree.focus()
         self.run_tree.now = self.now()
         self.header.set_state(now=self.now())
-        self._load_start(self.app.clock())  # type: ignore[attr-defined]
+        self.load_start()
         self.ticker = self.set_interval(self.app.poll_interval_s, self.tick)  # type: ignore[attr-defined]
 
     def quit(self) -> None:
@@ -148,6 +152,12 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self._polling = True
         self._poll(self.last_event_id, self.app.clock(), self.run_tree.loaded_runs,  # type: ignore[attr-defined]
                    list(self.pending_commands), dict(self.counts) if self.status is not None else None)
+
+    def load_start(self) -> None:
+        """Read what the first screen shows (once); the app asks before the screen is even mounted."""
+        if not self._start_requested:
+            self._start_requested = True
+            self._load_start(self.app.clock())  # type: ignore[attr-defined]
 
     @work(thread=True, exclusive=True, group="start")
     def _load_start(self, now: float) -> None:
@@ -182,6 +192,13 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.run_tree.set_steps(focus)
             self._preloaded = (focus, start.focus_step, start.focus_attempts)
             self.run_tree.select_run_step(focus.id, start.focus_step)
+            node = self.run_tree.steps.get((focus.id, start.focus_step)) if start.focus_step else None
+            if node is not None:
+                # Shown now, so the first full screen is this frame's: the tree's cursor gets there a
+                # frame or two later (after the tree lays out its new lines), and finds it shown.
+                self.selected = node.data
+                self._selection_token += 1
+                self._apply_selection(*self._preloaded)
         elif focus is not None:
             self._focus_run = focus.id
         elif not catalog.jobs and not catalog.last_runs:
@@ -192,6 +209,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
         first = next(iter(self.run_tree.root.children), None)
         if first is not None and focus is None:
             self.run_tree.move_cursor(first)
+        self.app.first_screen_ready()  # type: ignore[attr-defined]
         self.call_after_refresh(self.app.start_up_done)  # type: ignore[attr-defined]
 
     def on_main_screen_polled(self, message: Polled) -> None:
@@ -278,6 +296,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
 
     @on(RunTree.SelectionChanged)
     def _selection_changed(self, message: RunTree.SelectionChanged) -> None:
+        if message.data is None and self.selected is not None:
+            # The empty tree's first highlight, arriving after the first screen chose (and showed) its
+            # step: keep that step selected, so a key pressed now acts on what the details show.
+            return
         previous = self.selected
         self.selected = message.data
         if not _same_target(previous, message.data):
@@ -288,8 +310,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
         if (preloaded is not None and isinstance(message.data, StepNode)
                 and (message.data.run_id, message.data.step.name) == (preloaded[0].id, preloaded[1])):
             self._preloaded = None
-            self._selection_token += 1  # a read still under way for an earlier selection is void
-            self._apply_selection(*preloaded)  # read at start a moment ago: no second read
+            if not _same_target(previous, message.data):  # else shown at start already
+                self._selection_token += 1  # a read still under way for an earlier selection is void
+                self._apply_selection(*preloaded)  # read at start a moment ago: no second read
         else:
             self._show_selection()
             self._reload_selection()
@@ -388,8 +411,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
     # --- focus, search, log ----------------------------------------------------------------------------------
 
     def on_descendant_focus(self) -> None:
-        self.set_class(self.log_pane.has_focus_within, "-log-focus")
-        self.set_class(self.details.has_focus, "-details-focus")
+        # On the right column, not the screen: a class change restyles the node's whole subtree at
+        # once, and the screen's holds the tree and every footer key (a long frame under a flood).
+        self.right.set_class(self.log_pane.has_focus_within, "-log-focus")
+        self.right.set_class(self.details.has_focus, "-details-focus")
 
     def action_focus_log(self) -> None:
         self.log_pane.log_widget.focus()

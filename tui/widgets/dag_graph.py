@@ -17,10 +17,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ScrollableContainer
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.plan import JobPlan
 from engine.query import RunView, StepView
+from tui.widgets.footer import KeyFooter
 
 STEP_GLYPHS = {
     "succeeded": "✓", "failed": "✗", "running": "●", "waiting": "◷", "retrying": "↻",
@@ -360,7 +361,7 @@ class GraphScreen(Screen[None]):
         yield Static(run_title(self.run), id="graph-title", markup=False)
         yield DagGraph(self.run)
         yield Legend(LEGEND, id="graph-legend")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(DagGraph).focus()

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.segment import Segment
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -20,13 +23,91 @@ from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, RunV
 from tui import format as fmt
 
 
-def _fields(rows: list[tuple[str, RenderableType | str]]) -> Table:
-    table = Table.grid(padding=(0, 1))
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+def _fields(rows: list[tuple[str, Text | str]]) -> FieldGrid:
+    return FieldGrid(rows)
+
+
+_NULL = Style.null()
+_BOLD = Style(bold=True)
+
+
+class FieldGrid:
+    """Name and value rows, drawn exactly as `Table.grid(padding=(0, 1))` with a bold name column that
+    never wraps and a value column that folds draws them, at a fraction of the cost.
+
+    The pane is redrawn on every move in the tree, and Textual renders it twice (its height, then
+    its lines): the table measured every cell and wrapped each in padding first, 10 ms a render for
+    a step. Here widths come from the plain text; cells render with the same Rich calls the table
+    makes, so the output is the same segment for segment (tests/tui/test_details.py holds it to
+    that). A case the shortcut does not cover (names as wide as the pane) is drawn by the table.
+    """
+
+    def __init__(self, rows: list[tuple[str, Text | str]]) -> None:
+        self.rows = rows
+
+    def table(self) -> Table:
+        table = Table.grid(padding=(0, 1))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for name, value in self.rows:
+            table.add_row(name, value)
+        return table
+
+    def cells(self) -> tuple[str, ...]:
+        """The plain text of every cell, column by column (as a table lists them)."""
+        return (tuple(name for name, _ in self.rows)
+                + tuple(value.plain if isinstance(value, Text) else value for _, value in self.rows))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        max_width = options.max_width
+        rows = [(_as_text(console, options, name), _as_text(console, options, value)) for name, value in self.rows]
+        if not rows or max_width < 3 or any("\t" in n.plain or "\t" in v.plain for n, v in rows):
+            yield from self.table().__rich_console__(console, options)
+            return
+        # Column widths as the table finds them: the widest line (+1 for the name's padding, at least 1).
+        name_width = max(_widest(name) + 1 for name, _ in rows)
+        value_width = max(_widest(value) for _, value in rows) or 1
+        if name_width >= max_width:
+            yield from self.table().__rich_console__(console, options)
+            return
+        value_width = min(value_width, max_width - name_width)  # the table shrinks the wrapping column
+        render_options = options.update(width=name_width + value_width, highlight=False, height=None)
+        name_options = render_options.update(width=name_width, justify="left", no_wrap=True, overflow="ellipsis",
+                                             height=None, highlight=False)
+        value_options = render_options.update(width=value_width, justify="left", no_wrap=False, overflow="fold",
+                                              height=None, highlight=False)
+        new_line = Segment.line()
+        for name, value in rows:
+            left = _cell_lines(console, name, name_options, 1, _BOLD)
+            right = _cell_lines(console, value, value_options, 0, _NULL)
+            height = max(len(left), len(right))
+            left += [[Segment(" " * name_width, _BOLD)]] * (height - len(left))
+            right += [[Segment(" " * value_width, _NULL)]] * (height - len(right))
+            for left_line, right_line in zip(left, right):
+                yield from left_line
+                yield from right_line
+                yield new_line
+
+
+def _as_text(console: Console, options: ConsoleOptions, value: Text | str) -> Text:
+    # A str cell goes through the console as the table's would (markup and emoji codes included).
+    return console.render_str(value, markup=options.markup, highlight=False) if isinstance(value, str) else value
+
+
+def _widest(text: Text) -> int:
+    lines = text.plain.splitlines()
+    return max(map(cell_len, lines)) if lines else 0
+
+
+def _cell_lines(console: Console, text: Text, options: ConsoleOptions, pad_right: int,
+                style: Style) -> list[list[Segment]]:
+    """A cell's lines as the table draws them: its padding, then the column's style under each segment."""
+    width = options.max_width
+    lines = console.render_lines(text, options.update_width(width - pad_right), style=_NULL, pad=True)
+    padding = [Segment(" " * pad_right, _NULL)] if pad_right else []
+    if not style:
+        return [line + padding for line in lines]
+    return [list(Segment.apply_style(line + padding, style)) for line in lines]
 
 
 class DetailsPane(VerticalScroll):
@@ -102,7 +183,7 @@ class DetailsPane(VerticalScroll):
                                            "(its file was removed or failed to load)."))
             return
         schedule = job.schedule or (f"every {job.every}" if job.every else "none (runs only when triggered)")
-        rows: list[tuple[str, RenderableType | str]] = [
+        rows: list[tuple[str, Text | str]] = [
             ("file", job.file), ("schedule", schedule + (f"  ({job.timezone})" if job.timezone else ""))]
         if job.schedule or job.every:
             rows.append(("paused", Text("yes (p resumes)", style="bold magenta") if job.paused else "no"))
@@ -133,7 +214,7 @@ class DetailsPane(VerticalScroll):
         if run.reason:
             state.append(f" — {run.reason}")
         live = run.state == "running"
-        rows: list[tuple[str, RenderableType | str]] = [
+        rows: list[tuple[str, Text | str]] = [
             ("state", state), ("trigger", run.trigger),
             ("params", ", ".join(f"{k}={v}" for k, v in run.params.items()) or "none")]
         if run.scheduled_for is not None:
@@ -167,7 +248,7 @@ class DetailsPane(VerticalScroll):
         if reason != step.state:
             state.append(f" — {reason}")
         live = step.state == "running"
-        rows: list[tuple[str, RenderableType | str]] = [
+        rows: list[tuple[str, Text | str]] = [
             ("state", state), ("run", f"#{run.id} of {run.job} ({run.state}, {run.trigger})"),
             ("kind", step.kind),
             ("started", fmt.stamp_text(step.started_at)), ("ended", fmt.stamp_text(step.ended_at)),
@@ -204,9 +285,8 @@ def _lines(parts: tuple[RenderableType, ...]) -> tuple[tuple[str, ...], ...] | N
     for part in parts:
         if isinstance(part, Text):
             shown.append((part.plain,))
-        elif isinstance(part, Table):
-            shown.append(tuple(cell.plain if isinstance(cell, Text) else str(cell)
-                               for column in part.columns for cell in column.cells))
+        elif isinstance(part, FieldGrid):
+            shown.append(part.cells())
         else:
             return None
     return tuple(shown)

@@ -19,11 +19,12 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.humanize import duration
 from engine.query import AttemptView, RunView, StepView
 from tui.widgets.dag_graph import STEP_COLORS, STEP_GLYPHS, Legend, drawn_state, run_title, shorten
+from tui.widgets.footer import KeyFooter
 
 FILLS = {"succeeded": "█", "failed": "▓", "running": "▒", "cancelled": "╳", "waiting": "░"}
 """Fill character of an attempt segment by attempt state; "waiting" fills the gaps."""
@@ -281,7 +282,7 @@ class TimelineScreen(Screen[None]):
         yield Static(self._title(), id="timeline-title", classes="timeline-line")
         yield Timeline(self.run, self.attempts, self.now)
         yield Legend(TIMELINE_LEGEND, id="timeline-legend")
-        yield Footer()
+        yield KeyFooter()
 
     def _title(self) -> Text:
         title = Text(run_title(self.run), style="bold")
