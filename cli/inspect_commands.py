@@ -13,6 +13,7 @@ from cli.main import Settings, group, pass_settings
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
 from engine.loader import LoadResult, load_jobs
+from engine.states import GLYPHS, drawn_state
 
 
 def load_or_report(settings: Settings) -> LoadResult:
@@ -180,7 +181,8 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         note = step.reason.summary if step.reason else (
             f"waiting for {step.waiting_for}" if step.state == "waiting" and step.waiting_for else
             f"→ {_cut(step.output_preview, 60)}" if step.output_preview else "")
-        rows.append([f"{render.GLYPHS.get(step.state, ' ')} {step.name}", step.state, str(step.attempts),
+        rows.append([f"{GLYPHS.get(drawn_state(step.state, step.waiting_for), ' ')} {step.name}", step.state,
+                     str(step.attempts),
                      render.duration(step.duration_s(now)), exit_text,
                      render.duration(last.cpu_s) if last and last.cpu_s is not None else "-",
                      render.bytes_size(last.peak_rss_bytes) if last else "-", note])

@@ -17,15 +17,8 @@ import click
 
 from engine.humanize import byte_size as bytes_size
 from engine.humanize import duration
+from engine.states import COLORS
 
-STATE_COLORS = {
-    "succeeded": "green", "failed": "red", "upstream_failed": "red", "running": "cyan", "waiting": "yellow",
-    "queued": "yellow", "pending": "bright_black", "cancelled": "magenta", "skipped": "bright_black",
-}
-GLYPHS = {
-    "succeeded": "✓", "failed": "✗", "upstream_failed": "⊘", "running": "●", "waiting": "◷", "queued": "◷",
-    "pending": "–", "cancelled": "⊘", "skipped": "–",
-}
 
 
 def use_color(stream: TextIO | None = None) -> bool:
@@ -36,9 +29,10 @@ def use_color(stream: TextIO | None = None) -> bool:
 
 
 def paint(text: str, state: str | None, color: bool) -> str:
-    if not color or state not in STATE_COLORS:
+    if not color or state not in COLORS:
         return text
-    return click.style(text, fg=STATE_COLORS[state], bold=state in ("failed",))
+    style = COLORS[state]
+    return click.style(text, fg=style.removeprefix("bold "), bold=style.startswith("bold "))
 
 
 def local_time(at: datetime | None, with_date: bool = True) -> str:

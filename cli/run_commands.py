@@ -15,7 +15,7 @@ from engine import query, store
 from engine.errors import NotApplicableError, UnknownJobError, UsageError
 from engine.home import Home
 from engine.loader import load_jobs
-from engine.states import Change
+from engine.states import GLYPHS, Change, drawn_state
 
 if TYPE_CHECKING:
     from engine.runner import Engine
@@ -59,7 +59,7 @@ class Printer:
             note = f"{took}" + (f"  {note}" if note else "")
         elif change.state == "waiting" and note:
             note = f"waiting for {note}" if not note.startswith("retry") else note
-        glyph = render.GLYPHS.get(change.state, " ")
+        glyph = GLYPHS.get(drawn_state(change.state, change.message), " ")
         state = render.paint(f"{change.state:<15}", change.state, self.color)
         click.echo(f"{clock}  {glyph} {change.step:<{self.width}} {state} {note}".rstrip())
 

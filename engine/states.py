@@ -61,6 +61,26 @@ class Trigger(StrEnum):
     BACKFILL = "backfill"
 
 
+GLYPHS = {
+    "succeeded": "✓", "failed": "✗", "running": "●", "queued": "◷", "waiting": "◷", "retrying": "↻",
+    "cancelled": "⊘", "upstream_failed": "⊘", "pending": "–", "skipped": "–",
+}
+"""A glyph per drawn state (see drawn_state), so every listing and screen reads without colour."""
+COLORS = {
+    "succeeded": "green", "failed": "bold red", "running": "yellow", "queued": "cyan", "waiting": "cyan",
+    "retrying": "magenta", "cancelled": "bright_black", "upstream_failed": "red", "pending": "bright_black",
+    "skipped": "bright_black",
+}
+"""A colour per drawn state, from the 16 every terminal has; the command line and the console share them."""
+
+
+def drawn_state(state: str, waiting_for: str | None = None) -> str:
+    """The state as drawn: a step waiting out its retry delay is "retrying" (↻), not just waiting."""
+    if state == "waiting" and (waiting_for or "").startswith("retry"):
+        return "retrying"
+    return state
+
+
 @dataclass(frozen=True, slots=True)
 class FailureReason:
     summary: str

@@ -12,28 +12,13 @@ from rich.text import Text
 
 from engine.humanize import duration
 from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, StepView
+from engine.states import COLORS, GLYPHS, drawn_state
 
-GLYPHS = {
-    "succeeded": "✓", "failed": "✗", "running": "●", "queued": "◷", "pending": "◷", "waiting": "◷",
-    "retrying": "↻", "cancelled": "⊘", "upstream_failed": "⊘", "skipped": "–",
-}
-COLORS = {
-    "succeeded": "green", "failed": "bold red", "running": "yellow", "queued": "cyan", "pending": "bright_black",
-    "waiting": "cyan", "retrying": "magenta", "cancelled": "bright_black", "upstream_failed": "red",
-    "skipped": "bright_black",
-}
 SHORT_NOTES = {"upstream_failed": "upstream failed", "cancelled": "cancelled", "skipped": "skipped"}
 
 
-def visual_state(state: str, waiting_for: str | None = None) -> str:
-    """The state as drawn: a step waiting for its retry delay is drawn as retrying (↻)."""
-    if state == "waiting" and waiting_for and waiting_for.startswith("retry"):
-        return "retrying"
-    return state
-
-
 def glyph(state: str, waiting_for: str | None = None) -> Text:
-    shown = visual_state(state, waiting_for)
+    shown = drawn_state(state, waiting_for)
     return Text(GLYPHS.get(shown, "?"), style=COLORS.get(shown, ""))
 
 
@@ -160,7 +145,7 @@ def step_label(step: StepView, now: datetime) -> Text:
         text.append(f"  ×{step.attempts}", style="magenta")
     note = SHORT_NOTES.get(step.state)
     if step.state == "waiting" and step.waiting_for:
-        note = step.waiting_for if visual_state(step.state, step.waiting_for) == "retrying" else "waiting"
+        note = step.waiting_for if drawn_state(step.state, step.waiting_for) == "retrying" else "waiting"
     if note:
         text.append(f"  {note}", style="bright_black")
     return text

@@ -21,18 +21,9 @@ from textual.widgets import Static
 
 from engine.plan import JobPlan
 from engine.query import RunView, StepView
+from engine.states import COLORS, GLYPHS, drawn_state
 from tui.widgets.footer import KeyFooter
 
-STEP_GLYPHS = {
-    "succeeded": "✓", "failed": "✗", "running": "●", "waiting": "◷", "retrying": "↻",
-    "cancelled": "⊘", "upstream_failed": "⊘", "pending": "–", "skipped": "–",
-}
-"""A glyph per drawn state, so the graph and the timeline read without colour."""
-STEP_COLORS = {
-    "succeeded": "green", "failed": "bold red", "running": "yellow", "waiting": "cyan", "retrying": "magenta",
-    "cancelled": "bright_black", "upstream_failed": "red", "pending": "bright_black", "skipped": "bright_black",
-}
-"""The 16-colour palette of tui/format.py, so a step looks the same on every screen."""
 LEGEND = (("✓", "succeeded"), ("✗", "failed"), ("●", "running"), ("◷", "waiting"), ("↻", "waiting to retry"),
           ("⊘", "cancelled or upstream failed"), ("–", "pending or skipped"))
 
@@ -46,13 +37,9 @@ MAX_PASS_THROUGH = 60
 """More layer-skipping line segments than this and the drawing becomes mostly lines."""
 
 
-def drawn_state(step: StepView | None) -> str:
-    """The state as drawn: a step waiting out its retry delay is "retrying" (↻)."""
-    if step is None:
-        return "pending"
-    if step.state == "waiting" and (step.waiting_for or "").startswith("retry"):
-        return "retrying"
-    return step.state
+def step_drawn_state(step: StepView | None) -> str:
+    """How a step of the graph is drawn (engine.states.drawn_state); a step the run lacks is pending."""
+    return "pending" if step is None else drawn_state(step.state, step.waiting_for)
 
 
 def shorten(name: str, width: int) -> str:
@@ -139,9 +126,9 @@ _BOX = {
 
 
 def _label(name: str, step: StepView | None) -> Text:
-    state = drawn_state(step)
-    style = STEP_COLORS.get(state, "")
-    text = Text(STEP_GLYPHS.get(state, "?"), style=style)
+    state = step_drawn_state(step)
+    style = COLORS.get(state, "")
+    text = Text(GLYPHS.get(state, "?"), style=style)
     text.append(" ")
     text.append(shorten(name, MAX_LABEL - 2), style=style)
     return text

@@ -243,7 +243,7 @@ class DetailsPane(VerticalScroll):
     def show_step(self, run: RunSummary, step: StepView, attempts: list[AttemptView] | None,
                   view: RunView | None, now: datetime, ticking: bool = False) -> None:
         state = fmt.glyph(step.state, step.waiting_for)
-        state.append(f" {step.state}", style=fmt.COLORS.get(fmt.visual_state(step.state, step.waiting_for), ""))
+        state.append(f" {step.state}", style=fmt.COLORS.get(fmt.drawn_state(step.state, step.waiting_for), ""))
         reason = fmt.step_reason(step)
         if reason != step.state:
             state.append(f" — {reason}")

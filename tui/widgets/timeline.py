@@ -23,7 +23,8 @@ from textual.widgets import Static
 
 from engine.humanize import duration
 from engine.query import AttemptView, RunView, StepView
-from tui.widgets.dag_graph import STEP_COLORS, STEP_GLYPHS, Legend, drawn_state, run_title, shorten
+from engine.states import COLORS, GLYPHS
+from tui.widgets.dag_graph import Legend, run_title, shorten, step_drawn_state
 from tui.widgets.footer import KeyFooter
 
 FILLS = {"succeeded": "█", "failed": "▓", "running": "▒", "cancelled": "╳", "waiting": "░"}
@@ -150,10 +151,10 @@ def layout_timeline(run: RunView, attempts: dict[str, list[AttemptView]], now: d
 
 def _row(run: RunView, step: StepView, tries: list[AttemptView], now: datetime, scale: _Scale,
          name_width: int, tick_cols: set[int]) -> Text:
-    state = drawn_state(step)
-    style = STEP_COLORS.get(state, "")
+    state = step_drawn_state(step)
+    style = COLORS.get(state, "")
     text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(STEP_GLYPHS.get(state, "?"), style=style)
+    text.append(GLYPHS.get(state, "?"), style=style)
     text.append(" ")
     text.append(shorten(step.name, name_width).ljust(name_width), style=style)
     text.append(" ")
@@ -188,9 +189,9 @@ def _row(run: RunView, step: StepView, tries: list[AttemptView], now: datetime, 
         bar[col] = (FAILED_END, "bold red")
 
     if not timed and not (step.state == "waiting" and ready is not None):
-        note = {"waiting": f"{STEP_GLYPHS['waiting']} waiting for {step.waiting_for or 'upstream'}",
-                "upstream_failed": f"{STEP_GLYPHS['upstream_failed']} upstream failed"}.get(
-            step.state, f"{STEP_GLYPHS.get(state, '?')} {step.state.replace('_', ' ')}")
+        note = {"waiting": f"{GLYPHS['waiting']} waiting for {step.waiting_for or 'upstream'}",
+                "upstream_failed": f"{GLYPHS['upstream_failed']} upstream failed"}.get(
+            step.state, f"{GLYPHS.get(state, '?')} {step.state.replace('_', ' ')}")
         at = step.ended_at or ready or _upstream_end(run, step)
         col = int(scale.position(at)) if at is not None else 0
         col = max(0, min(col, scale.cells - len(note)))
