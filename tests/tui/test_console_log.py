@@ -78,6 +78,30 @@ async def test_log_keys_search_jump_wrap_and_pick_an_attempt(harness):
         assert app.main_screen.run_tree.has_focus
 
 
+async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness, engine):
+    words = " ".join(f"w{i:02d}" for i in range(60))  # 239 characters, each one findable
+    harness.write_job("long.py", f"""
+        a = shell("long", "echo '{words}'")
+        long = job("long", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        select(app, is_job("long"))
+        await pilot.press("R")
+        await settle_until(pilot, lambda: 1 in app.main_screen.run_tree.runs)
+        select(app, is_run(1))
+        await settle_until(pilot, lambda: any("w59" in line for line in log_lines(app)))
+        await pilot.press("l", "w")
+        await settle(pilot)
+        rows = log_lines(app)
+        view = log_pane(app).log_widget.scrollable_content_region.width
+        assert len(rows) > 1 and all(len(row) <= view for row in rows), (view, rows)
+        # The first row starts with the HH:MM:SS stamp; the rest are indented continuations.
+        assert rows[0][9:] + "".join(row[2:] for row in rows[1:]) == words
+
+
 async def test_q_in_up_with_active_runs_says_what_happens_and_asks(harness, engine):
     harness.write_job("slow.py", """
         a = shell("nap", "sleep 30")

@@ -324,7 +324,10 @@ class LogTail(Vertical):
     def _display(self, lines: list[str]) -> list[str]:
         if not self.wrap:
             return lines
-        width = max(20, self.log_widget.size.width - 1)
+        # The vertical scrollbar takes its columns from the width whether or not it is shown yet:
+        # a character under it would be hidden, not wrapped.
+        log = self.log_widget
+        width = max(20, log.size.width - log.styles.scrollbar_size_vertical)
         shown: list[str] = []
         for line in lines:
             if len(line) <= width:
@@ -470,7 +473,8 @@ class LogTail(Vertical):
                 self._go(index)
                 self._update_title()
                 return
-        self.app.notify(f"no error line in the last {len(self._raw)} lines loaded")
+        loaded = len(self._raw)
+        self.app.notify(f"no error line in the {'line' if loaded == 1 else f'last {loaded:,} lines'} loaded")
 
     def action_pick_attempt(self) -> None:
         if self.source is None or not self.source.attempts:
