@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from textual.pilot import Pilot
 
 from engine.service import EngineService
 from tests.conftest import Harness
@@ -75,6 +76,14 @@ def details_text(app: SteplineApp) -> str:
     console = Console(width=200, record=True, color_system=None)
     console.print(pane.shown)
     return pane.border_title + "\n" + console.export_text()
+
+
+async def run_first_run_of(pilot: Pilot, app: SteplineApp, job: str) -> None:
+    """Press R on `job` and select its run (the home's first) once the tree shows it."""
+    select(app, is_job(job))
+    await pilot.press("R")
+    await settle_until(pilot, lambda: 1 in app.main_screen.run_tree.runs)
+    select(app, is_run(1))
 
 
 def log_lines(app: SteplineApp) -> list[str]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.conftest import is_job, is_run, log_lines, make_app, notifications, select, settle, settle_until
+from tests.tui.conftest import (is_job, log_lines, make_app, notifications, run_first_run_of, select, settle,
+                                settle_until)
 from tests.tui.console_data import NOW_S, T0, fill
 from tui.screens.attempts import AttemptScreen
 from tui.screens.confirm import ConfirmScreen
@@ -26,10 +27,7 @@ async def test_the_log_follows_a_running_step_as_it_grows_and_F_stops_following(
     app = make_app(harness, mode="embedded")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        select(app, is_job("talk"))
-        await pilot.press("R")
-        await settle_until(pilot, lambda: 1 in app.main_screen.run_tree.runs)
-        select(app, is_run(1))
+        await run_first_run_of(pilot, app, "talk")
         await settle_until(pilot, lambda: any("line 3" in line for line in log_lines(app)))
         assert log_lines(app)[0].endswith(" line 1") and log_lines(app)[0][2] == ":"  # local HH:MM:SS stamp
         seen = len(log_lines(app))
@@ -88,10 +86,7 @@ async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness,
     app = make_app(harness, mode="embedded")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        select(app, is_job("long"))
-        await pilot.press("R")
-        await settle_until(pilot, lambda: 1 in app.main_screen.run_tree.runs)
-        select(app, is_run(1))
+        await run_first_run_of(pilot, app, "long")
         await settle_until(pilot, lambda: any("w59" in line for line in log_lines(app)))
         await pilot.press("l", "w")
         await settle(pilot)
