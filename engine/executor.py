@@ -420,10 +420,12 @@ def kill_tree(pid: int, grace_s: float) -> None:
     except psutil.Error:
         leader = []
     _, alive = psutil.wait_procs(leader + children, timeout=grace_s)
+    # The whole group first, in one signal: a leader that saw its children die one by one could end
+    # as if it had finished. It also reaches a double-forked grandchild, which left our process tree
+    # but not our group; then whatever left the group too.
+    _signal_group(pid, signal.SIGKILL)
     for process in alive:
         _signal_process(process, signal.SIGKILL)
-    # A double-forked grandchild has left our process tree but not our group: only this reaches it.
-    _signal_group(pid, signal.SIGKILL)
 
 
 def _signal_process(process: psutil.Process, number: int) -> None:
