@@ -222,6 +222,21 @@ def last_event_id() -> int:
     return Event.select(fn.MAX(Event.id)).scalar() or 0
 
 
+def find_step(run_ids: list[int], text: str) -> tuple[int, str] | None:
+    """The first step (newest run first, DAG order) among `run_ids` whose name contains `text`, any case."""
+    if not run_ids or not text:
+        return None
+    needle = text.lower()
+    for start in range(0, len(run_ids), 500):  # SQLite caps the parameters of one statement
+        chunk = run_ids[start:start + 500]
+        row = (StepRun.select(StepRun.run, StepRun.name)
+               .where(StepRun.run.in_(chunk) & (fn.instr(fn.lower(StepRun.name), needle) > 0))
+               .order_by(StepRun.run.desc(), StepRun.position).tuples().first())
+        if row is not None:
+            return int(row[0]), str(row[1])
+    return None
+
+
 def last_run_by_job() -> dict[str, RunSummary]:
     """The newest run of every job that has one."""
     newest = Run.select(fn.MAX(Run.id)).group_by(Run.job)

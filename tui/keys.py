@@ -32,7 +32,7 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("↑ ↓ / PgUp PgDn", "move; the details and log follow the selection"),
         ("enter / space", "expand or collapse a job or run; on “more runs” load the next page"),
         ("← → shift+↑↓", "parent / sibling navigation"),
-        ("/  n  N", "search the loaded tree; next / previous match"),
+        ("/  n  N", "search the loaded jobs and runs, and their steps; next / previous match"),
         ("f", "filter runs: all → failed → running"),
         ("tab", "move focus: tree → details → log"),
     ]),

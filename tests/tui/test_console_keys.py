@@ -214,6 +214,33 @@ async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
         assert second.data.run_id != first.data.run_id
 
 
+async def test_slash_finds_a_step_in_a_run_not_expanded_yet(harness):
+    harness.write_job("j.py", """
+        a = shell("extract", "true")
+        b = shell("transform", "true", after=["extract"])
+        j = job("j", [a, b])
+    """)
+    harness.run_now("j")
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("j"))
+        await pilot.press("enter")  # the job's runs are in the tree, their steps are not
+        await settle_until(pilot, lambda: 2 in app.main_screen.run_tree.runs)
+        assert "transform" not in tree_text(app)
+        await pilot.press("slash", *"TRANS", "enter")
+
+        def on_transform() -> bool:
+            node = app.main_screen.run_tree.cursor_node
+            return node is not None and isinstance(node.data, StepNode) and node.data.step.name == "transform"
+
+        await settle_until(pilot, on_transform)
+        assert app.main_screen.run_tree.cursor_node.data.run_id == 2  # the newest run first
+        await pilot.press("slash", *"nosuchstep", "enter")
+        await settle_until(pilot, lambda: "'nosuchstep' matches no job, run or step" in notifications(app))
+
+
 async def test_enter_expands_and_collapses_runs_lazily(harness):
     harness.write_job("j.py", """
         a = shell("a", "true")

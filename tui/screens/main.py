@@ -67,6 +67,12 @@ class MainScreen(commands.CommandActions, Screen[None]):
             super().__init__()
             self.job, self.run_filter, self.runs, self.has_more = job, run_filter, runs, has_more
 
+    class StepFound(Message):
+        def __init__(self, term: str, found: tuple[int, str] | None) -> None:
+            super().__init__()
+            self.term = term
+            self.found = found
+
     class StepsLoaded(Message):
         def __init__(self, view: RunView) -> None:
             super().__init__()
@@ -101,6 +107,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.quitting = False
         """Set by `quit`: no more ticks, polls or footer refreshes while the app shuts down."""
         self._focus_run: int | None = None
+        self._focus_step: tuple[int, str] | None = None
+        """A step a search found in a run whose steps were not loaded yet: selected once they are."""
         self._preloaded: tuple[RunView, str | None, list[AttemptView]] | None = None
         """The run, step and attempts the console opens on, read at start (used by the first selection)."""
         self.pending_commands: dict[int, str] = {}
@@ -287,6 +295,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
     def on_main_screen_steps_loaded(self, message: StepsLoaded) -> None:
         view = message.view
         self.run_tree.set_steps(view)
+        if self._focus_step is not None and self._focus_step[0] == view.id:
+            self.run_tree.select_run_step(*self._focus_step)
+            self._focus_step = None
+            return
         if self._focus_run == view.id:
             self._focus_run = None
             failed = next((s.name for s in view.steps if s.state == "failed"), None)
@@ -450,9 +462,30 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.run_tree.focus()
         self.search_term = event.value.strip() or None
         if self.search_term and not self.run_tree.find(self.search_term):
-            self.app.notify(f"'{self.search_term}' matches nothing loaded (collapsed jobs load their runs when "
-                            "expanded)", severity="warning")
+            # Not on screen: look among the steps of the runs the tree holds but has not expanded.
+            self._search_steps(self.search_term, sorted(self.run_tree.runs, reverse=True))
         self.refresh_keys()
+
+    @work(thread=True, group="search", exclusive=True)
+    def _search_steps(self, term: str, run_ids: list[int]) -> None:
+        from engine import query
+        found = data.closing_connection(lambda: query.find_step(run_ids, term))
+        self.post_message(self.StepFound(term, found))
+
+    def on_main_screen_step_found(self, message: StepFound) -> None:
+        if message.term != self.search_term:
+            return  # a newer search replaced this one
+        if message.found is None:
+            self.app.notify(f"'{message.term}' matches no job, run or step loaded (collapsed jobs load their "
+                            "runs when expanded)", severity="warning")
+            return
+        run_id, step = message.found
+        node = self.run_tree.runs.get(run_id)
+        if node is None:
+            return
+        self._focus_step = (run_id, step)
+        self.run_tree.select_run_step(run_id, None)  # expands the way to the run
+        node.expand()  # loads its steps; on_main_screen_steps_loaded selects the match
 
     @on(Input.Blurred, "#tree-search")
     def _tree_search_blurred(self, event: Input.Blurred) -> None:
