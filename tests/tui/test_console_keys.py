@@ -185,7 +185,7 @@ async def test_f_cycles_the_filter_all_failed_running(harness):
         assert f"#{good.id}" in tree_text(app)
 
 
-async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
+def two_runs_of_extract_then_transform(harness) -> None:  # type: ignore[no-untyped-def]
     harness.write_job("j.py", """
         a = shell("extract", "true")
         b = shell("transform", "true", after=["extract"])
@@ -193,6 +193,10 @@ async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
     """)
     harness.run_now("j")
     harness.run_now("j")
+
+
+async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
+    two_runs_of_extract_then_transform(harness)
     app = make_app(harness)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
@@ -215,13 +219,7 @@ async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
 
 
 async def test_slash_finds_a_step_in_a_run_not_expanded_yet(harness):
-    harness.write_job("j.py", """
-        a = shell("extract", "true")
-        b = shell("transform", "true", after=["extract"])
-        j = job("j", [a, b])
-    """)
-    harness.run_now("j")
-    harness.run_now("j")
+    two_runs_of_extract_then_transform(harness)
     app = make_app(harness)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
