@@ -76,13 +76,19 @@ def send_result(fd: int, result: dict[str, Any]) -> None:
         view = view[os.write(fd, view):]
 
 
-def load_input(path: str, step: str) -> Any:
+def load_input(path: str, step: str, plain_only: bool = False) -> Any:
+    """An upstream step's output. `plain_only` (in the worker itself, never in an attempt): only plain
+    data loads (see _PlainUnpickler), and a file too large for an environment variable is refused."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
         return None  # an upstream shell step that wrote nothing to $STEPLINE_OUTPUT has no output
     with handle:
-        return pickle.load(handle)
+        if not plain_only:
+            return pickle.load(handle)
+        if os.fstat(handle.fileno()).st_size > 2 * MAX_ENV_INPUT:
+            raise StepFailed(f"output of step '{step}' is too large for the environment")
+        return _PlainUnpickler(handle).load()
 
 
 def as_env_text(value: Any) -> str:
@@ -199,11 +205,11 @@ def attempt_environment(request: dict[str, Any], base: dict[str, str]) -> dict[s
     return env
 
 
-def shell_environment(request: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
+def shell_environment(request: dict[str, Any], base: dict[str, str], plain_only: bool = False) -> dict[str, str]:
     """Environment of a shell attempt: upstream outputs and params as STEPLINE_* variables."""
     env = attempt_environment(request, base)
     for name, path in request["inputs"].items():
-        text = as_env_text(load_input(path, name))
+        text = as_env_text(load_input(path, name, plain_only))
         if len(text) > MAX_ENV_INPUT:
             raise StepFailed(f"output of step '{name}' is {len(text)} characters, too large for the environment "
                              f"variable STEPLINE_IN_{env_key(name)}; have '{name}' return a file path instead")
@@ -310,10 +316,8 @@ def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str, base_env:
     """
     if request["kind"] != "shell":
         return None
-    env = attempt_environment(request, base_env)
     try:
-        for name, path in request["inputs"].items():
-            env[f"STEPLINE_IN_{env_key(name)}"] = plain_input_text(path)
+        env = shell_environment(request, base_env, plain_only=True)
     except Exception:  # not plain data, too large, unreadable: the fork path decides and says why
         return None
     cwd = request.get("cwd")
@@ -339,21 +343,6 @@ class _PlainUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
-
-
-def plain_input_text(path: str) -> str:
-    """An upstream output as a shell step sees it ($STEPLINE_IN_<STEP>), if it is plain data."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return as_env_text(None)
-    with handle:
-        if os.fstat(handle.fileno()).st_size > 2 * MAX_ENV_INPUT:
-            raise ValueError("too large for the environment")  # the fork path says so in the step's log
-        text = as_env_text(_PlainUnpickler(handle).load())
-    if len(text) > MAX_ENV_INPUT:
-        raise ValueError("too large for the environment")
-    return text
 
 
 _made_folders: set[str] = set()
