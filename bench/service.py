@@ -115,13 +115,12 @@ def main() -> None:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=120)
 
-        lateness_ms = [row[0] * 1000 for row in connection.execute(
-            "SELECT MIN(a.started_at) - r.scheduled_for FROM run r JOIN attempt a ON a.run_id = r.id "
-            "WHERE r.trigger = 'schedule' AND r.created_at >= ? GROUP BY r.id", (started,))]
+        # Per scheduled run: fire -> run created -> run started -> first step running; lateness is their sum.
         phases = connection.execute(
             "SELECT r.created_at - r.scheduled_for, r.started_at - r.created_at, MIN(a.started_at) - r.started_at "
             "FROM run r JOIN attempt a ON a.run_id = r.id WHERE r.trigger = 'schedule' AND r.created_at >= ? "
             "GROUP BY r.id", (started,)).fetchall()
+        lateness_ms = [sum(row) * 1000 for row in phases]
         command_ms = [row[0] * 1000 for row in connection.execute(
             "SELECT acked_at - created_at FROM command WHERE acked_at IS NOT NULL AND kind IN ('pause','resume')")]
         w1_steps = connection.execute("SELECT COUNT(*) FROM attempt WHERE run_id IN "
