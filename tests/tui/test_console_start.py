@@ -1,10 +1,9 @@
 """What the operator sees on opening the console: the newest failure, its reason, traceback and log."""
 from __future__ import annotations
 
-from engine.service import EngineService
 import pytest
 
-from tests.tui.conftest import details_text, log_lines, make_app, settle, tree_text
+from tests.tui.conftest import details_text, log_lines, make_app, publish_catalog, settle, tree_text
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
 
@@ -55,9 +54,7 @@ async def test_broken_job_files_are_listed_with_file_and_line_and_the_rest_works
         fine = job("fine", [a])
     """)
     harness.write_job("broken.py", "x = = 1\n")
-    service = EngineService(harness.home, harness.jobs_dir)
-    service.start()
-    service.stop()
+    publish_catalog(harness)
     app = make_app(harness)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
@@ -78,9 +75,7 @@ async def test_job_lines_show_schedule_and_the_header_counts_runs(harness):
         boom = job("boom", [b], schedule="0 6 * * *")
     """)
     harness.run_now("boom")
-    service = EngineService(harness.home, harness.jobs_dir)
-    service.start()
-    service.stop()
+    publish_catalog(harness)
     app = make_app(harness)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
