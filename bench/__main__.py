@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.scratch import add_scratch_option, use_scratch
 from bench.workloads import CHATTY_LOOP, LINE_CHARS, PROBES, WORKLOADS, Workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +191,7 @@ def render(report: dict[str, Any]) -> str:
     machine, floors, startup = report["machine"], report["floors"], report["startup"]
     out = [f"stepline bench{' --quick' if report['quick'] else ''}: {machine['cpus']} CPUs, "
            f"Python {machine['python']}, SQLite {machine['sqlite']}, {machine['platform']}",
-           f"parallel: {report['parallel_label']}",
+           f"parallel: {report['parallel_label']}; homes in {report['scratch']} (--scratch)",
            "",
            f"floors (ms per call): python -c pass {floors['python_ms']:.2f} (x{floors['count_python']})   "
            f"sh -c 'echo hi' {floors['sh_ms']:.2f} (x{floors['count_sh']})   "
@@ -251,11 +252,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=None, help="Engine parallelism (default: CPU count)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of the engine thread per workload into this folder")
+    add_scratch_option(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    scratch = use_scratch(args)
     names = [n.strip().upper() for n in args.only.split(",") if n.strip()] or list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name} done: {_seconds(result['wall_s'])}, checks {'ok' if result['check']['ok'] else 'FAILED'}",
               file=sys.stderr, flush=True)
     parallel = next((w["result"]["parallel"] for w in workloads if w["result"].get("parallel")), args.parallel)
-    report = {"quick": quick, "machine": machine, "floors": floors, "startup": startup,
+    report = {"quick": quick, "machine": machine, "scratch": str(scratch), "floors": floors, "startup": startup,
               "parallel": parallel,
               "parallel_label": f"{parallel} ({'--parallel' if args.parallel else 'Engine default = CPU count'})",
               "targets": {"per_step_ms": PER_STEP_TARGET_MS, "shell_over_floor_ms": SHELL_OVER_FLOOR_TARGET_MS,

@@ -20,10 +20,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from bench.scratch import add_scratch_option, scratch_folder, use_scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = Path(__file__).resolve().parent / "console_results.json"
@@ -407,16 +408,18 @@ def main() -> None:
     parser.add_argument("--keys", type=int, help="Keys per kind (tree, log); default 50, 20 with --quick.")
     parser.add_argument("--repeat", type=int, default=3, help="Console starts per way of starting (default 3).")
     parser.add_argument("--json", dest="json_path", default=str(DEFAULT_JSON))
+    add_scratch_option(parser)
     parser.add_argument("--child", choices=("open", "flood"), help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    use_scratch(args)
     args.flood_seconds = args.flood_seconds or (20.0 if args.quick else 180.0)
     args.keys = args.keys or (20 if args.quick else 50)
     if args.child:
         return child(args)
 
-    with tempfile.TemporaryDirectory(prefix="stepline-bench-console-") as folder:
+    with scratch_folder("stepline-bench-console-") as folder:
         info = build_home(Path(folder), 500 if args.quick else 5000)
         print(f"built the home in {info['build_s']:.1f} s; measuring...", file=sys.stderr)
         ready = run_child("open", info, args, 600)

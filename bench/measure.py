@@ -12,13 +12,12 @@ import json
 import resource
 import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.scratch import make_scratch_folder
 from bench.workloads import by_name
 from engine import query, store
 from engine.home import prepare_home
@@ -50,7 +49,7 @@ def _cpu_s(who: int) -> float:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     workload = by_name(spec["workload"])
     size = spec["size"]
-    root = Path(tempfile.mkdtemp(prefix=f"stepline-bench-{workload.name}-"))
+    root = make_scratch_folder(f"stepline-bench-{workload.name}-")
     try:
         jobs_dir = root / "jobs"
         jobs_dir.mkdir()

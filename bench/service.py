@@ -17,9 +17,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench.scratch import add_scratch_option, scratch_folder, use_scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENESS_TARGET_MS = 100.0
@@ -71,9 +72,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="How long to measure (default 60).")
     parser.add_argument("--parallel", type=int, help="The daemon's --parallel (default: CPU count).")
     parser.add_argument("--json", dest="json_path", default=str(Path(__file__).parent / "service_results.json"))
+    add_scratch_option(parser)
     args = parser.parse_args()
+    use_scratch(args)
 
-    with tempfile.TemporaryDirectory(prefix="stepline-bench-service-") as folder:
+    with scratch_folder("stepline-bench-service-") as folder:
         root = Path(folder)
         (root / "jobs").mkdir()
         (root / "jobs" / "ticks.py").write_text(TICK_JOBS)

@@ -12,7 +12,7 @@ import contextlib
 import difflib
 import inspect
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,11 +139,17 @@ class JobDef:
     def step_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.steps)
 
-    def dependencies(self, step_def: StepDef) -> tuple[str, ...]:
-        """Upstream step names: parameters naming steps of this job, then `after`."""
-        names = set(self.step_names)
+    def dependencies(self, step_def: StepDef, names: Container[str] | None = None) -> tuple[str, ...]:
+        """Upstream step names: parameters naming steps of this job, then `after`.
+
+        `names` is the job's step names as a set, from a caller asking about every step: built once
+        there instead of once per step, which made planning a job of thousands of steps quadratic.
+        """
+        if names is None:
+            names = set(self.step_names)
         deps = [p for p in step_def.parameters if p in names and p != step_def.name]
-        deps += [a for a in step_def.after if a not in deps]
+        from_parameters = set(deps)
+        deps += [a for a in step_def.after if a not in from_parameters]
         return tuple(deps)
 
 

@@ -1,7 +1,8 @@
 """Run step attempts as supervised OS processes.
 
 Keeps one preloaded worker per job file (see worker.py) that forks each attempt
-into its own session and process group, pumps the attempt's output into its log
+into its own session and process group (a Python attempt's request goes straight
+to a process the worker forked ahead of need, when one is ready), pumps the attempt's output into its log
 file (logpump.py), and kills whole process trees on cancel or timeout. Knows
 nothing of DAGs, retries or the database: the runner asks, and the executor
 answers with events (Started, Result, Exited, LogClosed) through the `notify` callback.
@@ -11,7 +12,7 @@ Result, it is always reported before the attempt's Exited.
 """
 from __future__ import annotations
 
-import json
+import collections
 import os
 import signal
 import socket
@@ -26,9 +27,11 @@ from typing import Any
 import psutil
 
 from engine.logpump import LogPump
-from engine.worker import env_key, message_size
+from engine.worker import decode, encode, env_key, receive, send_with_fds
 
 KILL_GRACE_S = 5.0
+SPARES = 2
+"""Processes each worker keeps forked ahead of need: one per slot of a 2-CPU machine's default parallelism."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +142,16 @@ def environment_changes(env: dict[str, str], base: dict[str, str]) -> tuple[dict
 class Worker:
     """One `python -m engine.worker` process for one job file."""
 
-    def __init__(self, job_file: str, executor: Executor, source_file: str | None = None) -> None:
+    def __init__(self, job_file: str, executor: Executor, source_file: str | None = None,
+                 spare_count: int = SPARES) -> None:
         self.job_file = job_file
         self.source_file = source_file
         """A copy of the job file's last good version to import instead of the file, or None."""
         self._executor = executor
         self.broken: tuple[str, str] | None = None
         self.keys: set[int] = set()
+        self.spares: collections.deque[tuple[int, socket.socket, float | None]] = collections.deque()
+        """(pid, request socket, start time) of the processes forked ahead of need, oldest first."""
         engine_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = engine_end
         self._send_lock = threading.Lock()
@@ -153,7 +159,7 @@ class Worker:
         """The worker's own environment: each attempt request carries only its differences from it."""
         self._changes_from: tuple[dict[str, str], tuple[dict[str, str], list[str]]] | None = None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), job_file]
+            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), str(spare_count), job_file]
             + ([source_file] if source_file else []),
             pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
             env=self.environ,
@@ -166,12 +172,8 @@ class Worker:
         self._reader.start()
 
     def start(self, request: AttemptRequest, write_fd: int, result_fd: int | None) -> None:
-        env_set, env_unset = self._environment_changes(request)
-        message = {"op": "start", "id": request.key, "job": request.job, "step": request.step,
-                   "kind": request.kind, "command": request.command, "inputs": request.inputs,
-                   "params": request.params, "context": request.context,
-                   "env_set": env_set, "env_unset": env_unset, "cwd": request.cwd,
-                   "output_path": request.output_path}
+        """Ask the worker to start the attempt; it answers "started" with the pid."""
+        message = self._message(request)
         # One lock orders this against the reader thread marking the worker broken or gone: an attempt
         # either reaches a live worker or fails with the worker's own reason, never with a race's.
         with self._send_lock:
@@ -180,12 +182,61 @@ class Worker:
             self.keys.add(request.key)
             try:
                 fds = [write_fd] if result_fd is None else [write_fd, result_fd]
-                socket.send_fds(self._sock, [json.dumps(message).encode()], fds)
+                send_with_fds(self._sock, message, fds)
             except OSError:
                 self.keys.discard(request.key)
                 if self.broken:
                     raise _Broken(*self.broken) from None
                 raise
+
+    def start_on_spare(self, request: AttemptRequest, write_fd: int, result_fd: int, lock: threading.Lock,
+                       started: Callable[[int, float | None], None]) -> bool:
+        """Hand a Python attempt straight to a spare process; False when none is ready.
+
+        The send and `started(pid, pid_started)` happen together under `lock`, which the executor also
+        holds to map an exited pid to its attempt: an attempt's Started always comes before its Exited.
+        """
+        message = b""
+        with self._send_lock:
+            while self.spares and not self.broken:
+                pid, spare_sock, pid_started = self.spares.popleft()
+                message = message or self._message(request)
+                try:
+                    with lock:
+                        send_with_fds(spare_sock, message, [write_fd, result_fd])
+                        self.keys.add(request.key)
+                        started(pid, pid_started)
+                    return True
+                except OSError:
+                    continue  # that spare died: the next one, or the worker
+                finally:
+                    spare_sock.close()
+        return False
+
+    def add_spare(self, pid: int, spare_sock: socket.socket) -> None:
+        try:
+            pid_started: float | None = psutil.Process(pid).create_time()
+        except psutil.Error:
+            pid_started = None
+        with self._send_lock:
+            if self.broken:
+                spare_sock.close()
+            else:
+                self.spares.append((pid, spare_sock, pid_started))
+
+    def drop_spares(self) -> None:
+        """Let go of the spares: each sees its socket close and exits without running anything."""
+        with self._send_lock:
+            while self.spares:
+                self.spares.popleft()[1].close()
+
+    def _message(self, request: AttemptRequest) -> bytes:
+        env_set, env_unset = self._environment_changes(request)
+        return encode({"op": "start", "id": request.key, "job": request.job, "step": request.step,
+                       "kind": request.kind, "command": request.command, "inputs": request.inputs,
+                       "params": request.params, "context": request.context,
+                       "env_set": env_set, "env_unset": env_unset, "cwd": request.cwd,
+                       "output_path": request.output_path})
 
     def _environment_changes(self, request: AttemptRequest) -> tuple[dict[str, str], list[str]]:
         """The attempt's environment as changes to the worker's: a few variables instead of all of them.
@@ -211,9 +262,10 @@ class Worker:
         return keys
 
     def stop(self) -> None:
+        self.drop_spares()
         try:
             with self._send_lock:
-                self._sock.send(json.dumps({"op": "stop"}).encode())
+                self._sock.send(encode({"op": "stop"}))
         except OSError:
             pass
         try:
@@ -225,13 +277,17 @@ class Worker:
     def _read(self) -> None:
         while True:
             try:
-                data = self._sock.recv(max(message_size(self._sock), 1))
+                data, fds = receive(self._sock)
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
                 break
-            message = json.loads(data)
+            message = decode(data)
+            if message["op"] == "spare" and fds:
+                self.add_spare(message["pid"], socket.socket(fileno=fds[0]))
+                continue
             self._executor._on_worker_message(self, message)
+        self.drop_spares()
         self._executor._on_worker_gone(self)
 
 
@@ -239,13 +295,15 @@ class Executor:
     """Starts, watches and kills attempts; reports through `notify` from its own threads."""
 
     def __init__(self, notify: Callable[[ExecutorEvent], None], clock: Callable[[], float] = time.time,
-                 kill_grace_s: float = KILL_GRACE_S) -> None:
+                 kill_grace_s: float = KILL_GRACE_S, spares: int = SPARES) -> None:
         self._notify = notify
         self._clock = clock
         self.kill_grace_s = kill_grace_s
         self._workers: dict[str, Worker] = {}
         self._lock = threading.Lock()
+        self._spares = spares
         self._pids: dict[int, int] = {}  # key -> pid
+        self._keys_by_pid: dict[int, int] = {}  # pid -> key, for attempts started on a spare
         self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
         self._read_fds: dict[int, int] = {}  # key -> pipe read end
         self._logs = LogPump(self._on_log_closed, clock, self._on_result)
@@ -266,7 +324,10 @@ class Executor:
         message = b""
         try:
             worker = self._worker_for(request.job_file)
-            worker.start(request, write_fd, result_write)
+            if result_write is None or request.kind != "python" or not worker.start_on_spare(
+                    request, write_fd, result_write, self._lock,
+                    lambda pid, pid_started: self._started_on_spare(request.key, pid, pid_started)):
+                worker.start(request, write_fd, result_write)
         except _Broken as broken:
             message = (broken.summary + "\n" + broken.detail).encode()
             lost = Exited(request.key, None, None, None, None, self._clock(), lost=broken.summary,
@@ -284,6 +345,15 @@ class Executor:
             os.close(write_fd)
         if lost is not None:
             self._exited(lost)
+
+    def _started_on_spare(self, key: int, pid: int, pid_started: float | None) -> None:
+        """Called with self._lock held, right after the request reached the spare."""
+        self._pids[key] = pid
+        self._keys_by_pid[pid] = key
+        grace = self._kill_pending.pop(key, None)
+        self._notify(Started(key, pid, pid_started, self._clock()))
+        if grace is not None:
+            threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
 
     def flush(self) -> None:
         """Hand the attempts started since the last call to the log pump; call it before waiting for events."""
@@ -311,7 +381,9 @@ class Executor:
 
     def forget(self, key: int) -> None:
         with self._lock:
-            self._pids.pop(key, None)
+            pid = self._pids.pop(key, None)
+            if pid is not None:
+                self._keys_by_pid.pop(pid, None)
             self._kill_pending.pop(key, None)
         self._read_fds.pop(key, None)
 
@@ -321,6 +393,7 @@ class Executor:
 
     def _retire(self, worker: Worker) -> None:
         """A worker with old code finishes its running attempts, then stops."""
+        worker.drop_spares()
         if worker.keys and worker.process.poll() is None:
             self._retired.append(worker)
         else:
@@ -345,7 +418,7 @@ class Executor:
         if worker is None or worker.process.poll() is not None or stale:
             if worker is not None:
                 self._retire(worker)
-            worker = Worker(job_file, self, source)
+            worker = Worker(job_file, self, source, self._spares)
             worker.mtime = _mtime(job_file)  # type: ignore[attr-defined]
             self._workers[job_file] = worker
         return worker
@@ -365,6 +438,12 @@ class Executor:
             if grace is not None:
                 threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
         elif op == "exited":
+            if message["id"] is None:  # an attempt started on a spare: the worker knows its pid only
+                with self._lock:
+                    key = self._keys_by_pid.pop(message["pid"], None)
+                if key is None:
+                    return
+                message["id"] = key
             worker.keys.discard(message["id"])
             if worker in self._retired and not worker.keys:
                 self._retired.remove(worker)

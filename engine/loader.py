@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import heapq
 import importlib.util
 import os
 import sys
@@ -197,7 +198,9 @@ def validate_job(job_def: JobDef) -> list[Problem]:
             elif upstream not in by_name:
                 report(step_def, f"step '{step_def.name}' waits on '{upstream}', which is not a step of "
                                  f"job '{job_def.name}'{_did_you_mean(upstream, names)}")
-    graph = {n: tuple(d for d in job_def.dependencies(s) if d != n and d in by_name) for n, s in by_name.items()}
+    all_names = set(job_def.step_names)
+    graph = {n: tuple(d for d in job_def.dependencies(s, all_names) if d != n and d in by_name)
+             for n, s in by_name.items()}
     cycle = find_cycle(graph)
     if cycle:
         report(by_name[cycle[0]], f"job '{job_def.name}' has a cycle: {' → '.join(cycle)} (each step waits "
@@ -265,16 +268,29 @@ def topological_order(job_def: JobDef) -> list[str]:
     Each position takes the first step in file order whose dependencies are all placed,
     so a file already listed in a valid order comes back unchanged.
     """
-    remaining = {s.name: set(job_def.dependencies(s)) - {s.name} for s in job_def.steps}
+    names = set(job_def.step_names)
+    remaining = {s.name: set(job_def.dependencies(s, names)) - {s.name} for s in job_def.steps}
+    file_order = list(remaining)
+    position = {name: index for index, name in enumerate(file_order)}
+    waiting: dict[str, list[str]] = {name: [] for name in file_order}
+    for name, deps in remaining.items():
+        for dep in deps:
+            if dep in waiting:
+                waiting[dep].append(name)
+    # The positions of the steps whose dependencies are all placed: the smallest goes next.
+    free = [position[name] for name, deps in remaining.items() if not deps]
+    heapq.heapify(free)
     order: list[str] = []
-    while remaining:
-        name = next((n for n, deps in remaining.items() if not deps), None)
-        if name is None:
-            raise ValueError(f"job '{job_def.name}' has a cycle")
-        del remaining[name]
+    while free:
+        name = file_order[heapq.heappop(free)]
         order.append(name)
-        for deps in remaining.values():
+        for downstream in waiting[name]:
+            deps = remaining[downstream]
             deps.discard(name)
+            if not deps:
+                heapq.heappush(free, position[downstream])
+    if len(order) < len(remaining):
+        raise ValueError(f"job '{job_def.name}' has a cycle")
     return order
 
 

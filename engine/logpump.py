@@ -6,20 +6,21 @@ as they arrive: invalid UTF-8, binary and a 10 MB line pass through unchanged, a
 a line cut off by a kill still reaches the file. Each line starts with its arrival
 time in UTC: `2026-11-27T03:12:40.123Z ` (24 characters and a space).
 
-The same thread reads each attempt's result pipe: one length-framed JSON message
+The same thread reads each attempt's result pipe: one length-framed message
 that a Python attempt sends after closing its output (see worker.send_result).
 """
 from __future__ import annotations
 
 import io
 import logging
-import json
 import os
 import selectors
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from engine.worker import decode
 
 CHUNK = 1 << 16
 STAMP_WIDTH = 25
@@ -222,9 +223,9 @@ class LogPump:
             if 0 <= size <= len(result.data) - 4:
                 message = None
                 try:
-                    message = json.loads(result.data[4:4 + size])
-                except ValueError:
-                    pass
+                    message = decode(bytes(result.data[4:4 + size]))
+                except (ValueError, EOFError, TypeError):
+                    pass  # not a result of ours: the attempt is judged by its exit status
                 if isinstance(message, dict) and self._on_result is not None:
                     self._on_result(result.key, message)
                 break

@@ -8,10 +8,10 @@ from the job file when an attempt starts, so a fixed step can be retried.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from engine.definition import JobDef
+from engine.definition import JobDef, StepDef
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,11 @@ class JobPlan:
         return [s.name for s in self.steps if s.name in found]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Not asdict(): it deep-copies every value on the way, more than half the cost of submitting
+        # a run of a big job; these values are plain JSON types already (tuples become lists).
+        data = {name: getattr(self, name) for name in _JOB_FIELDS}
+        data["steps"] = [{name: getattr(step_plan, name) for name in _STEP_FIELDS} for step_plan in self.steps]
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> JobPlan:
@@ -85,15 +89,23 @@ class JobPlan:
         return cls(steps=steps, **data)
 
 
+_JOB_FIELDS = tuple(f.name for f in fields(JobPlan))
+_STEP_FIELDS = tuple(f.name for f in fields(StepPlan))
+
+
 def plan_job(job_def: JobDef) -> JobPlan:
     """The plan of a validated job, steps in DAG order."""
     from engine.loader import topological_order
 
     order = topological_order(job_def)
+    names = set(job_def.step_names)
+    by_name: dict[str, StepDef] = {}
+    for step_def in job_def.steps:
+        by_name.setdefault(step_def.name, step_def)  # the first of a name, as JobDef.step() finds it
     steps = []
     for name in order:
-        step_def = job_def.step(name)
-        upstream = job_def.dependencies(step_def)
+        step_def = by_name[name]
+        upstream = job_def.dependencies(step_def, names)
         inputs = (upstream if step_def.kind == "shell"
                   else tuple(p for p in step_def.parameters if p in upstream))
         steps.append(StepPlan(

@@ -9,6 +9,7 @@ with its event, and announced to an optional listener (the CLI prints them).
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import json
@@ -58,11 +59,12 @@ class ActiveRun:
     """Attempt count when the current retry budget began (a manual retry starts a new one)."""
     waiting_on: dict[str, int] = field(default_factory=dict)
     """Upstream steps not yet succeeded, per step still to run."""
-    ready: list[str] = field(default_factory=list)
+    ready: collections.deque[str] = field(default_factory=collections.deque)
+    """Steps that may start, first come first served."""
+    newly_ready: list[str] = field(default_factory=list)
+    """Steps made ready since the last _fill_slots: those it cannot start then wait for a free slot."""
     scheduled_for: float | None = None
     cancelling: str | None = None
-    slot_waiting: set[str] = field(default_factory=set)
-    """Ready steps whose waiting_for already says they wait for a free slot."""
     step_plans: dict[str, StepPlan] = field(init=False)
     downstream: dict[str, list[str]] = field(init=False)
     """Direct downstream steps of every step (the plan's, computed once)."""
@@ -112,6 +114,7 @@ class Engine:
         self._next_command_poll = 0.0
         self._queued: list[tuple[ActiveRun, int]] = []
         self._plans: dict[int, tuple[JobDef, JobPlan, str]] = {}
+        self._started_unflushed = False
         self.owner = store.process_identity()
 
     # --- public API -----------------------------------------------------------------------------------
@@ -237,6 +240,7 @@ class Engine:
                 changes.append((run.step_ids[name], name, StepState.CANCELLED.value,
                                 {"reason": reason, "waiting_for": None, "ended_at": now}))
         run.ready.clear()
+        run.newly_ready.clear()
         self._write_steps(run, changes, now)
         for attempt in self._attempts.values():
             if attempt.run_id == run_id and not attempt.finished:
@@ -256,10 +260,13 @@ class Engine:
 
     def step(self, timeout_s: float = 0.5, consume_commands: bool = True) -> None:
         """Handle what is due: start queued runs and ready steps, process executor events and timers."""
-        with store.batch():
-            self._start_queued()
-            self._fill_slots()
-        self._executor.flush()
+        # Usually the previous turn has started all it could; only submit(), retry() and the like
+        # leave something to start here.
+        if self._queued or any(run.ready for run in self._runs.values()):
+            with store.batch():
+                self._start_queued()
+                self._fill_slots()
+            self._flush()
         now = self._clock()
         wait = timeout_s
         if self._timers:
@@ -271,21 +278,31 @@ class Engine:
         except queue.Empty:
             event = None
         with store.batch():
-            while event is not None:
-                self._handle(event)
-                try:
-                    event = self._events.get_nowait()
-                except queue.Empty:
-                    event = None
+            self._handle_all(event)
             self._run_timers()
             # Start what these events released before committing them: the next step of a chain does
             # not wait for the commit, and its first state change joins the same transaction.
             self._start_queued()
             self._fill_slots()
-        self._executor.flush()
+            # An attempt handed to a spare process has reported Started already: record it in this
+            # transaction too, instead of a turn and a commit of its own.
+            self._handle_all(self._next_event())
+        self._flush()
         if consume_commands and self._runs and self._clock() >= self._next_command_poll:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
+
+    def _next_event(self) -> ExecutorEvent | _Wake | None:
+        try:
+            return self._events.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _handle_all(self, event: ExecutorEvent | _Wake | None) -> None:
+        """Handle `event` and every event already queued behind it."""
+        while event is not None:
+            self._handle(event)
+            event = self._next_event()
 
     def wake(self) -> None:
         """Make a waiting step() return now; callable from any thread (e.g. when a schedule fires)."""
@@ -321,6 +338,7 @@ class Engine:
                 changes.append((run.step_ids[name], name, StepState.WAITING.value, {"waiting_for": "upstream"}))
             else:
                 run.ready.append(name)
+                run.newly_ready.append(name)
         self._write_steps(run, changes, now)
 
     def _fill_slots(self) -> None:
@@ -333,10 +351,9 @@ class Engine:
             started = False
             for run in runs:
                 while run.ready and running < self.parallel:
-                    name = run.ready.pop(0)
+                    name = run.ready.popleft()
                     if run.states[name] not in (StepState.PENDING, StepState.WAITING):
                         continue
-                    run.slot_waiting.discard(name)
                     self._start_attempt(run, name)
                     self._runs[run.id] = self._runs.pop(run.id)
                     running += 1
@@ -344,17 +361,18 @@ class Engine:
                     break
             if not started:
                 break
+        # Ready steps left without a slot now wait for one, and say so once: only the steps made ready
+        # since the last call are looked at, not every step of a wide run still in line.
         for run in runs:
-            if run.ready:
+            if run.newly_ready:
                 now = self._clock()
                 changes = []
-                for name in run.ready:
-                    # A step released by its upstream or a retry timer is already waiting, for that reason.
-                    if name not in run.slot_waiting:
-                        run.slot_waiting.add(name)
+                for name in run.newly_ready:
+                    if run.states[name] in (StepState.PENDING, StepState.WAITING):  # not started, failed or cancelled
                         run.states[name] = StepState.WAITING
                         changes.append((run.step_ids[name], name, StepState.WAITING.value,
                                         {"waiting_for": f"a free slot (--parallel {self.parallel})"}))
+                run.newly_ready.clear()
                 self._write_steps(run, changes, now)
 
     def _start_attempt(self, run: ActiveRun, name: str) -> None:
@@ -363,20 +381,22 @@ class Engine:
         run.attempts[name] = number
         run.states[name] = StepState.RUNNING
         key = next(self._keys)
-        log_path = str(self.home.attempt_log(run.id, name, number))
+        home = self.home
+        log_path = home.attempt_log_str(run.id, name, number)
         self._attempts[key] = RunningAttempt(key, run.id, name, number, log_path)
-        inputs = {u: str(self.home.output_file(run.id, u)) for u in step_plan.inputs}
+        inputs = {u: home.output_file_str(run.id, u) for u in step_plan.inputs}
         request = AttemptRequest(
             key=key, job_file=run.plan.file, job=run.plan.job, step=name, kind=step_plan.kind,
             command=step_plan.command, inputs=inputs, params=run.params,
             context={"run_id": run.id, "job": run.plan.job, "step": name, "attempt": number,
-                     "params": run.params, "home": str(self.home.root),
+                     "params": run.params, "home": str(home.root),
                      "scheduled_for": _iso(run.scheduled_for)},
             env=step_plan.env, cwd=self._cwd(run.plan, step_plan), log_path=log_path,
-            output_path=str(self.home.output_file(run.id, name)),
+            output_path=home.output_file_str(run.id, name),
             result_path="",
-            shell_output_path=str(self.home.shell_output_file(run.id, name, number)))
+            shell_output_path=home.shell_output_file_str(run.id, name, number))
         self._executor.start(request, defer_logs=True)  # the pump takes them at flush(), in step()
+        self._started_unflushed = True
 
     def _cwd(self, plan: JobPlan, step_plan: StepPlan) -> str:
         folder = os.path.dirname(plan.file)
@@ -488,6 +508,7 @@ class Engine:
                     run.waiting_on[downstream] -= 1
                     if run.waiting_on[downstream] == 0:
                         run.ready.append(downstream)
+                        run.newly_ready.append(downstream)
         self._maybe_finish_run(run)
 
     def _record_exit(self, attempt: RunningAttempt, exited: Exited) -> None:
@@ -529,13 +550,14 @@ class Engine:
 
     def _shell_output(self, run: ActiveRun, step_plan: StepPlan,
                       attempt: RunningAttempt) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
-        path = self.home.shell_output_file(run.id, step_plan.name, attempt.number)
+        path = self.home.shell_output_file_str(run.id, step_plan.name, attempt.number)
         try:
-            text = path.read_bytes().decode("utf-8", "replace").rstrip("\n")
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8", "replace").rstrip("\n")
         except FileNotFoundError:
             return StepState.SUCCEEDED, None, (False, None)
-        target = self.home.output_file(run.id, step_plan.name)
-        target.write_bytes(pickle.dumps(text))
+        with open(self.home.output_file_str(run.id, step_plan.name), "wb") as handle:
+            handle.write(pickle.dumps(text))
         return StepState.SUCCEEDED, None, (True, preview_of(text))
 
     def _may_retry(self, run: ActiveRun, step_plan: StepPlan) -> bool:
@@ -551,6 +573,7 @@ class Engine:
     def _retry_due(self, run: ActiveRun, name: str) -> None:
         if run.states.get(name) == StepState.WAITING and not run.cancelling and run.id in self._runs:
             run.ready.append(name)
+            run.newly_ready.append(name)
 
     def _fail_downstream(self, run: ActiveRun, name: str, now: float) -> list[tuple[int, str, str, dict[str, Any]]]:
         changes = []
@@ -595,6 +618,12 @@ class Engine:
             if run_id in self._runs:
                 self.cancel(run_id, command["payload"].get("reason") or "cancelled by user")
                 store.ack_command(command["id"], True, f"run {run_id} cancelling", self._clock())
+
+    def _flush(self) -> None:
+        # Only attempts started since the last flush give the executor something to hand over.
+        if self._started_unflushed:
+            self._started_unflushed = False
+            self._executor.flush()
 
     def _after(self, delay_s: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (self._clock() + delay_s, next(self._timer_seq), callback))

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import peewee
@@ -228,7 +228,12 @@ def event_row(kind: str, run_id: int | None, step: str | None, state: str | None
 
 # The per-attempt helpers run several times per step; building their statements with peewee's query
 # builder cost about as much as the SQLite work itself (bench/: ~0.5 ms per transaction), so they
-# execute cached, parameterised SQL for the same statements instead.
+# execute cached, parameterised SQL for the same statements instead, straight on the connection
+# (peewee's execute_sql adds a cursor, logging and error wrapping to each one).
+
+
+def _execute(sql: str, params: list[Any] | tuple[Any, ...]) -> sqlite3.Cursor:
+    return db.connection().execute(sql, params)
 
 
 @functools.lru_cache(maxsize=256)
@@ -240,7 +245,7 @@ def _update_sql(model: type[BaseModel], names: tuple[str, ...]) -> tuple[str, tu
 
 def _update_by_id(model: type[BaseModel], row_id: int, values: dict[str, Any]) -> None:
     sql, fields = _update_sql(model, tuple(values))
-    db.execute_sql(sql, [f.db_value(v) for f, v in zip(fields, values.values())] + [row_id])
+    _execute(sql, [f.db_value(v) for f, v in zip(fields, values.values())] + [row_id])
 
 
 _EVENT_COLUMNS = ("at", "run_id", "step", "kind", "state", "message")
@@ -248,6 +253,8 @@ _INSERT_EVENT = (f'INSERT INTO "event" ({", ".join(chr(34) + c + chr(34) for c i
                  f'VALUES ({", ".join("?" for _ in _EVENT_COLUMNS)})')
 _INSERT_ATTEMPT = ('INSERT INTO "attempt" ("step_run_id", "run_id", "number", "state", "pid", "pid_started", '
                    '"started_at", "log_path") VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+_STEP_RUNNING = ('UPDATE "step_run" SET "state" = \'running\', "waiting_for" = NULL, "attempts" = ?, '
+                 '"started_at" = ?, "ended_at" = NULL, "reason" = NULL, "detail" = NULL WHERE "id" = ?')
 
 
 _INSERT_RUN = ('INSERT INTO "run" ("job", "state", "trigger", "params", "snapshot", "created_at", "scheduled_for") '
@@ -257,8 +264,10 @@ _INSERT_STEP_RUN = ('INSERT INTO "step_run" ("run_id", "name", "position", "stat
 
 
 def insert_events(events: list[dict[str, Any]]) -> None:
-    for event in events:
-        db.execute_sql(_INSERT_EVENT, [event[c] for c in _EVENT_COLUMNS])
+    if len(events) == 1:
+        _execute(_INSERT_EVENT, [events[0][c] for c in _EVENT_COLUMNS])
+    elif events:
+        db.connection().executemany(_INSERT_EVENT, [[event[c] for c in _EVENT_COLUMNS] for event in events])
 
 
 # --- write helpers: each is one IMMEDIATE transaction, or part of the caller's batch() -------------------
@@ -284,32 +293,32 @@ def write() -> Any:
     return db.atomic("IMMEDIATE")
 
 
-@contextlib.contextmanager
-def batch() -> Iterator[None]:
+def batch() -> _Grouping:
     """Group the writes of one engine turn into one transaction: one commit instead of one per change.
 
     The engine wraps each turn's work (never its waiting) in it, so readers still see every change
     within milliseconds and a crash loses at most the turn it interrupted. A turn that writes nothing
     takes no lock.
     """
-    if _batch.grouping or db.in_transaction():
-        yield
-        return
-    _batch.grouping = True
-    try:
-        yield
-    except BaseException as error:
+    return _Grouping()
+
+
+class _Grouping:
+    """batch()'s context manager; a class rather than a generator, as the engine enters it every turn."""
+    __slots__ = ("nested",)
+
+    def __enter__(self) -> None:
+        self.nested = _batch.grouping or db.in_transaction()
+        _batch.grouping = True
+
+    def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None,
+                 traceback: Any) -> None:
+        if self.nested:
+            return
         transaction, _batch.transaction = _batch.transaction, None
-        if transaction is not None:
-            transaction.__exit__(type(error), error, error.__traceback__)
-        raise
-    else:
-        transaction, _batch.transaction = _batch.transaction, None
-        if transaction is not None:
-            transaction.__exit__(None, None, None)
-    finally:
         _batch.grouping = False
-        _batch.transaction = None
+        if transaction is not None:
+            transaction.__exit__(error_type, error, traceback)
 
 
 def create_run(job: str, trigger: str, params: dict[str, str], snapshot: str, steps: Iterable[str],
@@ -363,12 +372,11 @@ def start_attempt(run_id: int, step_run_id: int, step: str, number: int, pid: in
                   pid_started: float | None, log_path: str, at: float) -> int:
     """Record a started attempt and its step as running; returns the attempt id."""
     with write():
-        cursor = db.execute_sql(_INSERT_ATTEMPT, [step_run_id, run_id, number, "running", pid, pid_started, at,
-                                                  log_path])
-        attempt_id = cursor.lastrowid
-        _update_by_id(StepRun, step_run_id, {"state": "running", "waiting_for": None, "attempts": number,
-                                             "started_at": at, "ended_at": None, "reason": None, "detail": None})
+        attempt_id = _execute(_INSERT_ATTEMPT, [step_run_id, run_id, number, "running", pid, pid_started, at,
+                                                log_path]).lastrowid
+        _execute(_STEP_RUNNING, [number, at, step_run_id])
         insert_events([event_row("step", run_id, step, "running", f"attempt {number}", at)])
+    assert attempt_id is not None  # an INSERT's cursor always has it
     return attempt_id
 
 

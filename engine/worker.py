@@ -1,14 +1,17 @@
 """The preloaded worker: imports one job file once, then forks a process per attempt.
 
-The executor starts one worker per job file (`python -m engine.worker FD FILE`)
-and talks to it over a SOCK_SEQPACKET socket: JSON messages, with the attempt's
-log pipe passed as a file descriptor. Forking a process that has already paid
+The executor starts one worker per job file (`python -m engine.worker FD SPARES FILE`)
+and talks to it over a SOCK_SEQPACKET socket: dicts encoded with marshal (both ends
+run the same interpreter), with the attempt's log pipe passed as a file descriptor. Forking a process that has already paid
 the interpreter start-up and the job module's imports makes a Python attempt
-cost about a fork, and the fork is made ahead of need: a spare process waits,
-set up, for the next Python attempt. Shell attempts start bash with posix_spawn
-(or fork and exec it when they read upstream outputs). Every attempt is a child
-of this process, so its exit status comes with CPU time and peak RSS (wait4).
-The worker is single-threaded, which keeps fork safe.
+cost about a fork, and the forks are made ahead of need: after its first Python
+attempt the worker keeps SPARES processes forked and set up, and hands each one's
+socket to the engine, which sends a Python attempt's request straight to a spare
+(no hop through the worker). A spare tells the worker when it is taken, over a
+pipe, and the worker forks its replacement. Shell attempts start bash with
+posix_spawn (or fork and exec it when they read upstream outputs). Every attempt
+is a child of this process, so its exit status comes with CPU time and peak RSS
+(wait4). The worker is single-threaded, which keeps fork safe.
 
 If the engine goes away (the socket closes) the worker terminates every attempt
 it started, so no step outlives its supervisor unseen.
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import io
 import json
+import marshal
 import os
 import pickle
 import select
 import signal
 import _signal  # signal.signal without the enum wrapping: a fork's first calls to it cost ~0.3 ms
 import socket
+import _socket
 import sys
 import traceback
 from typing import Any
@@ -33,7 +38,7 @@ MAX_ENV_INPUT = 128 * 1024
 PREVIEW_CHARS = 300
 
 
-def message_size(sock: socket.socket) -> int:
+def message_size(sock: _socket.socket) -> int:
     """The size of the next message on a SOCK_SEQPACKET socket, without taking it (0: the peer closed).
 
     Reading into a buffer as large as the message, not a fixed maximum, matters: a megabyte allocated
@@ -42,16 +47,45 @@ def message_size(sock: socket.socket) -> int:
     return sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
 
 
-def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """One message and the file descriptors sent with it (b"" when the engine closed the socket)."""
-    data, fds, _, _ = socket.recv_fds(sock, max(message_size(sock), 1), 4)
+FD_BYTES = 4  # a file descriptor in SCM_RIGHTS data: a C int
+FDS_SPACE = socket.CMSG_SPACE(4 * FD_BYTES)
+
+
+def receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the file descriptors sent with it (b"" when the engine closed the socket).
+
+    recvmsg itself rather than socket.recv_fds, whose Python code and arrays a forked process would
+    pay in page copies on every message.
+    """
+    data, ancillary, _, _ = sock.recvmsg(max(message_size(sock), 1), FDS_SPACE)
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % FD_BYTES
+            fds += [int.from_bytes(payload[i:i + FD_BYTES], sys.byteorder) for i in range(0, usable, FD_BYTES)]
     return data, fds
 
 
+def send_with_fds(sock: _socket.socket, data: bytes, fds: list[int]) -> None:
+    """socket.send_fds without its Python code and arrays (see receive)."""
+    payload = b"".join(fd.to_bytes(FD_BYTES, sys.byteorder) for fd in fds)
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, payload)])
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """A message between stepline's own processes. marshal, not JSON: it is all C, so a forked process
+    encoding or decoding one writes to fewer of its pages (each first write costs a page copy)."""
+    return marshal.dumps(message)
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    return marshal.loads(data)
+
+
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
+    data = encode(message)
     if fds:
-        socket.send_fds(sock, [data], fds)
+        send_with_fds(sock, data, fds)
     else:
         sock.send(data)
 
@@ -65,12 +99,12 @@ def preview(value: Any) -> str:
 
 
 def send_result(fd: int, result: dict[str, Any]) -> None:
-    """Hand the attempt's result to the engine over its result pipe: a 4-byte length, then JSON.
+    """Hand the attempt's result to the engine over its result pipe: a 4-byte length, then the message.
 
     The length frames the message, so the engine takes it without waiting for the pipe's end of
     file (a process the step forked may hold the pipe open).
     """
-    data = json.dumps(result).encode()
+    data = encode(result)
     view = memoryview(len(data).to_bytes(4, "big") + data)
     while view:
         view = view[os.write(fd, view):]
@@ -230,21 +264,56 @@ def become_attempt_process(sock: socket.socket) -> None:
     signal.set_wakeup_fd(-1)
 
 
-def spare_main(steps: StepTable, spare_sock: socket.socket, sock: socket.socket, base_env: dict[str, str]) -> None:
-    """A process forked ahead of need: set up, it waits for the next attempt; never returns.
+def spare_main(steps: StepTable, spare_sock: _socket.socket, sock: socket.socket, base_env: dict[str, str],
+               taken_fd: int) -> None:
+    """A process forked ahead of need: set up, it waits for its attempt's request; never returns.
 
     The fork and the child's set-up (each page it touches is a copy-on-write fault) happen while
-    the previous attempt runs, so an attempt starts as soon as its request arrives.
+    other attempts run, so an attempt starts as soon as its request arrives. The request comes from
+    the engine itself; the spare then writes its pid to `taken_fd`, so the worker forks its successor.
     """
     try:
         become_attempt_process(sock)
+        warm_up()
         data, fds = receive(spare_sock)
     except BaseException:
         os._exit(1)
-    spare_sock.close()
     if not data or len(fds) != 2:
-        os._exit(0)  # the worker is stopping (or replaced this spare): nothing to run
-    child_main(steps, json.loads(data), fds[0], fds[1], None, base_env)
+        os._exit(0)  # the engine let go of this spare (stopping, or new code): nothing to run
+    try:
+        os.write(taken_fd, os.getpid().to_bytes(4, "big"))
+        os.close(taken_fd)
+    except OSError:
+        pass  # the worker is gone; the attempt runs anyway
+    spare_sock.close()
+    child_main(steps, decode(data), fds[0], fds[1], None, base_env)
+
+
+WARM_REQUEST = encode({
+    "op": "start", "id": 0, "job": "j", "step": "s", "kind": "python", "command": None, "inputs": {"u": "/"},
+    "params": {"k": "v"}, "context": {"run_id": 0, "job": "j", "step": "s", "attempt": 1, "params": {"k": "v"},
+                                      "home": "/", "scheduled_for": None},
+    "env_set": {"STEPLINE_RUN_ID": "0"}, "env_unset": [], "cwd": "/", "output_path": "/"})
+ATTEMPT_VARIABLES = ("STEPLINE_RUN_ID", "STEPLINE_JOB", "STEPLINE_STEP", "STEPLINE_ATTEMPT", "STEPLINE_HOME",
+                     "PYTHONUNBUFFERED")
+
+
+def warm_up() -> None:
+    """In a spare, before its request arrives: do once what every attempt does first.
+
+    Each page a forked process first writes costs a copy, several microseconds on a small VM. Parsing a
+    request and setting the attempt's variables write the same pages every time, so a spare writes
+    them while it waits, and its attempt starts without those copies. Nothing of it is left behind.
+    """
+    decode(WARM_REQUEST)
+    environ = os.environ
+    for key in ATTEMPT_VARIABLES:
+        old = environ.get(key)
+        environ[key] = "0"
+        if old is None:
+            del environ[key]
+        else:
+            environ[key] = old
 
 
 def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd: int | None,
@@ -393,7 +462,7 @@ def prepare_stdio() -> None:
                                   errors="backslashreplace", line_buffering=True)
 
 
-def serve(sock: socket.socket, job_file: str, source_file: str | None = None) -> None:
+def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str | None = None) -> None:
     from engine.loader import import_job_file
     from pathlib import Path
 
@@ -414,7 +483,7 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 return
             for fd in fds:
                 os.close(fd)
-            if not data or json.loads(data).get("op") == "stop":
+            if not data or decode(data).get("op") == "stop":
                 return
             send(sock, broken)
     prepare_stdio()
@@ -428,37 +497,41 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    children: dict[int, int] = {}  # pid -> attempt id
-    spare: tuple[int, socket.socket] | None = None  # (pid, socket) of the process forked ahead of need
+    taken_r, taken_w = os.pipe()  # spares write their pid here when the engine hands them an attempt
+    os.set_blocking(taken_r, False)
+    children: dict[int, int | None] = {}  # pid -> attempt id (None: a spare's, known to the engine only)
+    spares: set[int] = set()  # pids of spares not taken yet
+    want_spares = False  # from the first Python attempt on: a job file of shell steps never needs one
 
-    def make_spare() -> tuple[int, socket.socket] | None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def make_spare() -> bool:
+        ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # no Python-level wrapper
         try:
             pid = os.fork()
         except OSError:
             ours.close()
             theirs.close()
-            return None
+            return False
         if pid == 0:
             ours.close()
-            spare_main(steps, theirs, sock, base_env)
+            os.close(taken_r)
+            spare_main(steps, theirs, sock, base_env, taken_w)
         theirs.close()
-        return pid, ours
-
-    def hand_to_spare(data: bytes, log_fd: int, result_fd: int) -> int | None:
-        """Give the request to the spare process; its pid, or None when there is none (or it died)."""
-        nonlocal spare
-        if spare is None:
-            return None
-        pid, spare_sock = spare
-        spare = None
+        spares.add(pid)
         try:
-            socket.send_fds(spare_sock, [data], [log_fd, result_fd])
-        except OSError:
-            return None
+            send(sock, {"op": "spare", "pid": pid}, [ours.fileno()])
         finally:
-            spare_sock.close()
-        return pid
+            ours.close()  # the engine holds the spare's socket now; closing it is how it lets go
+        return True
+
+    def take_spares() -> None:
+        try:
+            data = os.read(taken_r, 4096)
+        except BlockingIOError:
+            return
+        for offset in range(0, len(data) - 3, 4):
+            pid = int.from_bytes(data[offset:offset + 4], "big")
+            spares.discard(pid)
+            children[pid] = None
 
     def reap() -> None:
         while True:
@@ -468,8 +541,16 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 return
             if pid == 0:
                 return
-            attempt_id = children.pop(pid, None)
-            if attempt_id is None:
+            if pid in spares:
+                take_spares()  # a spare that exits right after its request can be reaped before it is read
+            if pid in spares:
+                # Never taken, as far as the worker knows; yet the engine may have sent it a request just
+                # before it died. The engine knows which: it ignores the exit of a spare it never used.
+                spares.discard(pid)
+                attempt_id = None
+            elif pid in children:
+                attempt_id = children.pop(pid)
+            else:
                 continue
             exit_code = os.waitstatus_to_exitcode(status)
             send(sock, {"op": "exited", "id": attempt_id, "pid": pid,
@@ -480,10 +561,12 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
 
     while True:
         try:
-            watched: list[Any] = [sock, wake_r]
+            watched: list[Any] = [sock, wake_r, taken_r]
             readable, _, _ = select.select(watched, [], [])
         except InterruptedError:
             continue
+        if taken_r in readable:
+            take_spares()
         if wake_r in readable:
             try:
                 os.read(wake_r, 4096)
@@ -495,7 +578,7 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 data, fds = receive(sock)
             except ConnectionResetError:
                 data, fds = b"", []
-            request: dict[str, Any] = json.loads(data) if data else {"op": "stop"}
+            request: dict[str, Any] = decode(data) if data else {"op": "stop"}
             if request["op"] == "start":
                 if request["kind"] == "shell":
                     ensure_output_folder(request)
@@ -504,10 +587,8 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                 for fd in fds:
                     os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
                 pid = spawn_shell(request, log_fd, worker_cwd, base_env)
-                forked = pid is None
-                if pid is None and result_fd is not None:
-                    pid = hand_to_spare(data, log_fd, result_fd)
                 if pid is None:
+                    want_spares = want_spares or request["kind"] == "python"
                     pid = os.fork()
                     if pid == 0:
                         child_main(steps, request, log_fd, result_fd, sock, base_env)
@@ -515,22 +596,26 @@ def serve(sock: socket.socket, job_file: str, source_file: str | None = None) ->
                     os.close(fd)
                 children[pid] = request["id"]
                 send(sock, {"op": "started", "id": request["id"], "pid": pid})
-                if forked and spare is None:
-                    spare = make_spare()  # for the next Python attempt of this job file
             elif request["op"] == "stop":
                 data = b""
             if not data:
-                if spare is not None:
-                    spare[1].close()  # the spare sees the end of its socket and exits
-                abandon(children)
+                abandon(children, spares)
                 return
             reap()
+        while want_spares and len(spares) < spare_count and make_spare():
+            pass
 
 
-def abandon(children: dict[int, int]) -> None:
+def abandon(children: dict[int, int | None], spares: set[int]) -> None:
     """The engine is gone: terminate every attempt's process group, then kill what is left."""
     import time
 
+    for pid in spares:
+        try:
+            os.kill(pid, signal.SIGKILL)  # nothing of a step runs there yet
+        except ProcessLookupError:
+            pass
+    children.update(dict.fromkeys(spares))
     for pid in children:
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -554,13 +639,13 @@ def abandon(children: dict[int, int]) -> None:
 
 
 def main() -> None:
-    fd, job_file = int(sys.argv[1]), sys.argv[2]
-    source_file = sys.argv[3] if len(sys.argv) > 3 else None
+    fd, spare_count, job_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    source_file = sys.argv[4] if len(sys.argv) > 4 else None
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)  # no attempt process may hold the engine's connection
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which decides
     try:
-        serve(sock, job_file, source_file)
+        serve(sock, spare_count, job_file, source_file)
     finally:
         sock.close()
 

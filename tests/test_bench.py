@@ -17,8 +17,8 @@ WORKLOADS = {"W1", "W2", "W3", "W4", "W5"}
 def test_quick_bench_runs_every_workload_and_every_check_passes(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out), "--scratch", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
 
@@ -32,13 +32,17 @@ def test_quick_bench_runs_every_workload_and_every_check_passes(tmp_path: Path) 
     for name in WORKLOADS:
         assert f"\n{name} " in done.stdout
     assert f"{report['machine']['cpus']} CPUs" in done.stdout
+    # Its homes were made where --scratch said, and removed afterwards.
+    assert report["scratch"] == str(tmp_path) and f"homes in {tmp_path}" in done.stdout
+    assert not list(tmp_path.glob("stepline-bench-*"))
 
 
 def test_quick_bench_counts_every_log_line_and_every_retry(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "W4,W5", "--json", str(out)], cwd=ROOT,
-                   env=env, capture_output=True, text=True, timeout=600, check=True)
+    subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "W4,W5", "--json", str(out),
+                    "--scratch", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                   check=True)
     workloads = {w["name"]: w for w in json.loads(out.read_text())["workloads"]}
 
     assert workloads["W4"]["result"]["check"]["attempts"] == 3

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_console_bench_reports_ready_keys_and_rss(tmp_path: Path) -> None:
     out = tmp_path / "console.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "bench.console", "--quick", "--json", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "bench.console", "--quick", "--json", str(out),
+                           "--scratch", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
 

@@ -1,6 +1,8 @@
 """The executor: attempt processes, their environment, their trees, and what happens when things die."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -174,3 +176,103 @@ def test_a_new_attempt_runs_the_job_files_current_code(home, write_job):
         engine.close()
     assert query.get_run(first).step("which").output_preview == "'old'"
     assert query.get_run(second).step("which").output_preview == "'new'"
+
+
+def python_requests(harness, tmp_path: Path, count: int) -> list[AttemptRequest]:
+    """Requests for attempts 1..count of a Python step (one job file, written once: a rewrite means new code)."""
+    job_file = harness.write_job("p.py", """
+        import os
+
+        @step
+        def s():
+            return os.getpid()
+
+        j = job("j", [s])
+    """)
+    return [dataclasses.replace(request(harness, tmp_path, key, "true"), job_file=str(job_file), job="j", step="s",
+                                kind="python", command=None) for key in range(1, count + 1)]
+
+
+def spares_of(executor: Executor, count: int) -> list[int] | None:
+    """The pids of the worker's spare processes, once the executor holds `count` of them."""
+    [worker] = executor._workers.values()
+    pids = [pid for pid, _, _ in list(worker.spares)]
+    return pids if len(pids) >= count else None
+
+
+def dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_an_attempt_handed_to_a_dead_spare_process_starts_in_another(harness, tmp_path):
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    executor = Executor(events.put, kill_grace_s=0.5)
+    try:
+        first, second = python_requests(harness, tmp_path, 2)
+        executor.start(first)  # the first Python attempt makes the worker fork spares
+        assert collect(events, 1)[Exited].exit_code == 0
+        killed = wait_until(lambda: spares_of(executor, 2))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: all(dead(pid) for pid in killed))  # their sockets are closed
+        executor.start(second)
+        seen = collect(events, 2)
+    finally:
+        executor.close()
+    assert seen[Started].pid not in killed
+    assert (seen[Exited].exit_code, seen[Exited].lost) == (0, None)
+
+
+def test_an_attempt_whose_process_dies_before_reading_its_request_fails_instead_of_hanging(harness, tmp_path):
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    executor = Executor(events.put, kill_grace_s=0.5)
+    stopped: list[int] = []
+    try:
+        first, second = python_requests(harness, tmp_path, 2)
+        executor.start(first)
+        assert collect(events, 1)[Exited].exit_code == 0
+        stopped = wait_until(lambda: spares_of(executor, 2))
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)  # alive, so the request is sent; never read
+        executor.start(second)
+        started = events.get(timeout=30)
+        assert isinstance(started, Started) and started.pid in stopped
+        os.kill(started.pid, signal.SIGKILL)
+        seen = collect(events, 2)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        executor.close()
+    assert (seen[Exited].signal, seen[Exited].lost) == (signal.SIGKILL, None)
+
+
+def test_a_python_step_whose_worker_dies_fails_and_its_process_is_ended(home, write_job, tmp_path):
+    # `victim` runs in a process the worker forked ahead of need, which the engine handed it to directly.
+    pids = tmp_path / "pids"
+    write_job("j.py", f"""
+        import os, time
+
+        @step
+        def warm():
+            return 1
+
+        @step(after=["warm"])
+        def victim():
+            with open({str(pids)!r}, "w") as handle:
+                handle.write(str(os.getpid()))
+            time.sleep(300)
+
+        j = job("j", [warm, victim])
+    """)
+    background = Background(home, "j", kill_grace_s=0.5)
+    [(pid, created)] = wait_until(lambda: read_pids(pids, 1))
+    psutil.Process(pid).parent().kill()
+    run = background.join()
+    assert run.state == "failed"
+    assert run.step("victim").reason.summary == "the worker process running this step died"
+    wait_until(lambda: gone(pid, created), timeout_s=10)
+
