@@ -32,6 +32,8 @@ from engine.worker import decode, encode, env_key, receive, send_with_fds
 KILL_GRACE_S = 5.0
 SPARES = 2
 """Processes each worker keeps forked ahead of need: one per slot of a 2-CPU machine's default parallelism."""
+SPARE_IDLE_S = 60.0
+"""Spares unused this long are let go (a daemon between runs holds no idle processes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,7 @@ class Worker:
     """One `python -m engine.worker` process for one job file."""
 
     def __init__(self, job_file: str, executor: Executor, source_file: str | None = None,
-                 spare_count: int = SPARES) -> None:
+                 spare_count: int = SPARES, spare_idle_s: float = SPARE_IDLE_S) -> None:
         self.job_file = job_file
         self.source_file = source_file
         """A copy of the job file's last good version to import instead of the file, or None."""
@@ -159,7 +161,8 @@ class Worker:
         """The worker's own environment: each attempt request carries only its differences from it."""
         self._changes_from: tuple[dict[str, str], tuple[dict[str, str], list[str]]] | None = None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), str(spare_count), job_file]
+            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), str(spare_count), str(spare_idle_s),
+             job_file]
             + ([source_file] if source_file else []),
             pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
             env=self.environ,
@@ -286,6 +289,9 @@ class Worker:
             if message["op"] == "spare" and fds:
                 self.add_spare(message["pid"], socket.socket(fileno=fds[0]))
                 continue
+            if message["op"] == "idle":
+                self.drop_spares()
+                continue
             self._executor._on_worker_message(self, message)
         self.drop_spares()
         self._executor._on_worker_gone(self)
@@ -295,13 +301,15 @@ class Executor:
     """Starts, watches and kills attempts; reports through `notify` from its own threads."""
 
     def __init__(self, notify: Callable[[ExecutorEvent], None], clock: Callable[[], float] = time.time,
-                 kill_grace_s: float = KILL_GRACE_S, spares: int = SPARES) -> None:
+                 kill_grace_s: float = KILL_GRACE_S, spares: int = SPARES,
+                 spare_idle_s: float = SPARE_IDLE_S) -> None:
         self._notify = notify
         self._clock = clock
         self.kill_grace_s = kill_grace_s
         self._workers: dict[str, Worker] = {}
         self._lock = threading.Lock()
         self._spares = spares
+        self._spare_idle_s = spare_idle_s
         self._pids: dict[int, int] = {}  # key -> pid
         self._keys_by_pid: dict[int, int] = {}  # pid -> key, for attempts started on a spare
         self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
@@ -418,7 +426,7 @@ class Executor:
         if worker is None or worker.process.poll() is not None or stale:
             if worker is not None:
                 self._retire(worker)
-            worker = Worker(job_file, self, source, self._spares)
+            worker = Worker(job_file, self, source, self._spares, self._spare_idle_s)
             worker.mtime = _mtime(job_file)  # type: ignore[attr-defined]
             self._workers[job_file] = worker
         return worker

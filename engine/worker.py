@@ -1,14 +1,16 @@
 """The preloaded worker: imports one job file once, then forks a process per attempt.
 
-The executor starts one worker per job file (`python -m engine.worker FD SPARES FILE`)
+The executor starts one worker per job file (`python -m engine.worker FD SPARES IDLE FILE`)
 and talks to it over a SOCK_SEQPACKET socket: dicts encoded with marshal (both ends
-run the same interpreter), with the attempt's log pipe passed as a file descriptor. Forking a process that has already paid
-the interpreter start-up and the job module's imports makes a Python attempt
-cost about a fork, and the forks are made ahead of need: after its first Python
-attempt the worker keeps SPARES processes forked and set up, and hands each one's
-socket to the engine, which sends a Python attempt's request straight to a spare
-(no hop through the worker). A spare tells the worker when it is taken, over a
-pipe, and the worker forks its replacement. Shell attempts start bash with
+run the same interpreter), with the attempt's log pipe passed as a file descriptor.
+
+Forking a process that has already paid the interpreter start-up and the job
+module's imports makes a Python attempt cost about a fork, and the forks are made
+ahead of need: after its first Python attempt the worker keeps SPARES processes
+forked and set up, and hands each one's socket to the engine, which sends a Python
+attempt's request straight to a spare (no hop through the worker). A spare tells
+the worker when it is taken, over a pipe, and the worker forks its replacement;
+spares unused for IDLE seconds are let go. Shell attempts start bash with
 posix_spawn (or fork and exec it when they read upstream outputs). Every attempt
 is a child of this process, so its exit status comes with CPU time and peak RSS
 (wait4). The worker is single-threaded, which keeps fork safe.
@@ -30,6 +32,7 @@ import _signal  # signal.signal without the enum wrapping: a fork's first calls 
 import socket
 import _socket
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -463,7 +466,8 @@ def prepare_stdio() -> None:
                                   errors="backslashreplace", line_buffering=True)
 
 
-def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str | None = None) -> None:
+def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: str,
+          source_file: str | None = None) -> None:
     from engine.loader import import_job_file
     from pathlib import Path
 
@@ -507,6 +511,7 @@ def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str
     children: dict[int, int | None] = {}  # pid -> attempt id (None: a spare's, known to the engine only)
     spares: set[int] = set()  # pids of spares not taken yet
     want_spares = False  # from the first Python attempt on: a job file of shell steps never needs one
+    last_use = time.monotonic()  # of a spare, or of a Python attempt forked here
 
     def make_spare() -> bool:
         ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # no Python-level wrapper
@@ -529,10 +534,12 @@ def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str
         return True
 
     def take_spares() -> None:
+        nonlocal last_use
         try:
             data = os.read(taken_r, 4096)
         except BlockingIOError:
             return
+        last_use = time.monotonic()
         for offset in range(0, len(data) - 3, 4):
             pid = int.from_bytes(data[offset:offset + 4], "big")
             spares.discard(pid)
@@ -565,11 +572,17 @@ def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str
                         "peak_rss_bytes": usage.ru_maxrss * 1024})
 
     while True:
+        idle_in = max(0.0, last_use + spare_idle_s - time.monotonic()) if spares and want_spares else None
         try:
             watched: list[Any] = [sock, wake_r, taken_r]
-            readable, _, _ = select.select(watched, [], [])
+            readable, _, _ = select.select(watched, [], [], idle_in)
         except InterruptedError:
             continue
+        if want_spares and spares and time.monotonic() - last_use >= spare_idle_s:
+            # Unused for a while (a daemon between runs): the engine lets go of them, and they exit
+            # without running anything. The next Python attempt is forked here and brings them back.
+            send(sock, {"op": "idle"})
+            want_spares = False
         if taken_r in readable:
             take_spares()
         if wake_r in readable:
@@ -593,7 +606,8 @@ def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str
                     os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
                 pid = spawn_shell(request, log_fd, worker_cwd, base_env)
                 if pid is None:
-                    want_spares = want_spares or request["kind"] == "python"
+                    if request["kind"] == "python":
+                        want_spares, last_use = True, time.monotonic()
                     pid = os.fork()
                     if pid == 0:
                         child_main(steps, request, log_fd, result_fd, sock, base_env)
@@ -613,8 +627,6 @@ def serve(sock: socket.socket, spare_count: int, job_file: str, source_file: str
 
 def abandon(children: dict[int, int | None], spares: set[int]) -> None:
     """The engine is gone: terminate every attempt's process group, then kill what is left."""
-    import time
-
     for pid in spares:
         try:
             os.kill(pid, signal.SIGKILL)  # nothing of a step runs there yet
@@ -644,13 +656,13 @@ def abandon(children: dict[int, int | None], spares: set[int]) -> None:
 
 
 def main() -> None:
-    fd, spare_count, job_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    source_file = sys.argv[4] if len(sys.argv) > 4 else None
+    fd, spare_count, spare_idle_s, job_file = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    source_file = sys.argv[5] if len(sys.argv) > 5 else None
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)  # no attempt process may hold the engine's connection
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which decides
     try:
-        serve(sock, spare_count, job_file, source_file)
+        serve(sock, spare_count, spare_idle_s, job_file, source_file)
     finally:
         sock.close()
 

@@ -270,3 +270,20 @@ def test_an_attempt_whose_process_dies_before_reading_its_request_fails_instead_
         executor.close()
     assert (seen[Exited].signal, seen[Exited].lost) == (signal.SIGKILL, None)
 
+
+
+def test_spare_processes_unused_for_a_while_are_let_go_and_come_back_with_the_next_python_attempt(harness, tmp_path):
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    executor = Executor(events.put, kill_grace_s=0.5, spare_idle_s=0.5)
+    first, second = python_requests(harness, tmp_path, 2)
+    try:
+        executor.start(first)
+        assert collect(events, 1)[Exited].exit_code == 0
+        idle = wait_until(lambda: spares_of(executor, 2))
+        wait_until(lambda: spares_of(executor, 0) == [] and all(dead(pid) for pid in idle))
+        executor.start(second)
+        seen = collect(events, 2)
+        assert seen[Exited].exit_code == 0 and seen[Started].pid not in idle
+        assert set(wait_until(lambda: spares_of(executor, 2))).isdisjoint(idle)
+    finally:
+        executor.close()
