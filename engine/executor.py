@@ -217,10 +217,7 @@ class Worker:
         return False
 
     def add_spare(self, pid: int, spare_sock: socket.socket) -> None:
-        try:
-            pid_started: float | None = psutil.Process(pid).create_time()
-        except psutil.Error:
-            pid_started = None
+        pid_started = process_start_time(pid)
         with self._send_lock:
             if self.broken:
                 spare_sock.close()
@@ -311,7 +308,7 @@ class Executor:
         self._spares = spares
         self._spare_idle_s = spare_idle_s
         self._pids: dict[int, int] = {}  # key -> pid
-        self._keys_by_pid: dict[int, int] = {}  # pid -> key, for attempts started on a spare
+        self._keys_by_pid: dict[int, int] = {}  # pid -> key: the worker reports a spare's exit by pid only
         self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
         self._read_fds: dict[int, int] = {}  # key -> pipe read end
         self._logs = LogPump(self._on_log_closed, clock, self._on_result)
@@ -334,7 +331,7 @@ class Executor:
             worker = self._worker_for(request.job_file)
             if result_write is None or request.kind != "python" or not worker.start_on_spare(
                     request, write_fd, result_write, self._lock,
-                    lambda pid, pid_started: self._started_on_spare(request.key, pid, pid_started)):
+                    lambda pid, pid_started: self._started(request.key, pid, pid_started)):
                 worker.start(request, write_fd, result_write)
         except _Broken as broken:
             message = (broken.summary + "\n" + broken.detail).encode()
@@ -354,8 +351,11 @@ class Executor:
         if lost is not None:
             self._exited(lost)
 
-    def _started_on_spare(self, key: int, pid: int, pid_started: float | None) -> None:
-        """Called with self._lock held, right after the request reached the spare."""
+    def _started(self, key: int, pid: int, pid_started: float | None) -> None:
+        """The attempt's process exists: report Started, and end it at once if a kill is pending.
+
+        Called with self._lock held (kill() and the exit of a spare's attempt look the pid up under it).
+        """
         self._pids[key] = pid
         self._keys_by_pid[pid] = key
         grace = self._kill_pending.pop(key, None)
@@ -434,17 +434,9 @@ class Executor:
     def _on_worker_message(self, worker: Worker, message: dict[str, Any]) -> None:
         op = message["op"]
         if op == "started":
-            key, pid = message["id"], message["pid"]
-            try:
-                pid_started: float | None = psutil.Process(pid).create_time()
-            except psutil.Error:
-                pid_started = None
+            pid_started = process_start_time(message["pid"])
             with self._lock:
-                self._pids[key] = pid
-                grace = self._kill_pending.pop(key, None)
-            self._notify(Started(key, pid, pid_started, self._clock()))
-            if grace is not None:
-                threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
+                self._started(message["id"], message["pid"], pid_started)
         elif op == "exited":
             if message["id"] is None:  # an attempt started on a spare: the worker knows its pid only
                 with self._lock:
@@ -513,6 +505,14 @@ def kill_tree(pid: int, grace_s: float) -> None:
     _signal_group(pid, signal.SIGKILL)
     for process in alive:
         _signal_process(process, signal.SIGKILL)
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's start time as psutil tells it (what recovery compares against), or None if it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def _signal_process(process: psutil.Process, number: int) -> None:

@@ -14,6 +14,8 @@ from engine.errors import StateDirError
 
 DEFAULT_HOME = ".stepline"
 DATABASE_NAME = "stepline.db"
+LOGS_FOLDER = "logs"
+OUTPUTS_FOLDER = "outputs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +29,11 @@ class Home:
 
     @property
     def logs(self) -> Path:
-        return self.root / "logs"
+        return self.root / LOGS_FOLDER
 
     @property
     def outputs(self) -> Path:
-        return self.root / "outputs"
+        return self.root / OUTPUTS_FOLDER
 
     @property
     def engine_log(self) -> Path:
@@ -59,13 +61,13 @@ class Home:
     # pathlib does (an absolute part starts over) at a fraction of the cost of a Path per part.
 
     def attempt_log_str(self, run_id: int, step: str, attempt: int) -> str:
-        return os.path.join(self.root, "logs", str(run_id), f"{step}.{attempt}.log")
+        return os.path.join(self.root, LOGS_FOLDER, str(run_id), f"{step}.{attempt}.log")
 
     def output_file_str(self, run_id: int, step: str) -> str:
-        return os.path.join(self.root, "outputs", str(run_id), f"{step}.pkl")
+        return os.path.join(self.root, OUTPUTS_FOLDER, str(run_id), f"{step}.pkl")
 
     def shell_output_file_str(self, run_id: int, step: str, attempt: int) -> str:
-        return os.path.join(self.root, "outputs", str(run_id), f"{step}.{attempt}.out")
+        return os.path.join(self.root, OUTPUTS_FOLDER, str(run_id), f"{step}.{attempt}.out")
 
 
 def resolve_home(path: str | os.PathLike[str] | None) -> Path:

@@ -73,6 +73,11 @@ class ActiveRun:
         self.step_plans = {s.name: s for s in self.plan.steps}
         self.downstream = self.plan.downstream()
 
+    def make_ready(self, name: str) -> None:
+        """The step may start now: it joins the line for a slot (and is told it waits, if it must)."""
+        self.ready.append(name)
+        self.newly_ready.append(name)
+
 
 @dataclass(slots=True)
 class RunningAttempt:
@@ -114,7 +119,6 @@ class Engine:
         self._next_command_poll = 0.0
         self._queued: list[tuple[ActiveRun, int]] = []
         self._plans: dict[int, tuple[JobDef, JobPlan, str]] = {}
-        self._started_unflushed = False
         self.owner = store.process_identity()
 
     # --- public API -----------------------------------------------------------------------------------
@@ -266,7 +270,7 @@ class Engine:
             with store.batch():
                 self._start_queued()
                 self._fill_slots()
-            self._flush()
+            self._executor.flush()
         now = self._clock()
         wait = timeout_s
         if self._timers:
@@ -287,7 +291,7 @@ class Engine:
             # An attempt handed to a spare process has reported Started already: record it in this
             # transaction too, instead of a turn and a commit of its own.
             self._handle_all(self._next_event())
-        self._flush()
+        self._executor.flush()
         if consume_commands and self._runs and self._clock() >= self._next_command_poll:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
@@ -337,8 +341,7 @@ class Engine:
                 run.states[name] = StepState.WAITING
                 changes.append((run.step_ids[name], name, StepState.WAITING.value, {"waiting_for": "upstream"}))
             else:
-                run.ready.append(name)
-                run.newly_ready.append(name)
+                run.make_ready(name)
         self._write_steps(run, changes, now)
 
     def _fill_slots(self) -> None:
@@ -396,7 +399,6 @@ class Engine:
             result_path="",
             shell_output_path=home.shell_output_file_str(run.id, name, number))
         self._executor.start(request, defer_logs=True)  # the pump takes them at flush(), in step()
-        self._started_unflushed = True
 
     def _cwd(self, plan: JobPlan, step_plan: StepPlan) -> str:
         folder = os.path.dirname(plan.file)
@@ -507,8 +509,7 @@ class Engine:
                                                                                 StepState.WAITING):
                     run.waiting_on[downstream] -= 1
                     if run.waiting_on[downstream] == 0:
-                        run.ready.append(downstream)
-                        run.newly_ready.append(downstream)
+                        run.make_ready(downstream)
         self._maybe_finish_run(run)
 
     def _record_exit(self, attempt: RunningAttempt, exited: Exited) -> None:
@@ -572,8 +573,7 @@ class Engine:
 
     def _retry_due(self, run: ActiveRun, name: str) -> None:
         if run.states.get(name) == StepState.WAITING and not run.cancelling and run.id in self._runs:
-            run.ready.append(name)
-            run.newly_ready.append(name)
+            run.make_ready(name)
 
     def _fail_downstream(self, run: ActiveRun, name: str, now: float) -> list[tuple[int, str, str, dict[str, Any]]]:
         changes = []
@@ -618,12 +618,6 @@ class Engine:
             if run_id in self._runs:
                 self.cancel(run_id, command["payload"].get("reason") or "cancelled by user")
                 store.ack_command(command["id"], True, f"run {run_id} cancelling", self._clock())
-
-    def _flush(self) -> None:
-        # Only attempts started since the last flush give the executor something to hand over.
-        if self._started_unflushed:
-            self._started_unflushed = False
-            self._executor.flush()
 
     def _after(self, delay_s: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (self._clock() + delay_s, next(self._timer_seq), callback))

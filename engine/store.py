@@ -325,11 +325,12 @@ def create_run(job: str, trigger: str, params: dict[str, str], snapshot: str, st
                at: float, scheduled_for: float | None = None, state: str = "queued") -> tuple[int, dict[str, int]]:
     """A new run with a pending step run per step; returns the run id and step run ids by name."""
     with write():
-        run_id = db.execute_sql(_INSERT_RUN, [job, state, trigger, json.dumps(params), snapshot, at,
-                                              scheduled_for]).lastrowid
-        db.cursor().executemany(_INSERT_STEP_RUN, [(run_id, name, i, "pending") for i, name in enumerate(steps)])
+        run_id = _execute(_INSERT_RUN, [job, state, trigger, json.dumps(params), snapshot, at,
+                                         scheduled_for]).lastrowid
+        db.connection().executemany(_INSERT_STEP_RUN, [(run_id, name, i, "pending") for i, name in enumerate(steps)])
         insert_events([event_row("run", run_id, None, state, f"{trigger} run of {job}", at)])
-        ids = dict(db.execute_sql('SELECT "name", "id" FROM "step_run" WHERE "run_id" = ?', [run_id]).fetchall())
+        ids = dict(_execute('SELECT "name", "id" FROM "step_run" WHERE "run_id" = ?', [run_id]).fetchall())
+    assert run_id is not None  # an INSERT's cursor always has it
     return run_id, ids
 
 
@@ -350,7 +351,7 @@ def set_run_state(run_id: int, state: str, at: float, reason: str | None = None,
         sets += ['"owner_pid" = ?', '"owner_started" = ?']
         values += list(owner)
     with write():
-        db.execute_sql(f'UPDATE "run" SET {", ".join(sets)} WHERE "id" = ?', values + [run_id])
+        _execute(f'UPDATE "run" SET {", ".join(sets)} WHERE "id" = ?', values + [run_id])
         insert_events([event_row("run", run_id, None, state, reason, at)])
 
 
@@ -417,7 +418,7 @@ def pending_commands(run_ids: Iterable[int] | None = None, kinds: Iterable[str] 
             chosen = list(wanted)
             sql += f' AND "{column}" IN ({", ".join("?" for _ in chosen)})'
             values += chosen
-    rows = db.execute_sql(sql + ' ORDER BY "id" LIMIT 100', values).fetchall()
+    rows = _execute(sql + ' ORDER BY "id" LIMIT 100', values).fetchall()
     return [{"id": row[0], "kind": row[1], "run_id": row[2], "job": row[3], "step": row[4],
              "payload": json.loads(row[5] or "{}")} for row in rows]
 
@@ -428,7 +429,7 @@ def ack_command(command_id: int, ok: bool, result: str, at: float | None = None,
     at = time.time() if at is None else at
     state = "done" if ok else "failed"
     with write():
-        db.execute_sql('UPDATE "command" SET "state" = ?, "result" = ?, "acked_at" = ?, '
+        _execute('UPDATE "command" SET "state" = ?, "result" = ?, "acked_at" = ?, '
                        '"run_id" = COALESCE(?, "run_id") WHERE "id" = ?', [state, result, at, run_id, command_id])
         insert_events([event_row("command", run_id, None, state, result, at)])
 
