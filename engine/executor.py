@@ -170,9 +170,9 @@ class Worker:
             # worker goes when the engine closes its socket.
             start_new_session=True)
         worker_end.close()
-        self._reader = threading.Thread(target=self._read, name=f"stepline-worker-{os.path.basename(job_file)}",
-                                        daemon=True)
-        self._reader.start()
+        # The pump's thread reads the worker's messages, beside the attempts' pipes: an attempt's exit,
+        # its result and the end of its log then come in one wake-up instead of three threads' turns.
+        executor._logs.watch(engine_end.fileno(), self._on_readable, self._on_end)
 
     def start(self, request: AttemptRequest, write_fd: int, result_fd: int | None) -> None:
         """Ask the worker to start the attempt; it answers "started" with the pid."""
@@ -272,30 +272,35 @@ class Worker:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        self._sock.close()
+        # The socket itself is closed by the pump's thread, at its end of stream (see _on_end).
 
-    def _read(self) -> None:
-        while True:
-            try:
-                data, fds = receive(self._sock)
-            except OSError:
-                data, fds = b"", []
-            if not data:
-                break
-            message = decode(data)
-            if message["op"] == "spare" and fds:
-                self.add_spare(message["pid"], socket.socket(fileno=fds[0]))
-                continue
-            if message["op"] == "idle":
-                self.drop_spares()
-                continue
+    def _on_readable(self) -> bool:
+        """One message from the worker, on the pump's thread; False when the worker is gone."""
+        try:
+            data, fds = receive(self._sock)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            return False
+        message = decode(data)
+        if message["op"] == "spare" and fds:
+            self.add_spare(message["pid"], socket.socket(fileno=fds[0]))
+        elif message["op"] == "idle":
+            self.drop_spares()
+        else:
             self._executor._on_worker_message(self, message)
+        return True
+
+    def _on_end(self) -> None:
+        with self._send_lock:  # never while start() sends on it
+            self._sock.close()
         self.drop_spares()
         self._executor._on_worker_gone(self)
 
 
 class Executor:
-    """Starts, watches and kills attempts; reports through `notify` from its own threads."""
+    """Starts, watches and kills attempts; reports through `notify` from the pump's thread (and, for a
+    kill or a worker's death, a short-lived one)."""
 
     def __init__(self, notify: Callable[[ExecutorEvent], None], clock: Callable[[], float] = time.time,
                  kill_grace_s: float = KILL_GRACE_S, spares: int = SPARES,
@@ -457,7 +462,13 @@ class Executor:
 
     def _on_worker_gone(self, worker: Worker) -> None:
         summary, detail = worker.broken or ("the worker process running this step died", "")
-        for key in worker.take_keys():
+        keys = worker.take_keys()
+        if keys:  # their processes get a grace period to end: not on the pump's thread, which serves everyone
+            threading.Thread(target=self._end_orphans, args=(keys, summary, detail), daemon=True,
+                             name="stepline-worker-gone").start()
+
+    def _end_orphans(self, keys: list[int], summary: str, detail: str) -> None:
+        for key in keys:
             with self._lock:
                 pid = self._pids.get(key)
             if pid is not None:

@@ -7,7 +7,9 @@ a line cut off by a kill still reaches the file. Each line starts with its arriv
 time in UTC: `2026-11-27T03:12:40.123Z ` (24 characters and a space).
 
 The same thread reads each attempt's result pipe: one length-framed message
-that a Python attempt sends after closing its output (see worker.send_result).
+that a Python attempt sends after closing its output (see worker.send_result),
+and the sockets of the preloaded workers (`watch`): one thread wakes for an
+attempt's exit, its result and the end of its log, instead of one per source.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ class _Tail:
 
 
 @dataclass(slots=True)
+class _Watch:
+    on_readable: Callable[[], bool]
+    """Reads what is ready; False at end of stream."""
+    on_end: Callable[[], None]
+    """Called once the fd is no longer watched (end of stream, or the pump stopping)."""
+
+
+@dataclass(slots=True)
 class _Result:
     key: int
     """Attempt id, handed back to on_result."""
@@ -73,7 +83,7 @@ class LogPump:
         self._results: dict[int, int] = {}  # key -> result pipe read end, until settled
         self._settling: list[tuple[int, Callable[[], None]]] = []
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="stepline-logs", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="stepline-io", daemon=True)
         self._thread.start()
 
     def add(self, read_fd: int, log_path: str, key: int, result_fd: int | None = None, wake: bool = True) -> None:
@@ -87,6 +97,13 @@ class LogPump:
                 self._pending.append((result_fd, _Result(key, bytearray(), [])))  # type: ignore[arg-type]
         if wake:
             os.write(self._wake_w, b"x")
+
+    def watch(self, fd: int, on_readable: Callable[[], bool], on_end: Callable[[], None]) -> None:
+        """Call on_readable() on this pump's thread whenever `fd` has data, until it returns False; then
+        stop watching and call on_end(), which may close the fd (the pump never does)."""
+        with self._lock:
+            self._pending.append((fd, _Watch(on_readable, on_end)))  # type: ignore[arg-type]
+        os.write(self._wake_w, b"x")
 
     def wake(self) -> None:
         """Take the pipes added with wake=False: the engine calls it once a turn, just before it waits.
@@ -115,6 +132,8 @@ class LogPump:
                 self._settling.append((key, then))
         if settled:
             then()
+        elif threading.get_ident() == self._thread.ident:
+            self._take_requests()  # an exit reported by a worker's socket: settled in this same round
         else:
             os.write(self._wake_w, b"x")
 
@@ -140,6 +159,11 @@ class LogPump:
                     # force_close() above closed it in this same round (its number may even be reused).
                     continue
                 tail: _Tail = selected.data
+                if type(tail) is _Watch:
+                    if not tail.on_readable():  # type: ignore[attr-defined]
+                        self._selector.unregister(fd)
+                        tail.on_end()  # type: ignore[attr-defined]
+                    continue
                 if type(tail) is _Result:
                     self._read_result(fd, tail)  # type: ignore[arg-type]
                     continue
@@ -155,7 +179,10 @@ class LogPump:
                     self._close(fd, tail)
         for key in list(self._selector.get_map()):
             selected = self._selector.get_map()[key]
-            if type(selected.data) is _Result:
+            if type(selected.data) is _Watch:
+                self._selector.unregister(selected.fd)
+                selected.data.on_end()
+            elif type(selected.data) is _Result:
                 self._end_result(selected.fd, selected.data)
             elif selected.data is not None:
                 self._close(selected.fd, selected.data)
@@ -173,7 +200,8 @@ class LogPump:
         for fd, tail in pending:
             if type(tail) is _Tail:
                 self._open(tail)
-            os.set_blocking(fd, False)
+            if type(tail) is not _Watch:
+                os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, tail)
         for key, then in settling:
             with self._lock:
