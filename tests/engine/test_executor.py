@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from engine import query
-from engine.executor import AttemptRequest, Executor, Exited, LogClosed, Started, attempt_environment, kill_tree
+from engine.executor import (AttemptRequest, Executor, Exited, LogClosed, Started, attempt_environment, kill_tree,
+                             process_start_time)
 from tests.conftest import wait_until
 from tests.engine.test_runner import Background, gone, read_pids
 
@@ -64,6 +65,19 @@ def collect(events: queue.SimpleQueue, key: int) -> dict[type, object]:
         if event.key == key:
             seen[type(event)] = event
     return seen
+
+
+def test_a_process_start_time_is_the_one_recovery_compares_against():
+    # Recovery tells an attempt's process from a later one with the same pid by psutil's start time;
+    # the executor records it without psutil's help, so the two must agree to the last digit.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_start_time(child.pid) == psutil.Process(child.pid).create_time()
+        assert process_start_time(os.getpid()) == psutil.Process().create_time()
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start_time(child.pid) is None
 
 
 def test_an_attempt_reports_started_exited_and_log_closed(harness, tmp_path):
