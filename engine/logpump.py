@@ -40,8 +40,9 @@ class _Tail:
     """Attempt id, handed back to on_closed."""
     path: str
     file: io.FileIO | None = None
-    """Opened by the pump's thread when it starts watching the pipe (creating a file can take a
-    millisecond on a busy disk; the engine's thread never waits for it)."""
+    """Created by the pump's thread with the attempt's first output: an attempt that prints nothing
+    leaves no file (nor folder) behind. Creating files was most of this thread's work in a daemon
+    starting 50 short scheduled runs a second, and would leave millions of empty files a day."""
     at_line_start: bool = True
     write_error: str | None = None
     """Set when the log file stopped taking writes (e.g. disk full)."""
@@ -87,7 +88,7 @@ class LogPump:
         self._thread.start()
 
     def add(self, read_fd: int, log_path: str, key: int, result_fd: int | None = None, wake: bool = True) -> None:
-        """Start copying `read_fd` into `log_path` (created, with its folder, if missing); on_closed(key)
+        """Start copying `read_fd` into `log_path` (created, with its folder, at the first output); on_closed(key)
         is called at end of output. With `result_fd`, also read the attempt's result message from it
         and pass it to on_result(key, result). With `wake=False` the pump starts on the next wake()."""
         with self._lock:
@@ -198,8 +199,6 @@ class LogPump:
             closing, self._closing = self._closing, []
             settling, self._settling = self._settling, []
         for fd, tail in pending:
-            if type(tail) is _Tail:
-                self._open(tail)
             if type(tail) is not _Watch:
                 os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, tail)
@@ -287,6 +286,8 @@ class LogPump:
         if tail.at_line_start:
             body = prefix + body
         tail.at_line_start = data.endswith(b"\n")
+        if tail.file is None and tail.write_error is None:
+            self._open(tail)
         if tail.write_error is not None or tail.file is None:
             return  # keep draining the pipe so the step never blocks; the file cannot take more
         try:

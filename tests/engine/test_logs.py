@@ -115,6 +115,28 @@ def test_each_retry_has_its_own_log(home, write_job):
     assert bodies(log_lines(run, "twice", 2)) == [b"attempt 2"]
 
 
+def test_an_attempt_that_prints_nothing_leaves_no_log_file_and_reads_as_no_output(home, write_job):
+    # A job firing every second would otherwise leave 86,400 empty files a day.
+    write_job("j.py", """
+        @step
+        def quiet():
+            return 1
+
+        @step
+        def talks(quiet):
+            print("got", quiet)
+
+        j = job("j", [quiet, talks])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded"
+    assert not os.path.exists(query.attempts(run.id, "quiet")[0].log_path)
+    assert bodies(log_lines(run, "talks")) == [b"got 1"]
+    shown = home.cli("logs", str(run.id), "quiet", check=True)
+    assert shown.stdout == "" and shown.stderr == ""
+    assert logread.tail_lines(query.attempts(run.id, "quiet")[0].log_path, 10) == []
+
+
 # --- reading logs ------------------------------------------------------------------------------------
 
 

@@ -299,7 +299,8 @@ class LogTail(Vertical):
             return
         attempt = self.source.attempt if self.source else None
         if message.missing:
-            self._note = "no log file yet" if attempt and attempt.state == "running" else "no log file"
+            # An attempt's log file is created with its first output: no file means nothing printed.
+            self._note = "no output yet" if attempt and attempt.state == "running" else "no output"
             self._done = message.finished
             self._update_title()
             return
