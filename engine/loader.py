@@ -6,18 +6,15 @@ and a sentence saying what to do; it never stops the other files from loading.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import heapq
-import importlib.util
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
+from engine.jobfile import import_job_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,36 +48,6 @@ def display_path(path: str | os.PathLike[str]) -> str:
     except ValueError:
         return text
     return text if relative.startswith("..") else relative
-
-
-def module_name(path: Path) -> str:
-    digest = hashlib.blake2s(str(path.resolve()).encode(), digest_size=4).hexdigest()
-    return f"stepline_job_{path.stem}_{digest}"
-
-
-def import_job_file(path: Path, source: bytes | None = None) -> ModuleType:
-    """Import one job file as its own module; the job file's folder is importable.
-
-    The source is compiled afresh on every import, never read from __pycache__: a file
-    rewritten within the same second (and size) would otherwise run its stale bytecode.
-    `source` replaces the file's current text (the engine's copy of its last good version).
-    """
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    name = module_name(path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        code = compile(path.read_bytes() if source is None else source, os.fspath(path), "exec",
-                       dont_inherit=True)
-        exec(code, module.__dict__)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
 
 
 def job_files(jobs_dir: Path) -> list[Path]:
@@ -206,7 +173,7 @@ def validate_job(job_def: JobDef) -> list[Problem]:
         report(by_name[cycle[0]], f"job '{job_def.name}' has a cycle: {' → '.join(cycle)} (each step waits "
                                   "on the one before it); remove one of these dependencies")
     # Imported here: engine.timing pulls in apscheduler and tzlocal, which the preloaded worker
-    # (it imports this module for import_job_file) must not pay for in every forked attempt.
+    # must not pay for in every forked attempt (the loader itself is not imported there either).
     from engine.timing import ScheduleError, cron_trigger, parse_every, parse_zone
 
     zone = job_def.timezone

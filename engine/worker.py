@@ -468,12 +468,14 @@ def prepare_stdio() -> None:
 
 def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: str,
           source_file: str | None = None) -> None:
-    from engine.loader import import_job_file
-    from pathlib import Path
+    from engine.jobfile import import_job_file
 
     try:
-        source = Path(source_file).read_bytes() if source_file else None
-        module = import_job_file(Path(job_file), source)
+        source = None
+        if source_file:
+            with open(source_file, "rb") as file:
+                source = file.read()
+        module = import_job_file(job_file, source)
     except BaseException as error:
         detail = traceback.format_exc()
         summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"

@@ -1,0 +1,52 @@
+"""Import one job file as a module of its own: what the loader and the preloaded worker share.
+
+Kept apart from the loader, with few imports: the worker imports this, and every module it
+holds is memory each forked attempt maps, copies where it writes, and unmaps when it exits
+(about 0.1 ms per attempt for the loader's pathlib, hashlib, dataclasses and the rest).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+try:
+    from _blake2 import blake2s  # hashlib's own blake2s, without hashlib loading OpenSSL
+except ImportError:  # an interpreter built without it
+    from hashlib import blake2s
+
+
+def module_name(path: str | os.PathLike[str]) -> str:
+    """The job file's module name: its stem and a digest of its real path (pickled outputs name it)."""
+    real = os.path.realpath(path)
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    digest = blake2s(real.encode(), digest_size=4).hexdigest()
+    return f"stepline_job_{stem}_{digest}"
+
+
+def import_job_file(path: str | os.PathLike[str], source: bytes | None = None) -> ModuleType:
+    """Import one job file as its own module; the job file's folder is importable.
+
+    The source is compiled afresh on every import, never read from __pycache__: a file
+    rewritten within the same second (and size) would otherwise run its stale bytecode.
+    `source` replaces the file's current text (the engine's copy of its last good version).
+    """
+    folder = os.path.dirname(os.path.realpath(path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = module_name(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        if source is None:
+            with open(path, "rb") as file:
+                source = file.read()
+        code = compile(source, os.fspath(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
