@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 import sys
 import time
 from typing import Any
 
 import psutil
 
-from bench.scratch import make_scratch_folder
+from bench.scratch import make_scratch_folder, trim
 from bench.workloads import by_name
 from engine import query, store
 from engine.home import prepare_home
@@ -91,8 +90,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 "run_state": summary.state, "run_duration_s": summary.duration_s(),
                 "engine_peak_rss_bytes": engine_rss, "worker_peak_rss_bytes": worker_rss, "check": check}
     finally:
-        if not spec.get("keep"):
-            shutil.rmtree(root, ignore_errors=True)
+        trim(root)  # kept (see bench/scratch.py), without its large files
 
 
 def main() -> None:
