@@ -201,8 +201,11 @@ class Worker:
         """
         message = b""
         with self._send_lock:
-            while self.spares and not self.broken:
-                pid, spare_sock, pid_started = self.spares.popleft()
+            while not self.broken:
+                try:
+                    pid, spare_sock, pid_started = self.spares.popleft()
+                except IndexError:  # none ready, or the pump's thread let them go just now
+                    break
                 message = message or self._message(request)
                 try:
                     with lock:
@@ -216,19 +219,25 @@ class Worker:
                     spare_sock.close()
         return False
 
+    # add_spare and drop_spares run on the pump's thread and take no lock: the engine's thread may hold
+    # _send_lock while its send waits for room in the worker's queue, and the worker makes room only
+    # once the pump's thread has read what it sent. The deque's append and popleft are atomic.
+
     def add_spare(self, pid: int, spare_sock: socket.socket) -> None:
         pid_started = process_start_time(pid)
-        with self._send_lock:
-            if self.broken:
-                spare_sock.close()
-            else:
-                self.spares.append((pid, spare_sock, pid_started))
+        if self.broken:
+            spare_sock.close()
+        else:
+            self.spares.append((pid, spare_sock, pid_started))
 
     def drop_spares(self) -> None:
         """Let go of the spares: each sees its socket close and exits without running anything."""
-        with self._send_lock:
-            while self.spares:
-                self.spares.popleft()[1].close()
+        while True:
+            try:
+                _, spare_sock, _ = self.spares.popleft()
+            except IndexError:
+                return
+            spare_sock.close()
 
     def _message(self, request: AttemptRequest) -> bytes:
         env_set, env_unset = self._environment_changes(request)
