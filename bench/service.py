@@ -6,7 +6,8 @@ writer sends a command every 200 ms. Then reads the database:
 - lateness = first step of a scheduled run started - its scheduled time;
 - command latency = command acknowledged - command written.
 Prints p50/p99 beside the targets (lateness p99 < 100 ms, command p99 < 250 ms)
-and writes JSON. Targets are printed, not enforced.
+and writes JSON. Targets are printed, not enforced; the exit code is 1 when a run
+failed (every tick and W1 run must succeed for the timings to mean anything).
 """
 from __future__ import annotations
 
@@ -128,11 +129,16 @@ def main() -> None:
             "SELECT acked_at - created_at FROM command WHERE acked_at IS NOT NULL AND kind IN ('pause','resume')")]
         w1_steps = connection.execute("SELECT COUNT(*) FROM attempt WHERE run_id IN "
                                       "(SELECT id FROM run WHERE job='w1')").fetchone()[0]
+        # Every run must have done its work: a step that failed at once would make lateness look good.
+        outcomes = dict(connection.execute(
+            "SELECT CASE WHEN job = 'w1' THEN 'w1 ' ELSE 'scheduled ' END || state, COUNT(*) FROM run "
+            "WHERE state IN ('succeeded', 'failed') GROUP BY 1").fetchall())
         connection.close()
 
     result = {
         "seconds": args.seconds, "parallel": args.parallel or os.cpu_count(), "cpus": os.cpu_count(),
         "scheduled_runs": len(lateness_ms), "w1_runs_triggered": w1_runs, "w1_attempts": w1_steps,
+        "runs_ended": outcomes,
         "lateness_ms": {"p50": percentile(lateness_ms, 0.5), "p99": percentile(lateness_ms, 0.99),
                         "max": max(lateness_ms, default=float("nan"))},
         "command_ms": {"count": len(command_ms), "p50": percentile(command_ms, 0.5),
@@ -158,6 +164,13 @@ def main() -> None:
     print(f"{'command latency (written -> ack)':<34}{cmd['count']:>7}{cmd['p50']:>9.1f}ms{cmd['p99']:>9.1f}ms"
           f"{cmd['max']:>9.1f}ms  p99 < {COMMAND_TARGET_MS:.0f}ms  "
           f"{'pass' if cmd['p99'] < COMMAND_TARGET_MS else 'FAIL'}")
+    failed = outcomes.get("scheduled failed", 0) + outcomes.get("w1 failed", 0)
+    print(f"checks: scheduled runs {outcomes.get('scheduled succeeded', 0)} succeeded, "
+          f"{outcomes.get('scheduled failed', 0)} failed; W1 runs {outcomes.get('w1 succeeded', 0)} succeeded, "
+          f"{outcomes.get('w1 failed', 0)} failed (runs cut short at the end are cancelled)  "
+          f"{'ok' if not failed and outcomes.get('scheduled succeeded') else 'FAIL'}")
+    if failed or not outcomes.get("scheduled succeeded"):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -147,12 +147,14 @@ class StepTable:
     attempt touches costs a copy-on-write page fault, and a fault costs microseconds.
     """
 
-    def __init__(self, module: Any) -> None:
-        from engine.definition import JobDef
-
-        self.file = getattr(module, "__file__", "?")
-        self.steps = {(value.name, step_def.name): step_def for value in vars(module).values()
-                      if isinstance(value, JobDef) for step_def in value.steps}
+    def __init__(self, jobs: list[Any], job_file: str) -> None:
+        """`jobs`: every job() made while the file imported, as the loader sees them (a job made in a
+        loop or kept in a list has no name in the module), in order; a job of this very file wins a
+        name it shares with one made by a module it imported."""
+        self.file = job_file
+        here = os.path.realpath(job_file)
+        ordered = sorted(jobs, key=lambda job_def: os.path.realpath(job_def.file) == here)
+        self.steps = {(job_def.name, step_def.name): step_def for job_def in ordered for step_def in job_def.steps}
 
     def find(self, job_name: str, step_name: str) -> Any:
         try:
@@ -468,6 +470,7 @@ def prepare_stdio() -> None:
 
 def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: str,
           source_file: str | None = None) -> None:
+    from engine.definition import collecting_jobs
     from engine.jobfile import import_job_file
 
     try:
@@ -475,7 +478,8 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
         if source_file:
             with open(source_file, "rb") as file:
                 source = file.read()
-        module = import_job_file(job_file, source)
+        with collecting_jobs(job_file) as made:
+            import_job_file(job_file, source)
     except BaseException as error:
         detail = traceback.format_exc()
         summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"
@@ -494,7 +498,7 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
                 return
             send(sock, broken)
     prepare_stdio()
-    steps = StepTable(module)
+    steps = StepTable(made, job_file)
     # Everything imported so far is shared with every attempt: move it out of the collector's sight,
     # so a step that allocates enough to trigger a full collection does not walk (and so copy) the
     # worker's pages. Python's documentation recommends this for pre-forking servers.

@@ -54,3 +54,18 @@ def test_quick_bench_counts_every_log_line_and_every_retry(tmp_path: Path) -> No
     assert workloads["W4"]["result"]["check"]["attempts"] == 3
     assert workloads["W4"]["result"]["run_state"] == "succeeded"
     assert workloads["W5"]["result"]["check"]["log_lines"] == workloads["W5"]["size"]
+
+
+def test_service_bench_measures_runs_that_did_their_work(tmp_path: Path) -> None:
+    # Lateness of runs whose steps failed at once would look better than real work; the bench checks
+    # that every scheduled and W1 run that ended succeeded, and says so.
+    out = tmp_path / "service.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "bench.service", "--seconds", "3", "--json", str(out),
+                           "--scratch", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["runs_ended"].get("scheduled succeeded", 0) >= 50
+    assert "scheduled failed" not in report["runs_ended"] and "w1 failed" not in report["runs_ended"]
+    assert "lateness (scheduled -> 1st step)" in done.stdout and "checks: " in done.stdout

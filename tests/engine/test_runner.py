@@ -109,6 +109,25 @@ def test_python_output_is_passed_to_the_parameter_named_after_the_step(home, wri
     assert run.step("b").upstream == ("a",)
 
 
+def test_jobs_made_in_a_loop_and_kept_in_a_list_or_dict_run(home, write_job):
+    # The loader finds every job() a file makes, bound to a name or not; the worker that runs their
+    # steps must find them too (it once looked at module names only and failed every attempt).
+    write_job("j.py", """
+        def make(region):
+            @step(name=f"extract_{region}")
+            def extract():
+                return region.upper()
+            return job(f"sync_{region}", [extract])
+
+        pipelines = [make(r) for r in ("emea", "apac")]
+        by_name = {"us": make("us")}
+    """)
+    for region in ("emea", "apac", "us"):
+        run = home.run_now(f"sync_{region}")
+        assert run.state == "succeeded", run.step(f"extract_{region}").reason
+        assert run.step(f"extract_{region}").output_preview == repr(region.upper())
+
+
 def test_after_orders_steps_without_passing_output(home, write_job, tmp_path):
     trace = tmp_path / "trace"
     write_job("j.py", f"""
