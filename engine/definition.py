@@ -158,6 +158,15 @@ def _replace(obj: Any, **changes: Any) -> Any:
     return replace(obj, **changes)
 
 
+def _name_problems(name: str, what: str) -> list[str]:
+    """A step's name becomes part of its log and output file names, so it cannot hold a path; a job's
+    name follows the same rule, so that either can name a file or folder."""
+    if name in (".", "..") or any(c in "/\\" or not c.isprintable() for c in name):
+        return [f"the {what} name {name!r} cannot be '.' or '..' or contain '/', '\\' or control characters "
+                "(step names are part of file names in the home); use letters, digits, '_' or '-'"]
+    return []
+
+
 def _caller_location(depth: int = 2) -> tuple[str, int]:
     """File and line of the caller `depth` frames up, or of the job file being loaded if it is further up."""
     frame = inspect.currentframe()
@@ -305,7 +314,7 @@ def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, 
         fn_file = code.co_filename if code else file
         fn_line = code.co_firstlineno if code else line
         step_name = name or getattr(fn, "__name__", "")
-        problems = ([] if isinstance(step_name, str) and step_name
+        problems = (_name_problems(step_name, "step") if isinstance(step_name, str) and step_name
                     else [f"the name must be a non-empty string, got {step_name!r}"])
         parameters, required = [], set()
         for parameter in inspect.signature(fn).parameters.values():
@@ -333,7 +342,7 @@ def shell(name: str, command: str, **options: Any) -> StepDef:
     file, line = _caller_location()
     if not isinstance(name, str) or not name:
         raise JobDefinitionError(f"{file}:{line}: shell() needs a step name as its first argument, got {name!r}")
-    problems = []
+    problems = _name_problems(name, "step")
     if not isinstance(command, str) or not command.strip():
         problems.append(f"the command must be a non-empty string, got {command!r}")
     fields, option_problems = _options(options)
@@ -389,7 +398,7 @@ def job(name: str, steps: Iterable[StepDef], *, schedule: str | None = None, eve
     file, line = _caller_location()
     if not isinstance(name, str) or not name:
         raise JobDefinitionError(f"{file}:{line}: job() needs a name as its first argument, got {name!r}")
-    problems: list[str] = []
+    problems: list[str] = _name_problems(name, "job")
     step_defs: list[StepDef] = []
     if isinstance(steps, (str, bytes, StepDef)) or not isinstance(steps, Iterable):
         problems.append(f"steps must be a list of steps, got {steps!r}")

@@ -258,7 +258,13 @@ def shell_environment(request: dict[str, Any], base: dict[str, str], plain_only:
 
 
 def env_key(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).upper()
+    """A step name as the end of a variable name bash can expand: ASCII letters and digits, anything else as
+    `_`, accents dropped first (überprüfen -> UBERPRUFEN; bash names are ASCII, so $STEPLINE_IN_ÜBERPRÜFEN
+    would read as $STEPLINE_IN_ followed by text)."""
+    if not name.isascii():
+        import unicodedata  # only for names that need it: the worker's forks map every module it holds
+        name = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in name).upper()
 
 
 def become_attempt_process(sock: socket.socket) -> None:

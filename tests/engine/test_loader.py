@@ -490,6 +490,25 @@ def test_an_empty_shell_command_is_reported(harness, write_job):
     assert problems(harness) == ["jobs/j.py:2: step 'a': the command must be a non-empty string, got '  '"]
 
 
+def test_a_step_or_job_name_that_would_be_a_path_is_reported_and_other_jobs_still_load(harness, write_job):
+    # A step's name is part of its log and output file names: "../x" would write outside its run's folder.
+    write_job("j.py", """\
+        @step(name="../../escape")
+        def escape():
+            return 1
+
+        fine = job("fine", [shell("zähle", "echo hi")])
+        bad = job("nightly/eu", [escape, shell("a\\tb", "echo hi")])
+    """)
+    rule = ("cannot be '.' or '..' or contain '/', '\\' or control characters (step names are part of file "
+            "names in the home); use letters, digits, '_' or '-'")
+    assert problems(harness) == [
+        f"jobs/j.py:7: job 'nightly/eu': the job name 'nightly/eu' {rule}",
+        f"jobs/j.py:2: step '../../escape': the step name '../../escape' {rule}",
+        f"jobs/j.py:7: step 'a\tb': the step name 'a\\tb' {rule}"]
+    assert list(harness.load().jobs) == ["fine"]
+
+
 # --- reloading ----------------------------------------------------------------------------
 
 def test_a_file_rewritten_at_once_is_loaded_from_its_new_source(harness, write_job):

@@ -158,6 +158,23 @@ def test_params_reach_python_steps_as_params_and_shell_steps_as_environment(home
     assert run.run.params == {"region": "eu", "day": "tue", "my-key": "given"}
 
 
+def test_a_step_or_param_named_with_accents_reaches_bash_under_an_ascii_name(home, write_job):
+    # bash names are ASCII: $STEPLINE_IN_ÜBERPRÜFEN would expand $STEPLINE_IN_ and print the rest.
+    write_job("j.py", """
+        @step(name="überprüfen")
+        def check():
+            return "geprüft"
+
+        sh = shell("zähle", 'printf "%s|%s" "$STEPLINE_IN_UBERPRUFEN" "$STEPLINE_PARAM_GRO_E" > "$STEPLINE_OUTPUT"',
+                   after=["überprüfen"])
+
+        j = job("täglich", [check, sh], params={"größe": "XL"})
+    """)
+    run = home.run_now("täglich")
+    assert run.state == "succeeded", run.step("zähle").reason
+    assert run.step("zähle").output_preview == "'geprüft|XL'"
+
+
 def test_shell_steps_get_upstream_outputs_and_write_their_own(home, write_job):
     write_job("j.py", """
         @step
