@@ -163,6 +163,7 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
+    close_runs_of_stopped_engines(engine)
     caught = install_interrupt()
     try:
         run_id = engine.submit(result.jobs[job_name], parsed)
@@ -201,6 +202,7 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
+    close_runs_of_stopped_engines(engine)
     caught = install_interrupt()
     try:
         again = engine.retry(run_id, step)
@@ -210,6 +212,16 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
     finally:
         engine.close()
     finish(home, run_id, as_json)
+
+
+def close_runs_of_stopped_engines(engine: Engine) -> None:
+    """As every engine does when it starts: runs whose engine was killed are closed, and the user told."""
+    from engine import recovery
+
+    for run_id, job, cut in recovery.close_runs_of_stopped_engines(engine.owner):
+        steps = f" (steps cut short: {', '.join(cut)})" if cut else ""
+        click.echo(f"closed run {run_id} of {job}: the engine that ran it stopped{steps}; "
+                   f"`stepline retry {run_id}` runs what failed again", err=True)
 
 
 def _close_if_abandoned(run_id: int) -> None:

@@ -22,7 +22,7 @@ from engine.errors import SteplineError
 from engine.home import Home
 from engine.loader import LoadResult, load_jobs
 from engine.plan import plan_job
-from engine.recovery import close_abandoned_run, is_alive
+from engine.recovery import close_abandoned_run, close_runs_of_stopped_engines, is_alive
 from engine.runner import Change, Engine
 from engine.scheduler import Due, Scheduler
 
@@ -230,15 +230,12 @@ class EngineService:
     def recover(self) -> None:
         """Close runs left running by an engine that is gone (pid + start time, safe against pid reuse)."""
         assert self.engine is not None
-        for summary in query.list_runs(state="running", limit=10_000) + query.list_runs(state="queued", limit=10_000):
-            pid, started = query.run_owner(summary.id)
-            if (pid, started) != self.identity and not is_alive(pid, started):
-                cut = close_abandoned_run(summary.id, clock=self.clock)
-                log.warning("run %s of %s was left running by a stopped engine; closed (steps cut short: %s)",
-                            summary.id, summary.job, ", ".join(cut) or "none")
-                if cut and self._retries_left(summary.id, cut):
-                    again = self.engine.retry(summary.id, new_budget=False)
-                    log.info("run %s: retrying %s, as their retry policy allows", summary.id, ", ".join(again))
+        for run_id, job, cut in close_runs_of_stopped_engines(self.identity, self.clock, holds_lock=True):
+            log.warning("run %s of %s was left running by a stopped engine; closed (steps cut short: %s)",
+                        run_id, job, ", ".join(cut) or "none")
+            if cut and self._retries_left(run_id, cut):
+                again = self.engine.retry(run_id, new_budget=False)
+                log.info("run %s: retrying %s, as their retry policy allows", run_id, ", ".join(again))
 
     def _retries_left(self, run_id: int, steps: list[str]) -> bool:
         """Whether any of `steps` has attempts left under its retries= policy."""

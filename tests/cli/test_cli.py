@@ -188,3 +188,28 @@ def test_ctrl_c_cancels_the_run_cleanly(harness):
     run = query.get_run(1)
     assert run.state == "cancelled"
     assert run.step("slow").reason.summary == "interrupted from the terminal"
+
+
+def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
+    # Without a daemon, every `stepline run` is an engine: the next one closes what a killed one left
+    # running, instead of the run showing as running until a daemon happens to start.
+    harness.write_job("j.py", """
+        slow = shell("slow", "echo started; sleep 300")
+        j = job("j", [slow])
+        quick = job("quick", [shell("hi", "echo hi")])
+    """)
+    killed = harness.cli_process("run", "j")
+    wait_until(lambda: query.list_runs() and query.attempts(1, "slow") and query.attempts(1, "slow")[0].pid)
+    step_pid = query.attempts(1, "slow")[0].pid
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    assert query.run_summary(1).state == "running"  # what the killed engine left behind
+
+    next_run = harness.cli("run", "quick")
+    assert next_run.returncode == 0, next_run.stderr
+    assert ("closed run 1 of j: the engine that ran it stopped (steps cut short: slow); "
+            "`stepline retry 1` runs what failed again") in next_run.stderr
+    run = query.get_run(1)
+    assert (run.state, run.step("slow").state) == ("failed", "failed")
+    assert query.attempts(1, "slow")[0].reason.summary == "engine stopped while running"
+    wait_until(lambda: not psutil.pid_exists(step_pid) or psutil.Process(step_pid).status() == psutil.STATUS_ZOMBIE)
