@@ -10,6 +10,7 @@ import click
 
 from cli import render
 from cli.main import Settings, group, pass_settings
+from cli.remote import stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
 from engine.loader import LoadResult, load_jobs
@@ -227,6 +228,7 @@ def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None,
         raise UsageError("--attempt needs a STEP: stepline logs RUN STEP --attempt N")
     chosen = [step] if step else names
     offsets: dict[tuple[str, int], int] = {}
+    next_owner_check = time.monotonic() + 1.0
     multiple = len(chosen) > 1
     while True:
         for name in chosen:
@@ -254,6 +256,13 @@ def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None,
                     current.state in ("succeeded", "failed", "cancelled"):
                 _drain(run_id, chosen, offsets, multiple)
                 return
+        if current.state == "running" and time.monotonic() >= next_owner_check:
+            next_owner_check = time.monotonic() + 1.0
+            try:
+                stop_if_engine_gone(run_id)
+            except NotApplicableError:
+                _drain(run_id, chosen, offsets, multiple)
+                raise
         time.sleep(0.2)
 
 

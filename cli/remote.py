@@ -39,6 +39,7 @@ def send(kind: str, pid: int, **fields: Any) -> query.CommandView:
 def follow(run_id: int, printer: Any, since_event: int) -> str:
     """Print the run's state changes from the event log until it ends; returns its final state."""
     last = since_event
+    next_owner_check = time.monotonic() + 1.0
     while True:
         for event in query.events_since(last, run_id=run_id):
             last = event.id
@@ -50,7 +51,21 @@ def follow(run_id: int, printer: Any, since_event: int) -> str:
                 if event.kind in ("run", "step") and event.state:
                     printer(Change(run_id, event.step, event.state, event.message, event.at.timestamp()))
             return state
+        if time.monotonic() >= next_owner_check:
+            next_owner_check = time.monotonic() + 1.0
+            stop_if_engine_gone(run_id)
         time.sleep(0.1)
+
+
+def stop_if_engine_gone(run_id: int) -> None:
+    """A run whose engine was killed stays "running" until the next engine starts: a command following it
+    says so and stops, instead of waiting for changes that cannot come."""
+    from engine.recovery import is_alive
+
+    pid, started = query.run_owner(run_id)
+    if pid is not None and not is_alive(pid, started):
+        raise NotApplicableError(f"the engine running run {run_id} (pid {pid}) stopped; the next engine to "
+                                 f"start closes the run, and `stepline retry {run_id}` runs it again")
 
 
 def handed_off(what: str, run_id: int, pid: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import psutil
@@ -213,3 +214,19 @@ def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     assert (run.state, run.step("slow").state) == ("failed", "failed")
     assert query.attempts(1, "slow")[0].reason.summary == "engine stopped while running"
     wait_until(lambda: not psutil.pid_exists(step_pid) or psutil.Process(step_pid).status() == psutil.STATUS_ZOMBIE)
+
+
+def test_logs_follow_stops_and_says_so_when_the_runs_engine_is_killed(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
+    running = harness.cli_process("run", "j")
+    wait_until(lambda: query.list_runs() and query.attempts(1, "slow") and query.attempts(1, "slow")[0].pid)
+    follower = harness.cli_process("logs", "1", "--follow")
+    wait_until(lambda: os.path.exists(query.attempts(1, "slow")[0].log_path))
+    engine_pid = running.pid
+    running.send_signal(signal.SIGKILL)
+    running.wait(timeout=10)
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 1
+    assert out.rstrip().endswith("started")
+    assert err.strip() == (f"stepline: the engine running run 1 (pid {engine_pid}) stopped; the next engine to start "
+                           "closes the run, and `stepline retry 1` runs it again")

@@ -192,6 +192,20 @@ def test_run_hands_the_run_to_a_running_daemon_and_wait_follows_it(harness):
         daemon.wait(timeout=30)
 
 
+def test_run_wait_stops_and_says_so_when_the_daemon_is_killed(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("slow", "sleep 300")])\n')
+    daemon = start_daemon(harness)
+    waiting = harness.cli_process("run", "j", "--wait")
+    wait_until(lambda: query.list_runs() and query.list_runs()[0].state == "running")
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(timeout=10)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 1, out + err
+    run_id = query.list_runs()[0].id
+    assert err.strip() == (f"stepline: the engine running run {run_id} (pid {daemon.pid}) stopped; the next engine "
+                           f"to start closes the run, and `stepline retry {run_id}` runs it again")
+
+
 def test_an_edited_job_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_definition(harness, service):
     path = harness.write_job("j.py", 'j = job("j", [shell("a", "echo one")])\n')
     svc = service()
