@@ -145,7 +145,7 @@ class Worker:
     """One `python -m engine.worker` process for one job file."""
 
     def __init__(self, job_file: str, executor: Executor, source_file: str | None = None,
-                 spare_count: int = SPARES, spare_idle_s: float = SPARE_IDLE_S) -> None:
+                 spare_count: int = SPARES, spare_idle_s: float = SPARE_IDLE_S, output: str | None = None) -> None:
         self.job_file = job_file
         self.source_file = source_file
         """A copy of the job file's last good version to import instead of the file, or None."""
@@ -160,15 +160,21 @@ class Worker:
         self.environ = {**_current_environ(), "PYTHONPATH": _engine_path()}
         """The worker's own environment: each attempt request carries only its differences from it."""
         self._changes_from: tuple[dict[str, str], tuple[dict[str, str], list[str]]] | None = None
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), str(spare_count), str(spare_idle_s),
-             job_file]
-            + ([source_file] if source_file else []),
-            pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, cwd=os.path.dirname(job_file) or None,
-            env=self.environ,
-            # Its own session: a terminal's Ctrl-C or hang-up reaches the engine, which decides; the
-            # worker goes when the engine closes its socket.
-            start_new_session=True)
+        # What the job file prints or warns while the worker imports it (attempts have their own logs) goes
+        # to `output`: under the console, the terminal is the console's, and such lines would tear its screen.
+        sink = open(output, "ab") if output else None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), str(spare_count),
+                 str(spare_idle_s), job_file] + ([source_file] if source_file else []),
+                pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                cwd=os.path.dirname(job_file) or None, env=self.environ,
+                # Its own session: a terminal's Ctrl-C or hang-up reaches the engine, which decides; the
+                # worker goes when the engine closes its socket.
+                start_new_session=True)
+        finally:
+            if sink is not None:
+                sink.close()
         worker_end.close()
         # The pump's thread reads the worker's messages, beside the attempts' pipes: an attempt's exit,
         # its result and the end of its log then come in one wake-up instead of three threads' turns.
@@ -313,8 +319,9 @@ class Executor:
 
     def __init__(self, notify: Callable[[ExecutorEvent], None], clock: Callable[[], float] = time.time,
                  kill_grace_s: float = KILL_GRACE_S, spares: int = SPARES,
-                 spare_idle_s: float = SPARE_IDLE_S) -> None:
+                 spare_idle_s: float = SPARE_IDLE_S, worker_output: str | None = None) -> None:
         self._notify = notify
+        self._worker_output = worker_output
         self._clock = clock
         self.kill_grace_s = kill_grace_s
         self._workers: dict[str, Worker] = {}
@@ -440,7 +447,7 @@ class Executor:
         if worker is None or worker.process.poll() is not None or stale:
             if worker is not None:
                 self._retire(worker)
-            worker = Worker(job_file, self, source, self._spares, self._spare_idle_s)
+            worker = Worker(job_file, self, source, self._spares, self._spare_idle_s, self._worker_output)
             worker.mtime = _mtime(job_file)  # type: ignore[attr-defined]
             self._workers[job_file] = worker
         return worker

@@ -103,14 +103,16 @@ class Engine:
 
     def __init__(self, home: Home, parallel: int | None = None, clock: Callable[[], float] = time.time,
                  kill_grace_s: float = 5.0, listener: Callable[[Change], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, worker_output: str | None = None) -> None:
         self.home = home
         self.parallel = max(1, parallel or os.cpu_count() or 1)
         self._clock = clock
         self._listener = listener
         self._rng = rng or random.Random()
         self._events: queue.SimpleQueue[ExecutorEvent | _Wake] = queue.SimpleQueue()
-        self._executor = Executor(self._events.put, clock, kill_grace_s)
+        # worker_output: where the preloaded workers' own output goes (what a job file prints or warns while
+        # it imports); None keeps this process's stdout and stderr.
+        self._executor = Executor(self._events.put, clock, kill_grace_s, worker_output=worker_output)
         self._runs: dict[int, ActiveRun] = {}
         self._attempts: dict[int, RunningAttempt] = {}
         self._keys = itertools.count(1)

@@ -144,7 +144,8 @@ class EngineService:
         self._lock.acquire()
         try:
             self.engine = Engine(self.home, parallel=self.parallel, clock=self.clock,
-                                 kill_grace_s=self.kill_grace_s, listener=self.listener)
+                                 kill_grace_s=self.kill_grace_s, listener=self.listener,
+                                 worker_output=str(self.home.engine_log))
             store.heartbeat(*self.identity, self.mode, self.clock(), starting=True)
             self.recover()
             if self.watch_files:

@@ -206,6 +206,36 @@ def test_run_wait_stops_and_says_so_when_the_daemon_is_killed(harness):
                            f"to start closes the run, and `stepline retry {run_id}` runs it again")
 
 
+@pytest.mark.filterwarnings("ignore:noisy import")  # the engine's loader imports the file in this process too
+def test_what_a_job_file_prints_while_its_worker_imports_it_goes_to_the_engine_log_not_the_terminal(
+        harness, service, capfd):
+    # Under `stepline up` the terminal is the console's: a job file's print or warning at import (pandas
+    # warns plenty) must not tear its screen. It goes to HOME/engine.log instead.
+    harness.write_job("j.py", """
+        import sys, warnings
+        print("noisy import: stdout")
+        print("noisy import: stderr", file=sys.stderr)
+        warnings.warn("noisy import: a warning")
+
+        @step
+        def hello():
+            print("hello from the step")
+
+        j = job("j", [hello])
+    """)
+    service()
+    capfd.readouterr()  # the engine's own loader imported the file in this process: not the worker's output
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    engine_log = harness.home.engine_log.read_text()
+    for line in ("noisy import: stdout", "noisy import: stderr", "UserWarning: noisy import: a warning"):
+        assert line in engine_log
+    captured = capfd.readouterr()
+    assert "noisy import" not in captured.out + captured.err
+    assert "hello from the step" in open(query.attempts(run_id, "hello")[0].log_path).read()
+
+
 def test_an_edited_job_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_definition(harness, service):
     path = harness.write_job("j.py", 'j = job("j", [shell("a", "echo one")])\n')
     svc = service()
