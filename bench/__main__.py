@@ -212,6 +212,8 @@ def render(report: dict[str, Any]) -> str:
             per_step += f" (sh+{verdict['over_floor_ms']:.2f})"
         if item["name"] == "W5":
             per_step = "-"
+        elif verdict["per_step_ms"] is not None and verdict["per_step_ms"] < 0:
+            per_step = "~0 (noise)"  # a few attempts that took less than the start-up probe's median
         rows.append([f"{item['name']} {item['label']}", steps, _seconds(result["wall_s"]),
                      _ms(_scale(verdict["startup_s"]), 1), per_step, verdict["floor"], verdict["target"],
                      _flag(verdict["time_ok"]), _ms(verdict["engine_cpu_per_step_ms"]),
@@ -229,7 +231,8 @@ def render(report: dict[str, Any]) -> str:
                      f"{w5['verdict']['own_s']:.3f} s")
     if notes:
         out += ["", "notes:"] + notes
-    out += ["", "per-step = (wall - start-up) / (steps - 1); W4 divides by attempts; "
+    out += ["", "per-step = (wall - start-up) / (steps - 1); W4 divides by attempts (3: within the start-up "
+                "probe's noise, so '~0 (noise)' when the run beat the probe); "
                 "W3's target is over the sh floor (its steps run bash, whose own floor is printed too); W5's wall is judged against 2 s plus the step's own time.",
             "engine CPU/step = the same formula over the engine process's CPU time (all its threads): "
             "the orchestrator's own cost, steadier than wall time on a busy machine."]
