@@ -86,6 +86,21 @@ async def test_keys_that_do_not_apply_say_why_and_leave_the_footer(harness):
         assert "has no schedule to pause" in notifications(app)
 
 
+async def test_running_a_job_with_no_engine_on_the_home_says_to_start_one(harness):
+    # `stepline run` leaves runs but no engine: the job list comes from an engine, so R cannot know
+    # the job; the reason is the missing engine, not a broken file.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo ok")])\n')
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("j"))
+        await settle(pilot)
+        await pilot.press("R")
+        assert ("no engine is running on this home to load job 'j': start one (`stepline daemon`, or quit and "
+                "run `stepline up`)") in notifications(app)
+
+
 async def test_c_asks_first_then_cancels_the_running_run(harness, engine):
     harness.write_job("slow.py", """
         a = shell("nap", "echo napping; sleep 30")

@@ -85,6 +85,11 @@ class CommandActions:
             if job is None:
                 return "select a job (or one of its runs) first"
             if job not in self.jobs:
+                if self.status is not None and self.status.state != "running":
+                    # The job list comes from the engine, which loads the job files: without one it may
+                    # simply never have been read.
+                    return (f"no engine is running on this home to load job '{job}': start one "
+                            "(`stepline daemon`, or quit and run `stepline up`)")
                 return f"job '{job}' is not loaded now (its file is gone or broken); see the job file problems"
             if action == "toggle_pause":
                 summary = self.jobs[job]
