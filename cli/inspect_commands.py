@@ -10,7 +10,7 @@ import click
 
 from cli import render
 from cli.main import Settings, group, pass_settings
-from cli.remote import stop_if_engine_gone
+from cli.remote import engine_gone, stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
 from engine.loader import LoadResult, load_jobs
@@ -117,7 +117,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, as
         return
     now = datetime.now(timezone.utc)
     rows = [[str(r.id), r.job, r.state, r.trigger, render.local_time(r.started_at or r.created_at),
-             render.duration(r.duration_s(now)), r.reason or ""] for r in found]
+             render.duration(r.duration_s(now)), (_gone_note(r.id) if r.state == "running" else "") or r.reason or ""]
+            for r in found]
     states: list[str | None] = [r.state for r in found]
     click.echo(render.table(["run", "job", "state", "trigger", "started", "duration", "reason"], rows,
                             states, 2, render.use_color()))
@@ -136,6 +137,12 @@ def show(settings: Settings, run_id: int, as_json: bool) -> None:
         render.print_json(run_document(run, attempts))
         return
     click.echo(format_run(run, attempts, render.use_color()))
+
+
+def _gone_note(run_id: int) -> str:
+    """What a running run's row says when its engine is gone (it stays "running" until an engine starts)."""
+    pid = engine_gone(run_id)
+    return "" if pid is None else f"its engine (pid {pid}) is gone; the next engine to start closes the run"
 
 
 def _cut(text: str, width: int) -> str:
@@ -171,6 +178,9 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         lines.append("params: " + " ".join(f"{k}={v}" for k, v in summary.params.items()))
     if summary.reason:
         lines.append(f"reason: {summary.reason}")
+    gone = _gone_note(summary.id) if summary.state == "running" else ""
+    if gone:
+        lines.append(gone)
     lines.append("")
     rows, states = [], []
     for step in run.steps:

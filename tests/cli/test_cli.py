@@ -205,6 +205,10 @@ def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
     assert query.run_summary(1).state == "running"  # what the killed engine left behind
+    gone = f"its engine (pid {killed.pid}) is gone; the next engine to start closes the run"
+    listed = harness.cli("runs", check=True).stdout.splitlines()
+    assert listed[1].split()[:3] == ["1", "j", "running"] and listed[1].endswith(gone)
+    assert gone in harness.cli("show", "1", check=True).stdout.splitlines()
 
     next_run = harness.cli("run", "quick")
     assert next_run.returncode == 0, next_run.stderr
