@@ -25,6 +25,12 @@ def module_name(path: str | os.PathLike[str]) -> str:
     return f"stepline_job_{stem}_{digest}"
 
 
+def is_from(file: str, path: str | os.PathLike[str]) -> bool:
+    """Whether a job or step recorded as made in `file` was made by the job file `path` itself (not by a
+    module it imported)."""
+    return os.path.realpath(file) == os.path.realpath(path)
+
+
 def import_job_file(path: str | os.PathLike[str], source: bytes | None = None) -> ModuleType:
     """Import one job file as its own module; the job file's folder is importable.
 

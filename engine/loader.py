@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
-from engine.jobfile import import_job_file
+from engine.jobfile import import_job_file, is_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
     except BaseException as error:  # a job file may raise anything, SystemExit included
         return [], [Problem(shown, _line_in(path, error), _import_failure(error))]
 
-    job_defs = [j for j in made if _is_from(j.file, path)]
+    job_defs = [j for j in made if is_from(j.file, path)]
     problems: list[Problem] = []
     valid: list[JobDef] = []
     seen: dict[str, JobDef] = {}
@@ -111,7 +111,7 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
             valid.append(job_def)
     used = {(s.file, s.line) for j in job_defs for s in j.steps}
     for value in vars(module).values():
-        if isinstance(value, StepDef) and _is_from(value.file, path) and (value.file, value.line) not in used:
+        if isinstance(value, StepDef) and is_from(value.file, path) and (value.file, value.line) not in used:
             used.add((value.file, value.line))
             problems.append(Problem(display_path(value.file), value.line,
                                     f"step '{value.name}' is not part of any job; add it to a job's list of "
@@ -264,13 +264,6 @@ def topological_order(job_def: JobDef) -> list[str]:
 def _did_you_mean(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _is_from(file: str, path: Path) -> bool:
-    try:
-        return Path(file).resolve() == path.resolve()
-    except OSError:
-        return False
 
 
 def _line_in(path: Path, error: BaseException) -> int:

@@ -147,14 +147,14 @@ class StepTable:
     attempt touches costs a copy-on-write page fault, and a fault costs microseconds.
     """
 
-    def __init__(self, jobs: list[Any], job_file: str) -> None:
-        """`jobs`: every job() made while the file imported, as the loader sees them (a job made in a
-        loop or kept in a list has no name in the module), in order; a job of this very file wins a
-        name it shares with one made by a module it imported."""
+    def __init__(self, made: list[Any], job_file: str) -> None:
+        """`made`: every job() made while the file imported (a job made in a loop or kept in a list has no
+        name in the module). Only the file's own jobs count, as in the loader."""
+        from engine.jobfile import is_from
+
         self.file = job_file
-        here = os.path.realpath(job_file)
-        ordered = sorted(jobs, key=lambda job_def: os.path.realpath(job_def.file) == here)
-        self.steps = {(job_def.name, step_def.name): step_def for job_def in ordered for step_def in job_def.steps}
+        self.steps = {(job_def.name, step_def.name): step_def for job_def in made if is_from(job_def.file, job_file)
+                      for step_def in job_def.steps}
 
     def find(self, job_name: str, step_name: str) -> Any:
         try:
