@@ -79,7 +79,7 @@ class LogPump:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending: list[tuple[int, _Tail]] = []
+        self._pending: list[tuple[int, _Tail | _Result | _Watch]] = []
         self._closing: list[int] = []
         self._results: dict[int, int] = {}  # key -> result pipe read end, until settled
         self._settling: list[tuple[int, Callable[[], None]]] = []
@@ -95,7 +95,7 @@ class LogPump:
             self._pending.append((read_fd, _Tail(key, log_path)))
             if result_fd is not None:
                 self._results[key] = result_fd
-                self._pending.append((result_fd, _Result(key, bytearray(), [])))  # type: ignore[arg-type]
+                self._pending.append((result_fd, _Result(key, bytearray(), [])))
         if wake:
             os.write(self._wake_w, b"x")
 
@@ -103,7 +103,7 @@ class LogPump:
         """Call on_readable() on this pump's thread whenever `fd` has data, until it returns False; then
         stop watching and call on_end(), which may close the fd (the pump never does)."""
         with self._lock:
-            self._pending.append((fd, _Watch(on_readable, on_end)))  # type: ignore[arg-type]
+            self._pending.append((fd, _Watch(on_readable, on_end)))
         os.write(self._wake_w, b"x")
 
     def wake(self) -> None:
@@ -159,14 +159,14 @@ class LogPump:
                 if self._selector.get_map().get(fd) is not selected:
                     # force_close() above closed it in this same round (its number may even be reused).
                     continue
-                tail: _Tail = selected.data
-                if type(tail) is _Watch:
-                    if not tail.on_readable():  # type: ignore[attr-defined]
+                tail: _Tail | _Result | _Watch = selected.data
+                if isinstance(tail, _Watch):
+                    if not tail.on_readable():
                         self._selector.unregister(fd)
-                        tail.on_end()  # type: ignore[attr-defined]
+                        tail.on_end()
                     continue
-                if type(tail) is _Result:
-                    self._read_result(fd, tail)  # type: ignore[arg-type]
+                if isinstance(tail, _Result):
+                    self._read_result(fd, tail)
                     continue
                 try:
                     data = os.read(fd, CHUNK)
