@@ -229,8 +229,8 @@ class Worker:
     # _send_lock while its send waits for room in the worker's queue, and the worker makes room only
     # once the pump's thread has read what it sent. The deque's append and popleft are atomic.
 
-    def add_spare(self, pid: int, spare_sock: socket.socket) -> None:
-        pid_started = process_start_time(pid)
+    def add_spare(self, pid: int, spare_sock: socket.socket, start_ticks: int | None) -> None:
+        pid_started = process_start_time(pid, start_ticks)
         if self.broken:
             spare_sock.close()
         else:
@@ -299,7 +299,7 @@ class Worker:
             return False
         message = decode(data)
         if message["op"] == "spare" and fds:
-            self.add_spare(message["pid"], socket.socket(fileno=fds[0]))
+            self.add_spare(message["pid"], socket.socket(fileno=fds[0]), message.get("start_ticks"))
         elif message["op"] == "idle":
             self.drop_spares()
         else:
@@ -336,8 +336,8 @@ class Executor:
         self._kept: dict[str, str] = {}
         self._retired: list[Worker] = []
 
-    def start(self, request: AttemptRequest, defer_logs: bool = False) -> None:
-        """Start an attempt; with `defer_logs`, its output is watched from the next flush() on."""
+    def start(self, request: AttemptRequest) -> None:
+        """Start an attempt: its output and result are watched from now on, on the pump's thread."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         # A shell step without inputs reports through its exit status only: no result pipe to watch.
         result_read, result_write = (os.pipe2(os.O_CLOEXEC) if request.kind == "python" or request.inputs
@@ -345,7 +345,7 @@ class Executor:
         self._read_fds[request.key] = read_fd
         # Both pipes are watched before the worker can answer (see _exited); the pump's thread creates
         # the log file while the worker forks, and the pipe holds what the attempt writes meanwhile.
-        self._logs.add(read_fd, request.log_path, request.key, result_read, wake=not defer_logs)
+        self._logs.add(read_fd, request.log_path, request.key, result_read)
         lost: Exited | None = None
         message = b""
         try:
@@ -383,10 +383,6 @@ class Executor:
         self._notify(Started(key, pid, pid_started, self._clock()))
         if grace is not None:
             threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
-
-    def flush(self) -> None:
-        """Hand the attempts started since the last call to the log pump; call it before waiting for events."""
-        self._logs.wake()
 
     def kill(self, key: int, grace_s: float | None = None) -> None:
         """Terminate the attempt's whole process tree: SIGTERM, then SIGKILL after the grace period."""
@@ -455,7 +451,7 @@ class Executor:
     def _on_worker_message(self, worker: Worker, message: dict[str, Any]) -> None:
         op = message["op"]
         if op == "started":
-            pid_started = process_start_time(message["pid"])
+            pid_started = process_start_time(message["pid"], message.get("start_ticks"))
             with self._lock:
                 self._started(message["id"], message["pid"], pid_started)
         elif op == "exited":
@@ -534,13 +530,18 @@ def kill_tree(pid: int, grace_s: float) -> None:
         _signal_process(process, signal.SIGKILL)
 
 
-def process_start_time(pid: int) -> float | None:
+def process_start_time(pid: int, start_ticks: int | None = None) -> float | None:
     """The process's start time as psutil tells it (what recovery compares against), or None if it is gone.
+
+    `start_ticks`: its start in clock ticks since boot, when the worker that made it knows (see
+    worker.start_ticks); then nothing is read from /proc.
 
     Computed here with psutil's own formula on Linux: psutil reads the boot time from /proc/stat on
     every call, a file the kernel builds with a line per CPU and per interrupt, which made up a fifth
     of the I/O thread's time per step. The boot time is read once a second instead.
     """
+    if start_ticks is not None:
+        return start_ticks / _CLOCK_TICKS + _boot_time()
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rpartition(b")")[2].split()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from engine.worker import decode
 
 CHUNK = 1 << 16
+_SELECTORS_THAT_SEE_NEW_FDS = tuple(getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector")
+                                    if hasattr(selectors, name))
 STAMP_WIDTH = 25
 
 
@@ -75,11 +77,13 @@ class LogPump:
         self._on_result = on_result
         self._clock = clock
         self._selector = selectors.DefaultSelector()
+        # epoll and kqueue watch an fd registered while this pump's thread waits; poll and select (other
+        # systems) see it only from their next call, so registering wakes the thread there.
+        self._wake_to_register = not isinstance(self._selector, _SELECTORS_THAT_SEE_NEW_FDS)
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending: list[tuple[int, _Tail | _Result | _Watch]] = []
         self._closing: list[int] = []
         self._results: dict[int, int] = {}  # key -> result pipe read end, until settled
         self._settling: list[tuple[int, Callable[[], None]]] = []
@@ -87,36 +91,32 @@ class LogPump:
         self._thread = threading.Thread(target=self._loop, name="stepline-io", daemon=True)
         self._thread.start()
 
-    def add(self, read_fd: int, log_path: str, key: int, result_fd: int | None = None, wake: bool = True) -> None:
+    def add(self, read_fd: int, log_path: str, key: int, result_fd: int | None = None) -> None:
         """Start copying `read_fd` into `log_path` (created, with its folder, at the first output); on_closed(key)
         is called at end of output. With `result_fd`, also read the attempt's result message from it
-        and pass it to on_result(key, result). With `wake=False` the pump starts on the next wake()."""
-        with self._lock:
-            self._pending.append((read_fd, _Tail(key, log_path)))
-            if result_fd is not None:
+        and pass it to on_result(key, result).
+
+        The pipes are registered from the calling thread, without waking the pump's thread: epoll
+        (kqueue on BSD and macOS) takes a new fd while another thread waits on it, and that thread wakes
+        only when the pipe has something to read. Waking it just to register costs both threads a
+        switch and a turn of the interpreter lock per attempt.
+        """
+        os.set_blocking(read_fd, False)
+        self._selector.register(read_fd, selectors.EVENT_READ, _Tail(key, log_path))
+        if result_fd is not None:
+            os.set_blocking(result_fd, False)
+            with self._lock:
                 self._results[key] = result_fd
-                self._pending.append((result_fd, _Result(key, bytearray(), [])))
-        if wake:
+            self._selector.register(result_fd, selectors.EVENT_READ, _Result(key, bytearray(), []))
+        if self._wake_to_register:
             os.write(self._wake_w, b"x")
 
     def watch(self, fd: int, on_readable: Callable[[], bool], on_end: Callable[[], None]) -> None:
         """Call on_readable() on this pump's thread whenever `fd` has data, until it returns False; then
         stop watching and call on_end(), which may close the fd (the pump never does)."""
-        with self._lock:
-            self._pending.append((fd, _Watch(on_readable, on_end)))
-        os.write(self._wake_w, b"x")
-
-    def wake(self) -> None:
-        """Take the pipes added with wake=False: the engine calls it once a turn, just before it waits.
-
-        Waking the pump's thread while the engine's thread is busy makes the two contend for the
-        interpreter lock; once the engine waits, the pump runs at no one's cost. What an attempt
-        writes meanwhile waits in its pipe.
-        """
-        with self._lock:
-            if not self._pending:
-                return
-        os.write(self._wake_w, b"x")
+        self._selector.register(fd, selectors.EVENT_READ, _Watch(on_readable, on_end))
+        if self._wake_to_register:
+            os.write(self._wake_w, b"x")
 
     def settle_result(self, key: int, then: Callable[[], None]) -> None:
         """Call `then` once the attempt's result has been passed on, or is known never to come.
@@ -195,13 +195,8 @@ class LogPump:
         except BlockingIOError:
             pass
         with self._lock:
-            pending, self._pending = self._pending, []
             closing, self._closing = self._closing, []
             settling, self._settling = self._settling, []
-        for fd, tail in pending:
-            if type(tail) is not _Watch:
-                os.set_blocking(fd, False)
-            self._selector.register(fd, selectors.EVENT_READ, tail)
         for key, then in settling:
             with self._lock:
                 result_fd = self._results.get(key)

@@ -122,6 +122,7 @@ class Engine:
         self._queued: list[tuple[ActiveRun, int]] = []
         self._plans: dict[int, tuple[JobDef, JobPlan, str]] = {}
         self.owner = store.process_identity()
+        self._checkpointer = store.Checkpointer(str(home.database))
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -272,7 +273,6 @@ class Engine:
             with store.batch():
                 self._start_queued()
                 self._fill_slots()
-            self._executor.flush()
         now = self._clock()
         wait = timeout_s
         if self._timers:
@@ -293,7 +293,6 @@ class Engine:
             # An attempt handed to a spare process has reported Started already: record it in this
             # transaction too, instead of a turn and a commit of its own.
             self._handle_all(self._next_event())
-        self._executor.flush()
         if consume_commands and self._runs and self._clock() >= self._next_command_poll:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
@@ -320,6 +319,7 @@ class Engine:
 
     def close(self) -> None:
         self._executor.close()
+        self._checkpointer.stop()
 
     # --- run life cycle -------------------------------------------------------------------------------
 
@@ -400,7 +400,7 @@ class Engine:
             output_path=home.output_file_str(run.id, name),
             result_path="",
             shell_output_path=home.shell_output_file_str(run.id, name, number))
-        self._executor.start(request, defer_logs=True)  # the pump takes them at flush(), in step()
+        self._executor.start(request)
 
     def _cwd(self, plan: JobPlan, step_plan: StepPlan) -> str:
         folder = os.path.dirname(plan.file)

@@ -94,6 +94,22 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = N
         sock.send(data)
 
 
+TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int | None:
+    """Clock ticks since boot: the unit of a process's start time in /proc/PID/stat (None off Linux)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return None if clock is None else time.clock_gettime_ns(clock) // TICK_NS
+
+
+def start_ticks(before: int | None) -> int | None:
+    """The start time, in ticks since boot, of a process created since boot_ticks() returned `before`:
+    known without reading /proc when no tick has passed since (the kernel stamps a new process with the
+    same clock). None when a tick passed meanwhile, which is rare: the engine then reads /proc."""
+    return before if before is not None and boot_ticks() == before else None
+
+
 def preview(value: Any) -> str:
     try:
         text = repr(value)
@@ -527,6 +543,7 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
 
     def make_spare() -> bool:
         ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # no Python-level wrapper
+        before = boot_ticks()
         try:
             pid = os.fork()
         except OSError:
@@ -540,7 +557,7 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
         theirs.close()
         spares.add(pid)
         try:
-            send(sock, {"op": "spare", "pid": pid}, [ours.fileno()])
+            send(sock, {"op": "spare", "pid": pid, "start_ticks": start_ticks(before)}, [ours.fileno()])
         finally:
             ours.close()  # the engine holds the spare's socket now; closing it is how it lets go
         return True
@@ -616,6 +633,7 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
                 result_fd = fds[1] if len(fds) > 1 else None  # none for a shell step without inputs
                 for fd in fds:
                     os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
+                before = boot_ticks()
                 pid = spawn_shell(request, log_fd, worker_cwd, base_env)
                 if pid is None:
                     if request["kind"] == "python":
@@ -626,7 +644,7 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
                 for fd in fds:
                     os.close(fd)
                 children[pid] = request["id"]
-                send(sock, {"op": "started", "id": request["id"], "pid": pid})
+                send(sock, {"op": "started", "id": request["id"], "pid": pid, "start_ticks": start_ticks(before)})
             elif request["op"] == "stop":
                 data = b""
             if not data:

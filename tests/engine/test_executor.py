@@ -15,6 +15,7 @@ import pytest
 from engine import query
 from engine.executor import (AttemptRequest, Executor, Exited, LogClosed, Started, attempt_environment, kill_tree,
                              process_start_time)
+from engine.worker import boot_ticks, start_ticks
 from tests.conftest import wait_until
 from tests.engine.test_runner import Background, gone, read_pids
 
@@ -78,6 +79,45 @@ def test_a_process_start_time_is_the_one_recovery_compares_against():
         child.kill()
         child.wait()
     assert process_start_time(child.pid) is None
+
+
+def test_a_start_time_known_from_the_clock_is_the_one_psutil_reads():
+    # The worker stamps a process it makes from the boot clock instead of reading /proc (see worker.start_ticks).
+    for _ in range(100):  # a clock tick may pass during the fork; then the worker does not know, and says so
+        before = boot_ticks()
+        child = subprocess.Popen(["sleep", "30"])
+        try:
+            ticks = start_ticks(before)
+            if ticks is not None:
+                assert process_start_time(child.pid, ticks) == psutil.Process(child.pid).create_time()
+                return
+        finally:
+            child.kill()
+            child.wait()
+    pytest.fail("a clock tick passed during each of 100 process starts")
+
+
+def test_the_start_times_the_worker_reports_are_the_ones_recovery_compares_against(harness, tmp_path):
+    # The worker tells the start time of the processes it makes (spares, shell attempts) from the clock the
+    # kernel stamps them with; it must be psutil's, or recovery would take a live attempt for a stranger.
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    executor = Executor(events.put, kill_grace_s=0.5)
+    try:
+        [python] = python_requests(harness, tmp_path, 1)
+        executor.start(python)  # the first Python attempt makes the worker fork spares
+        collect(events, 1)
+        for pid in wait_until(lambda: spares_of(executor, 2)):
+            [pid_started] = [started for spare, _, started in executor._workers[python.job_file].spares
+                             if spare == pid]
+            assert pid_started == psutil.Process(pid).create_time()
+        executor.start(request(harness, tmp_path, 2, "sleep 300"))
+        started = events.get(timeout=30)
+        assert isinstance(started, Started) and started.key == 2
+        assert started.pid_started == psutil.Process(started.pid).create_time()
+        executor.kill(2, 0.5)
+        collect(events, 2)
+    finally:
+        executor.close()
 
 
 def test_an_attempt_reports_started_exited_and_log_closed(harness, tmp_path):
