@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.environment import child_environment
 from bench.scratch import add_scratch_option, use_scratch
 from bench.workloads import CHATTY_LOOP, LINE_CHARS, PROBES, WORKLOADS, Workload
 
@@ -81,7 +82,7 @@ def run_child(workload: Workload, size: int, parallel: int | None, profile_dir: 
         spec: dict[str, Any] = {"workload": workload.name, "size": size, "parallel": parallel}
         if profile_dir is not None:
             spec["profile"] = str(profile_dir / f"{workload.name}.{repeat_index}.prof")
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = child_environment()
         try:
             done = subprocess.run([sys.executable, "-m", "bench.measure", json.dumps(spec), str(out)], cwd=ROOT,
                                   env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)

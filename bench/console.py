@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.environment import child_environment
 from bench.scratch import add_scratch_option, scratch_folder, use_scratch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,7 +330,7 @@ def run_child(kind: str, info: dict[str, Any], args: argparse.Namespace, timeout
                info["jobs_dir"], "--json", str(out), "--flood-seconds", str(args.flood_seconds),
                "--keys", str(args.keys), "--repeat", str(args.repeat)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env=child_environment())
     if done.returncode != 0:
         sys.exit(f"bench.console: the {kind} child failed:\n{done.stdout}{done.stderr}")
     return json.loads(out.read_text())

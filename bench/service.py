@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.environment import child_environment
 from bench.scratch import add_scratch_option, scratch_folder, use_scratch
 
-ROOT = Path(__file__).resolve().parent.parent
 LATENESS_TARGET_MS = 100.0
 COMMAND_TARGET_MS = 250.0
 
@@ -82,8 +82,7 @@ def main() -> None:
         (root / "jobs").mkdir()
         (root / "jobs" / "ticks.py").write_text(TICK_JOBS)
         (root / "jobs" / "w1.py").write_text(FAN_OUT)
-        env = {**os.environ, "STEPLINE_HOME": str(root / "home"), "STEPLINE_JOBS": str(root / "jobs"),
-               "PYTHONPATH": str(ROOT)}
+        env = child_environment(STEPLINE_HOME=str(root / "home"), STEPLINE_JOBS=str(root / "jobs"))
         command = [sys.executable, "-m", "cli", "daemon", "--grace", "0"]
         if args.parallel:
             command += ["--parallel", str(args.parallel)]

@@ -34,6 +34,8 @@ from engine.worker import preview as preview_of
 COMMAND_POLL_S = 0.1
 LEFTOVER_GRACE_S = 2.0
 """How long an exited step's leftover processes may keep its output open before they are killed."""
+EXIT_RECORD_DELAY_S = 1.0
+"""Longest an attempt's exit status waits to be written after its step ended on its result (see _record_exit)."""
 DETAIL_LINES = 20
 
 
@@ -123,6 +125,7 @@ class Engine:
         self._plans: dict[int, tuple[JobDef, JobPlan, str]] = {}
         self.owner = store.process_identity()
         self._checkpointer = store.Checkpointer(str(home.database))
+        self._unrecorded_exits: list[tuple[int, dict[str, Any]]] = []
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -293,6 +296,8 @@ class Engine:
             # An attempt handed to a spare process has reported Started already: record it in this
             # transaction too, instead of a turn and a commit of its own.
             self._handle_all(self._next_event())
+            if self._unrecorded_exits and store.batch_is_writing():
+                self._write_exits()
         if consume_commands and self._runs and self._clock() >= self._next_command_poll:
             self._next_command_poll = self._clock() + COMMAND_POLL_S
             self._consume_commands()
@@ -319,6 +324,8 @@ class Engine:
 
     def close(self) -> None:
         self._executor.close()
+        with store.batch():
+            self._write_exits()
         self._checkpointer.stop()
 
     # --- run life cycle -------------------------------------------------------------------------------
@@ -519,10 +526,20 @@ class Engine:
         self._executor.forget(attempt.key)
         del self._attempts[attempt.key]
         if attempt.attempt_id is not None:
-            store.record_exit(attempt.attempt_id, _exit_columns(exited))
+            # The step's outcome is committed already. The exit status, CPU time and peak RSS join the next
+            # turn that writes anyway, at most EXIT_RECORD_DELAY_S later, rather than taking a commit of
+            # their own: in a chain of Python steps, every exit lands between two steps' turns.
+            if not self._unrecorded_exits:
+                self._after(EXIT_RECORD_DELAY_S, self._write_exits)
+            self._unrecorded_exits.append((attempt.attempt_id, _exit_columns(exited)))
         run = self._runs.get(attempt.run_id)
         if run is not None:
             self._maybe_finish_run(run)
+
+    def _write_exits(self) -> None:
+        exits, self._unrecorded_exits = self._unrecorded_exits, []
+        for attempt_id, columns in exits:
+            store.record_exit(attempt_id, columns)
 
     def _outcome(self, run: ActiveRun, step_plan: StepPlan, attempt: RunningAttempt,
                  exited: Exited | None) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:

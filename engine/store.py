@@ -362,6 +362,11 @@ class _Grouping:
             transaction.__exit__(error_type, error, traceback)
 
 
+def batch_is_writing() -> bool:
+    """Whether the current batch() has written (so one more write adds no commit of its own)."""
+    return _batch.transaction is not None
+
+
 def create_run(job: str, trigger: str, params: dict[str, str], snapshot: str, steps: Iterable[str],
                at: float, scheduled_for: float | None = None, state: str = "queued") -> tuple[int, dict[str, int]]:
     """A new run with a pending step run per step; returns the run id and step run ids by name."""

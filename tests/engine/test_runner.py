@@ -372,6 +372,28 @@ def test_a_shell_step_exit_status_is_the_reason(home, write_job):
     assert query.attempts(run.id, "a")[0].exit_code == 3
 
 
+def test_an_attempt_that_ended_on_its_result_gets_its_exit_status_while_the_run_goes_on(home, write_job):
+    # A Python step ends on the result its process sends; the exit status, CPU time and peak RSS come
+    # with the process's exit, and are written soon after even while a long step keeps the run going.
+    write_job("j.py", """
+        @step
+        def quick():
+            return 1
+
+        slow = shell("slow", "sleep 300", after=["quick"])
+        j = job("j", [quick, slow])
+    """)
+    background = Background(home, "j", kill_grace_s=0.5)
+    try:
+        [attempt] = wait_until(lambda: [a for a in query.attempts(background.run_id, "quick")
+                                        if a.exit_code is not None] or None, timeout_s=20)
+        assert background.step("slow").state == "running"
+        assert attempt.exit_code == 0 and attempt.cpu_s is not None and attempt.peak_rss_bytes > 0
+    finally:
+        store.add_command("cancel", run_id=background.run_id)
+        background.join()
+
+
 def test_a_step_killed_by_a_signal_says_which(home, write_job):
     write_job("j.py", """
         import os, signal
