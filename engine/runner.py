@@ -10,6 +10,7 @@ with its event, and announced to an optional listener (the CLI prints them).
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import itertools
 import json
@@ -508,7 +509,10 @@ class Engine:
             changes.append((run.step_ids[name], name, state.value, extra))
             changes += self._fail_downstream(run, name, now)
         run.states[name] = state
-        store.finish_attempt(run.id, attempt.attempt_id or 0, attempt_state, outcome, changes, now)
+        # Written just before this turn's next write or at its end, in its transaction: the next step of a
+        # chain is handed to its process first (see step()).
+        store.later(functools.partial(store.finish_attempt, run.id, attempt.attempt_id or 0, attempt_state,
+                                      outcome, changes, now))
         for step_run_id, changed, new_state, values in changes:
             self._announce(Change(run.id, changed, new_state, values.get("reason") or values.get("waiting_for"),
                                   now, attempt.number if changed == name else None))

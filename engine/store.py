@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import peewee
@@ -315,9 +315,11 @@ def insert_events(events: list[dict[str, Any]]) -> None:
 
 
 class _Batch(threading.local):
-    """Per thread: whether writes are being grouped (batch()) and the transaction they opened."""
+    """Per thread: whether writes are being grouped (batch()), the transaction they opened, and the writes
+    put off with later()."""
     grouping = False
     transaction: Any = None
+    deferred: list[Callable[[], None]] | None = None
 
 
 _batch = _Batch()
@@ -325,6 +327,8 @@ _batch = _Batch()
 
 def write() -> Any:
     """The transaction for one write helper: its own IMMEDIATE one, or the batch's (opened at its first write)."""
+    if _batch.deferred:
+        _run_deferred()  # writes put off with later() come first: the event log keeps the order of changes
     if db.in_transaction():
         return contextlib.nullcontext()
     if _batch.grouping:
@@ -332,6 +336,25 @@ def write() -> Any:
         _batch.transaction.__enter__()
         return contextlib.nullcontext()
     return db.atomic("IMMEDIATE")
+
+
+def later(work: Callable[[], None]) -> None:
+    """Within a batch(): run `work`, a call of a write helper, just before the batch's next write or at its
+    end, in the same transaction and in the order asked. The engine records a finished step this way after
+    it has handed the next step of a chain to its process, which then need not wait for those statements.
+    Outside a batch, `work` runs now."""
+    if not _batch.grouping:
+        work()
+        return
+    if _batch.deferred is None:
+        _batch.deferred = []
+    _batch.deferred.append(work)
+
+
+def _run_deferred() -> None:
+    deferred, _batch.deferred = _batch.deferred or [], None
+    for work in deferred:
+        work()
 
 
 def batch() -> _Grouping:
@@ -356,15 +379,24 @@ class _Grouping:
                  traceback: Any) -> None:
         if self.nested:
             return
-        transaction, _batch.transaction = _batch.transaction, None
-        _batch.grouping = False
-        if transaction is not None:
-            transaction.__exit__(error_type, error, traceback)
+        outcome: tuple[Any, Any, Any] = (error_type, error, traceback)
+        try:
+            if error_type is None and _batch.deferred:
+                _run_deferred()
+        except BaseException as failure:
+            outcome = (type(failure), failure, failure.__traceback__)  # the turn's writes roll back together
+            raise
+        finally:
+            _batch.deferred = None
+            transaction, _batch.transaction = _batch.transaction, None
+            _batch.grouping = False
+            if transaction is not None:
+                transaction.__exit__(*outcome)
 
 
 def batch_is_writing() -> bool:
-    """Whether the current batch() has written (so one more write adds no commit of its own)."""
-    return _batch.transaction is not None
+    """Whether the current batch() writes (so one more write adds no commit of its own)."""
+    return _batch.transaction is not None or bool(_batch.deferred)
 
 
 def create_run(job: str, trigger: str, params: dict[str, str], snapshot: str, steps: Iterable[str],

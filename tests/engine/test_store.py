@@ -90,3 +90,25 @@ def test_readers_in_other_threads_see_every_event_in_order(tmp_path):
     done.set()
     reader.join(30)
     assert seen == list(range(1, 301))
+
+
+def test_a_write_put_off_in_a_batch_comes_before_the_next_write_and_rolls_back_with_the_batch(tmp_path):
+    # The engine records a finished step with store.later() so the next step starts first; the event log
+    # must still tell the changes in the order they happened, and a failed turn must lose all of them.
+    store.open_database(prepare_home(tmp_path / "home"))
+    run_id, _ = store.create_run("j", "manual", {}, "{}", ["a"], at=1.0)
+    with store.batch():
+        store.later(lambda: store.set_run_state(run_id, "running", 2.0))
+        assert store.Run.get_by_id(run_id).state == "queued"  # not yet written
+        store.set_run_state(run_id, "succeeded", 3.0, ended=True)
+    assert [(e.kind, e.state) for e in query.events_since(0, run_id=run_id)][-2:] == [("run", "running"),
+                                                                                        ("run", "succeeded")]
+    with store.batch():
+        store.later(lambda: store.set_run_state(run_id, "running", 4.0))
+    assert store.Run.get_by_id(run_id).state == "running"  # written at the batch's end
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            store.later(lambda: store.set_run_state(run_id, "failed", 5.0, ended=True))
+            raise RuntimeError("the turn failed")
+    assert store.Run.get_by_id(run_id).state == "running"
+    assert [e.state for e in query.events_since(0, run_id=run_id)][-1] == "running"
