@@ -21,19 +21,31 @@ def engine_holder(home: Home) -> int | None:
     return EngineLock(home).holder()
 
 
-def send(kind: str, pid: int, **fields: Any) -> query.CommandView:
-    """Write a command and wait for the engine's answer; a refusal becomes a SteplineError."""
+def send(kind: str, home: Home, pid: int, **fields: Any) -> query.CommandView:
+    """Write a command and wait for the engine's answer; a refusal becomes a SteplineError.
+
+    If the engine stops (its lock is free) or does not answer in time, the command is withdrawn, so no
+    later engine carries it out behind the user's back; an engine answers a command and does what it says
+    in one transaction (store.take_command), so either it was done and answered, or nothing was done.
+    """
     command_id = store.add_command(kind, **fields)
     deadline = time.monotonic() + ACK_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while True:
         answer = query.command(command_id)
         if answer.state != "pending":
             if answer.state == "failed":
                 raise NotApplicableError(answer.result or f"the engine refused the {kind} command")
             return answer
+        gone = engine_holder(home) is None
+        if gone or time.monotonic() >= deadline:
+            why = (f"the engine (pid {pid}) stopped before it answered the {kind} command" if gone else
+                   f"the engine (pid {pid}) did not answer the {kind} command within {ACK_TIMEOUT_S:.0f}s")
+            if store.withdraw_command(command_id, f"withdrawn: {why}"):
+                then = ("start an engine (`stepline daemon`, or `stepline up`) and try again" if gone
+                        else "check HOME/engine.log, or stop it and try again")
+                raise SteplineError(f"{why}; nothing was done and the command is withdrawn; {then}")
+            continue  # answered just now: take its answer
         time.sleep(0.05)
-    raise SteplineError(f"the engine (pid {pid}) did not answer the {kind} command within {ACK_TIMEOUT_S:.0f}s; "
-                        "check HOME/engine.log, or stop it and run again")
 
 
 def follow(run_id: int, printer: Any, since_event: int) -> str:

@@ -153,7 +153,7 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
     pid = remote.engine_holder(home)
     if pid is not None:
         since = query.last_event_id()
-        answer = remote.send("trigger", pid, job=job_name, payload={"params": parsed})
+        answer = remote.send("trigger", home, pid, job=job_name, payload={"params": parsed})
         assert answer.run_id is not None
         if not wait:
             remote.handed_off("started", answer.run_id, pid)
@@ -192,7 +192,7 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
     pid = remote.engine_holder(home)
     if pid is not None:
         since = query.last_event_id()
-        answer = remote.send("retry", pid, run_id=run_id, step=step)
+        answer = remote.send("retry", home, pid, run_id=run_id, step=step)
         if not wait:
             remote.handed_off(answer.result or "retry started", run_id, pid)
             return
@@ -280,7 +280,7 @@ def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
     home = settings.open_home()
     pid = remote.engine_holder(home)
     if pid is not None:
-        answer = remote.send("pause" if pause else "resume", pid, job=job_name)
+        answer = remote.send("pause" if pause else "resume", home, pid, job=job_name)
         click.echo(answer.result or "")
         return
     record_paused(job_name, pause, None, time.time())

@@ -639,8 +639,10 @@ class Engine:
         for command in store.pending_commands(run_ids=list(self._runs), kinds=["cancel"]):
             run_id = command["run_id"]
             if run_id in self._runs:
-                self.cancel(run_id, command["payload"].get("reason") or "cancelled by user")
-                store.ack_command(command["id"], True, f"run {run_id} cancelling", self._clock())
+                with store.batch():  # the cancel and its answer commit together (see store.take_command)
+                    if store.take_command(command["id"]):
+                        self.cancel(run_id, command["payload"].get("reason") or "cancelled by user")
+                        store.ack_command(command["id"], True, f"run {run_id} cancelling", self._clock())
 
     def _after(self, delay_s: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (self._clock() + delay_s, next(self._timer_seq), callback))

@@ -314,11 +314,16 @@ class EngineService:
             if kind == "cancel" and not self._owns_or_orphan(command["run_id"]):
                 continue  # another live engine (a `stepline run`) executes it and will take this command
             run_id = command["run_id"]
-            try:
-                ok, (result, run_id) = True, self._execute(command)
-            except SteplineError as error:
-                ok, result = False, str(error)
-            store.ack_command(command["id"], ok, result, self.clock(), run_id=run_id)
+            # What the command does and its answer commit together: an engine killed in between leaves
+            # neither (the command stays pending for the next engine), never a run nobody was told of.
+            with store.batch():
+                if not store.take_command(command["id"]):
+                    continue  # its sender gave up on it meanwhile
+                try:
+                    ok, (result, run_id) = True, self._execute(command)
+                except SteplineError as error:
+                    ok, result = False, str(error)
+                store.ack_command(command["id"], ok, result, self.clock(), run_id=run_id)
 
     def _owns_or_orphan(self, run_id: int | None) -> bool:
         assert self.engine is not None

@@ -501,6 +501,28 @@ def pending_commands(run_ids: Iterable[int] | None = None, kinds: Iterable[str] 
              "payload": json.loads(row[5] or "{}")} for row in rows]
 
 
+def take_command(command_id: int) -> bool:
+    """Start answering a command: True while it is still pending (its sender has not withdrawn it).
+
+    Within a batch() this opens the batch's transaction, which holds the database's write lock until the
+    answer is written with it: what the command does, its answer, or neither (a crash rolls both back
+    and the command stays pending); a sender cannot withdraw it in between."""
+    with write():
+        row = _execute('SELECT "state" FROM "command" WHERE "id" = ?', [command_id]).fetchone()
+    return row is not None and row[0] == "pending"
+
+
+def withdraw_command(command_id: int, reason: str, at: float | None = None) -> bool:
+    """The sender gives up on a command no engine answered: False if an engine answered it first."""
+    at = time.time() if at is None else at
+    with write():
+        withdrawn = _execute('UPDATE "command" SET "state" = \'failed\', "result" = ?, "acked_at" = ? '
+                             'WHERE "id" = ? AND "state" = \'pending\'', [reason, at, command_id]).rowcount == 1
+        if withdrawn:
+            insert_events([event_row("command", None, None, "failed", reason, at)])
+    return withdrawn
+
+
 def ack_command(command_id: int, ok: bool, result: str, at: float | None = None,
                 run_id: int | None = None) -> None:
     """Answer a command; `run_id` names the run it created or acted on, for the writer to follow."""

@@ -206,6 +206,36 @@ def test_run_wait_stops_and_says_so_when_the_daemon_is_killed(harness):
                            f"to start closes the run, and `stepline retry {run_id}` runs it again")
 
 
+def test_a_command_the_daemon_never_answered_is_withdrawn_and_never_carried_out_later(harness):
+    # The daemon dies after the CLI wrote its trigger and before answering it: the CLI says so at once
+    # (not after its 15 s timeout) and withdraws the command, so the next engine does not start a run
+    # the user was told did not start.
+    harness.write_job("j.py", 'j = job("j", [shell("s", "true")])\n')
+    daemon = start_daemon(harness)
+    daemon.send_signal(signal.SIGSTOP)  # alive and holding the home, but answering nothing
+    try:
+        sending = harness.cli_process("run", "j")
+        wait_until(lambda: [c for c in store.pending_commands(kinds=["trigger"])] or None)
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+    out, err = sending.communicate(timeout=60)
+    assert sending.returncode == 1, out + err
+    assert err.strip() == (f"stepline: the engine (pid {daemon.pid}) stopped before it answered the trigger "
+                           "command; nothing was done and the command is withdrawn; start an engine "
+                           "(`stepline daemon`, or `stepline up`) and try again")
+    again = start_daemon(harness)
+    try:
+        # The engine answers commands in the order they were written: once it has answered a later one,
+        # it has passed the withdrawn trigger.
+        later = store.add_command("pause", job="j")
+        wait_until(lambda: query.command(later).state == "done")
+        assert query.list_runs() == []
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=30)
+
+
 @pytest.mark.filterwarnings("ignore:noisy import")  # the engine's loader imports the file in this process too
 def test_what_a_job_file_prints_while_its_worker_imports_it_goes_to_the_engine_log_not_the_terminal(
         harness, service, capfd):
