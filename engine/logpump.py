@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from engine.worker import decode
 
 CHUNK = 1 << 16
+STAMP_WIDTH = 25
 _SELECTORS_THAT_SEE_NEW_FDS = tuple(getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector")
                                     if hasattr(selectors, name))
-STAMP_WIDTH = 25
 
 
 def stamp(at: float) -> bytes:
