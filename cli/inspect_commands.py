@@ -10,7 +10,7 @@ import click
 
 from cli import render
 from cli.main import Settings, group, pass_settings
-from cli.remote import engine_gone, stop_if_engine_gone
+from cli.remote import stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
 from engine.loader import LoadResult, load_jobs
@@ -141,8 +141,9 @@ def show(settings: Settings, run_id: int, as_json: bool) -> None:
 
 def _gone_note(run_id: int) -> str:
     """What a running run's row says when its engine is gone (it stays "running" until an engine starts)."""
-    pid = engine_gone(run_id)
-    return "" if pid is None else f"its engine (pid {pid}) is gone; the next engine to start closes the run"
+    from engine.recovery import engine_gone_note  # psutil and the executor: only when a run is running
+
+    return engine_gone_note(run_id) or ""
 
 
 def _cut(text: str, width: int) -> str:

@@ -69,20 +69,11 @@ def follow(run_id: int, printer: Any, since_event: int) -> str:
         time.sleep(0.1)
 
 
-def engine_gone(run_id: int) -> int | None:
-    """The pid of the engine that ran `run_id`, if that engine is gone (killed, or its machine rebooted).
-
-    Such a run stays "running" in the database until the next engine starts and closes it.
-    """
-    from engine.recovery import is_alive
-
-    pid, started = query.run_owner(run_id)
-    return pid if pid is not None and not is_alive(pid, started) else None
-
-
 def stop_if_engine_gone(run_id: int) -> None:
     """A command following a run whose engine is gone says so and stops, instead of waiting for changes
     that cannot come."""
+    from engine.recovery import engine_gone  # psutil and the executor: only for the commands that follow a run
+
     pid = engine_gone(run_id)
     if pid is not None:
         raise NotApplicableError(f"the engine running run {run_id} (pid {pid}) stopped; the next engine to "

@@ -20,6 +20,23 @@ from engine.states import AttemptState, RunState, StepState
 ENGINE_GONE = "engine stopped while running"
 
 
+def engine_gone(run_id: int) -> int | None:
+    """The pid of the engine that ran `run_id`, if that engine is gone (killed, or its machine rebooted).
+
+    Such a run stays "running" in the database until the next engine starts and closes it.
+    """
+    from engine import query
+
+    pid, started = query.run_owner(run_id)
+    return pid if pid is not None and not is_alive(pid, started) else None
+
+
+def engine_gone_note(run_id: int) -> str | None:
+    """What `stepline runs`, `show` and the console say of a running run whose engine is gone."""
+    pid = engine_gone(run_id)
+    return None if pid is None else f"its engine (pid {pid}) is gone; the next engine to start closes the run"
+
+
 def is_alive(pid: int | None, started: float | None) -> bool:
     """True when process `pid` exists and is the one that started at `started`."""
     if pid is None:

@@ -1,9 +1,13 @@
 """Every key does what it says on a real engine: a notification at once, then the state change."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from engine import query
+from engine.executor import kill_tree
+from tests.conftest import wait_until
 from tests.tui.conftest import (details_text, is_job, is_run, is_step, make_app, notifications, publish_catalog,
                                 select, settle, settle_until, tree_text)
 from tui.screens.confirm import ConfirmScreen
@@ -99,6 +103,31 @@ async def test_running_a_job_with_no_engine_on_the_home_says_to_start_one(harnes
         await pilot.press("R")
         assert ("no engine is running on this home to load job 'j': start one (`stepline daemon`, or quit and "
                 "run `stepline up`)") in notifications(app)
+
+
+async def test_a_running_run_whose_engine_was_killed_says_so(harness):
+    # A `stepline run` killed with -9 leaves its run "running" until an engine starts and closes it; the
+    # console (attached, no engine) tells the user why nothing moves, as `stepline show` does.
+    harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
+    killed = harness.cli_process("run", "j")
+    wait_until(lambda: query.list_runs() and query.attempts(1, "slow") and query.attempts(1, "slow")[0].pid)
+    step_pid = query.attempts(1, "slow")[0].pid
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    gone = f"its engine (pid {killed.pid}) is gone; the next engine to start closes the run"
+    try:
+        app = make_app(harness)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle_until(pilot, lambda: "#1" in tree_text(app))  # a job with a running run opens expanded
+            select(app, is_run(1))
+            await settle_until(pilot, lambda: gone in details_text(app))
+            assert "running" in details_text(app)
+            await pilot.press("enter")
+            await settle(pilot)
+            select(app, is_step("slow"))
+            await settle_until(pilot, lambda: gone in details_text(app))
+    finally:
+        kill_tree(step_pid, 0.5)  # the killed engine's step: the next engine would end it
 
 
 async def test_c_asks_first_then_cancels_the_running_run(harness, engine):

@@ -79,9 +79,11 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.view = view
 
     class SelectionLoaded(Message):
-        def __init__(self, token: int, view: RunView, step: str | None, attempts: list[AttemptView]) -> None:
+        def __init__(self, token: int, view: RunView, step: str | None, attempts: list[AttemptView],
+                     engine_gone: str | None) -> None:
             super().__init__()
             self.token, self.view, self.step, self.attempts = token, view, step, attempts
+            self.engine_gone = engine_gone
 
     def __init__(self, mode: str) -> None:
         super().__init__()
@@ -98,6 +100,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.jobs: dict[str, JobSummary] = {}
         self.selected: NodeData = None
         self.selected_view: RunView | None = None
+        self.selected_engine_gone: str | None = None
+        """What to say of the selected run when it is running but its engine is gone (engine.recovery)."""
         self.selected_attempts: list[AttemptView] = []
         self.pinned_attempt: int | None = None
         self.search_term: str | None = None
@@ -318,6 +322,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.pinned_attempt = None
             self.selected_attempts = []
             self.selected_view = None
+            self.selected_engine_gone = None
         preloaded = self._preloaded
         if (preloaded is not None and isinstance(message.data, StepNode)
                 and (message.data.run_id, message.data.step.name) == (preloaded[0].id, preloaded[1])):
@@ -337,13 +342,13 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.details.show_job(node.name, self.jobs.get(node.name, node.job), node.last_run, now)
             self.log_pane.show(None, "select a step (or a run) to read its log")
         elif isinstance(node, RunNode):
-            self.details.show_run(node.summary, self.selected_view or node.view, now)
+            self.details.show_run(node.summary, self.selected_view or node.view, now, self.selected_engine_gone)
         elif isinstance(node, StepNode):
             run = self.run_tree.runs.get(node.run_id)
             summary = run.data.summary if run is not None and isinstance(run.data, RunNode) else None
             if summary is not None:
                 self.details.show_step(summary, node.step, self.selected_attempts or None,
-                                       self.selected_view, now)
+                                       self.selected_view, now, self.selected_engine_gone)
         elif isinstance(node, ProblemNode):
             self.details.show_problem(node.file, node.line, node.message)
             self.log_pane.show(None, "job file problems have no log")
@@ -377,8 +382,12 @@ class MainScreen(commands.CommandActions, Screen[None]):
     def _load_selection(self, token: int, run_id: int, step: str | None) -> None:
         from engine import query
 
-        def read() -> tuple[RunView, str | None, list[AttemptView]]:
+        def read() -> tuple[RunView, str | None, list[AttemptView], str | None]:
             view = query.get_run(run_id)
+            gone = None
+            if view.state == "running":  # left so by a killed engine? it stays so until an engine starts
+                from engine.recovery import engine_gone_note
+                gone = engine_gone_note(run_id)
             name = step
             if name is None:  # a run: show the log of the step that matters most
                 started = [s for s in view.steps if s.started_at is not None]
@@ -386,30 +395,32 @@ class MainScreen(commands.CommandActions, Screen[None]):
                     (s.name for s in view.steps if s.state == "running"), None) or (
                     max(started, key=lambda s: s.started_at.timestamp() if s.started_at else 0.0).name
                     if started else None)
-            return view, name, (query.attempts(run_id, name) if name else [])
+            return view, name, (query.attempts(run_id, name) if name else []), gone
 
-        view, name, attempts = data.closing_connection(read)
+        view, name, attempts, gone = data.closing_connection(read)
         if not get_current_worker().is_cancelled:
-            self.post_message(self.SelectionLoaded(token, view, name, attempts))
+            self.post_message(self.SelectionLoaded(token, view, name, attempts, gone))
 
     def on_main_screen_selection_loaded(self, message: SelectionLoaded) -> None:
         if message.token != self._selection_token:
             return
-        self._apply_selection(message.view, message.step, message.attempts)
+        self._apply_selection(message.view, message.step, message.attempts, message.engine_gone)
 
-    def _apply_selection(self, view: RunView, step_name: str | None, attempts: list[AttemptView]) -> None:
+    def _apply_selection(self, view: RunView, step_name: str | None, attempts: list[AttemptView],
+                         engine_gone: str | None = None) -> None:
         """Show fresh details, and the log of `step_name` (the selected step, or the run's step that matters)."""
         now = self.now()
         self.selected_view = view
+        self.selected_engine_gone = engine_gone
         self.selected_attempts = attempts
         self.run_tree.set_steps(view)
         self.run_tree.upsert_run(view.run)
         node = self.selected
         if isinstance(node, StepNode):
             step = next((s for s in view.steps if s.name == node.step.name), node.step)
-            self.details.show_step(view.run, step, attempts, view, now)
+            self.details.show_step(view.run, step, attempts, view, now, engine_gone)
         elif isinstance(node, RunNode):
-            self.details.show_run(view.run, view, now)
+            self.details.show_run(view.run, view, now, engine_gone)
         if step_name is None:
             self.log_pane.show(None, "no step has run yet")
         elif not attempts:

@@ -208,10 +208,14 @@ class DetailsPane(VerticalScroll):
             parts.insert(0, Text(job.description + "\n", style="italic"))
         self._show(f"job {name}", *parts)
 
-    def show_run(self, run: RunSummary, view: RunView | None, now: datetime, ticking: bool = False) -> None:
+    def show_run(self, run: RunSummary, view: RunView | None, now: datetime, engine_gone: str | None = None,
+                 ticking: bool = False) -> None:
+        """`engine_gone`: what to say when the run is running but its engine is gone (engine.recovery)."""
         state = fmt.glyph(run.state)
         state.append(f" {run.state}", style=fmt.COLORS.get(run.state, ""))
-        if run.reason:
+        if run.state == "running" and engine_gone:
+            state.append(f" — {engine_gone}", style="yellow")
+        elif run.reason:
             state.append(f" — {run.reason}")
         live = run.state == "running"
         rows: list[tuple[str, Text | str]] = [
@@ -238,14 +242,16 @@ class DetailsPane(VerticalScroll):
                           Text(failed[0].reason.detail)]  # type: ignore[union-attr]
         self._show(f"run #{run.id} of {run.job}", *parts, scroll_home=not ticking)
         if live:
-            self._live = partial(self.show_run, run, view, ticking=True)
+            self._live = partial(self.show_run, run, view, engine_gone=engine_gone, ticking=True)
 
     def show_step(self, run: RunSummary, step: StepView, attempts: list[AttemptView] | None,
-                  view: RunView | None, now: datetime, ticking: bool = False) -> None:
+                  view: RunView | None, now: datetime, engine_gone: str | None = None, ticking: bool = False) -> None:
         state = fmt.glyph(step.state, step.waiting_for)
         state.append(f" {step.state}", style=fmt.COLORS.get(fmt.drawn_state(step.state, step.waiting_for), ""))
         reason = fmt.step_reason(step)
-        if reason != step.state:
+        if step.state == "running" and run.state == "running" and engine_gone:
+            state.append(f" — {engine_gone}", style="yellow")
+        elif reason != step.state:
             state.append(f" — {reason}")
         live = step.state == "running"
         rows: list[tuple[str, Text | str]] = [
@@ -276,7 +282,7 @@ class DetailsPane(VerticalScroll):
             parts += [Text(""), Text(step.reason.summary, style="bold red"), Text(detail)]
         self._show(f"step {step.name} · run #{run.id}", *parts, scroll_home=not ticking)
         if live:
-            self._live = partial(self.show_step, run, step, attempts, view, ticking=True)
+            self._live = partial(self.show_step, run, step, attempts, view, engine_gone=engine_gone, ticking=True)
 
 
 def _lines(parts: tuple[RenderableType, ...]) -> tuple[tuple[str, ...], ...] | None:
