@@ -198,9 +198,10 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
             return
         remote.follow(run_id, Printer(render.use_color(), quiet=as_json), since)
         finish(home, run_id, as_json)
-    _close_if_abandoned(run_id)
+    from engine.recovery import close_if_abandoned
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
+    close_if_abandoned(run_id)
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
     close_runs_of_stopped_engines(engine)
     caught = install_interrupt()
@@ -222,17 +223,6 @@ def close_runs_of_stopped_engines(engine: Engine) -> None:
         steps = f" (steps cut short: {', '.join(cut)})" if cut else ""
         click.echo(f"closed run {run_id} of {job}: the engine that ran it stopped{steps}; "
                    f"`stepline retry {run_id}` runs what failed again", err=True)
-
-
-def _close_if_abandoned(run_id: int) -> None:
-    """A run still marked running whose engine is gone is closed first, so it can be retried."""
-    from engine.recovery import close_abandoned_run, is_alive
-
-    summary = query.run_summary(run_id)
-    if summary.state in ("running", "queued"):
-        pid, started = query.run_owner(run_id)
-        if not is_alive(pid, started):
-            close_abandoned_run(run_id)
 
 
 @group.command(epilog="Example: stepline cancel 12")

@@ -99,6 +99,16 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
     return cut_short
 
 
+def close_if_abandoned(run_id: int, clock: Callable[[], float] = time.time) -> None:
+    """A run still marked running (or queued) whose engine is gone is closed first, so it can be retried."""
+    from engine import query
+
+    if query.run_summary(run_id).state in ("running", "queued"):
+        pid, started = query.run_owner(run_id)
+        if not is_alive(pid, started):
+            close_abandoned_run(run_id, clock=clock)
+
+
 def close_runs_of_stopped_engines(own: tuple[int, float] | None = None, clock: Callable[[], float] = time.time,
                                   holds_lock: bool = False) -> list[tuple[int, str, list[str]]]:
     """Close every run left running (or queued after it ran) by an engine that is gone.

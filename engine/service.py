@@ -22,7 +22,7 @@ from engine.errors import SteplineError
 from engine.home import Home
 from engine.loader import LoadResult, load_jobs
 from engine.plan import plan_job
-from engine.recovery import close_abandoned_run, close_runs_of_stopped_engines, is_alive
+from engine.recovery import close_abandoned_run, close_if_abandoned, close_runs_of_stopped_engines, is_alive
 from engine.runner import Change, Engine
 from engine.scheduler import Due, Scheduler
 
@@ -349,11 +349,8 @@ class EngineService:
                                         trigger=command["payload"].get("trigger", "manual"))
             return f"run {new_id} of {job} started", new_id
         if kind == "retry":
-            summary = query.run_summary(run_id)
-            if summary.state in ("running", "queued") and run_id not in self.engine.active_run_ids:
-                pid, started = query.run_owner(run_id)
-                if not is_alive(pid, started):
-                    close_abandoned_run(run_id, clock=self.clock)
+            if run_id not in self.engine.active_run_ids:  # its own queued runs have no engine recorded yet
+                close_if_abandoned(run_id, clock=self.clock)
             again = self.engine.retry(run_id, command["step"])
             return f"retrying {', '.join(again)} in run {run_id}", run_id
         if kind == "cancel":

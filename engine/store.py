@@ -530,7 +530,7 @@ def ack_command(command_id: int, ok: bool, result: str, at: float | None = None,
     state = "done" if ok else "failed"
     with write():
         _execute('UPDATE "command" SET "state" = ?, "result" = ?, "acked_at" = ?, '
-                       '"run_id" = COALESCE(?, "run_id") WHERE "id" = ?', [state, result, at, run_id, command_id])
+                 '"run_id" = COALESCE(?, "run_id") WHERE "id" = ?', [state, result, at, run_id, command_id])
         insert_events([event_row("command", run_id, None, state, result, at)])
 
 
