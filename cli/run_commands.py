@@ -231,17 +231,16 @@ def close_runs_of_stopped_engines(engine: Engine) -> None:
 @pass_settings
 def cancel(settings: Settings, run_id: int, wait: bool) -> None:
     """Cancel a running run: its step processes are stopped and its steps say why."""
-    from engine.recovery import close_abandoned_run, is_alive
+    from engine.recovery import cancel_if_abandoned
 
     settings.open_home()
     summary = query.run_summary(run_id)
     if summary.state not in ("running", "queued"):
         raise NotApplicableError(f"run {run_id} already {summary.state}; nothing to cancel")
-    pid, started = query.run_owner(run_id)
-    if not is_alive(pid, started):
-        close_abandoned_run(run_id, "cancelled by user (its engine had stopped)", cancelled=True)
+    if cancel_if_abandoned(run_id):
         click.echo(f"run {run_id} cancelled (the engine that ran it had stopped; leftover step processes ended)")
         return
+    pid, _ = query.run_owner(run_id)
     store.add_command("cancel", run_id=run_id, payload={"reason": "cancelled by user"})
     click.echo(f"cancel requested for run {run_id} (engine pid {pid})")
     if not wait:
@@ -252,8 +251,7 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
         if current.state not in ("running", "queued"):
             click.echo(f"run {run_id} {current.state}" + (f": {current.reason}" if current.reason else ""))
             return
-        if not is_alive(pid, started):
-            close_abandoned_run(run_id, "cancelled by user (its engine stopped)", cancelled=True)
+        if cancel_if_abandoned(run_id, "cancelled by user (its engine stopped)"):
             click.echo(f"run {run_id} cancelled (its engine stopped meanwhile)")
             return
         time.sleep(0.1)

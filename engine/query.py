@@ -14,7 +14,7 @@ from peewee import fn
 
 from engine.errors import UnknownRunError
 from engine.plan import JobPlan
-from engine.states import FailureReason
+from engine.states import FailureReason, RunState
 from engine.store import Attempt, Command, EngineState, Event, JobInfo, LoadProblem, Run, Schedule, StepRun
 
 HEARTBEAT_S = 1.0
@@ -261,6 +261,12 @@ def run_owner(run_id: int) -> tuple[int | None, float | None]:
     if row is None:
         raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
     return row.owner_pid, row.owner_started
+
+
+def running_run_owners() -> dict[int, tuple[int | None, float | None]]:
+    """Run id -> (pid, process create time) of its engine, for every running run."""
+    rows = Run.select(Run.id, Run.owner_pid, Run.owner_started).where(Run.state == RunState.RUNNING)
+    return {row.id: (row.owner_pid, row.owner_started) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)

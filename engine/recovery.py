@@ -9,7 +9,7 @@ completed anyway, and a clean retry is the honest outcome.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import psutil
 
@@ -35,6 +35,20 @@ def engine_gone_note(run_id: int) -> str | None:
     """What `stepline runs`, `show` and the console say of a running run whose engine is gone."""
     pid = engine_gone(run_id)
     return None if pid is None else f"its engine (pid {pid}) is gone; the next engine to start closes the run"
+
+
+def abandoned_runs(owners: Mapping[int, tuple[int | None, float | None]]) -> frozenset[int]:
+    """The runs of `owners` (query.running_run_owners) whose engine is gone, each engine checked once."""
+    alive: dict[tuple[int, float | None], bool] = {}
+    gone = set()
+    for run_id, (pid, started) in owners.items():
+        if pid is None:
+            continue
+        if (pid, started) not in alive:
+            alive[pid, started] = is_alive(pid, started)
+        if not alive[pid, started]:
+            gone.add(run_id)
+    return frozenset(gone)
 
 
 def is_alive(pid: int | None, started: float | None) -> bool:
@@ -107,6 +121,18 @@ def close_if_abandoned(run_id: int, clock: Callable[[], float] = time.time) -> N
         pid, started = query.run_owner(run_id)
         if not is_alive(pid, started):
             close_abandoned_run(run_id, clock=clock)
+
+
+def cancel_if_abandoned(run_id: int, reason: str = "cancelled by user (its engine had stopped)") -> bool:
+    """Cancel a run at once when no engine would act on a cancel command: its engine is gone (or it never
+    had one). Leftover step processes are ended. False, doing nothing, when its engine is alive."""
+    from engine import query
+
+    pid, started = query.run_owner(run_id)
+    if is_alive(pid, started):
+        return False
+    close_abandoned_run(run_id, reason, cancelled=True)
+    return True
 
 
 def close_runs_of_stopped_engines(own: tuple[int, float] | None = None, clock: Callable[[], float] = time.time,

@@ -63,13 +63,16 @@ class Trigger(StrEnum):
 
 GLYPHS = {
     "succeeded": "✓", "failed": "✗", "running": "●", "queued": "◷", "waiting": "◷", "retrying": "↻",
-    "cancelled": "⊘", "upstream_failed": "⊘", "pending": "–", "skipped": "–",
+    "cancelled": "⊘", "upstream_failed": "⊘", "pending": "–", "skipped": "–", "engine_gone": "◌",
 }
-"""A glyph per drawn state (see drawn_state), so every listing and screen reads without colour."""
+"""A glyph per drawn state (see drawn_state), so every listing and screen reads without colour.
+
+"engine_gone" is drawn, never stored: a run (or step) still "running" whose engine was killed
+(engine.recovery.engine_gone); it stays so until the next engine starts and closes it."""
 COLORS = {
     "succeeded": "green", "failed": "bold red", "running": "yellow", "queued": "cyan", "waiting": "cyan",
     "retrying": "magenta", "cancelled": "bright_black", "upstream_failed": "red", "pending": "bright_black",
-    "skipped": "bright_black",
+    "skipped": "bright_black", "engine_gone": "yellow",
 }
 """A colour per drawn state, from the 16 every terminal has; the command line and the console share them."""
 

@@ -52,6 +52,8 @@ class Delta:
     acked: list[CommandView] = field(default_factory=list)
     """Commands the engine acknowledged since the last poll."""
     steps_touched: set[tuple[int, str]] = field(default_factory=set)
+    abandoned: frozenset[int] | None = None
+    """Running runs whose engine is gone (None: not known, as when the poll failed)."""
 
 
 def load_catalog() -> Catalog:
@@ -134,7 +136,17 @@ def poll(last_id: int, now: float, loaded_runs: Iterable[int], pending_commands:
     # Counting runs scans the state index (20 ms at 100,000 runs): only when an event can have changed them.
     counts = query.run_counts() if events or counts is None else counts
     return Delta(last_event_id=new_last, status=query.engine_status(now), counts=counts, runs=runs,
-                 views=views, catalog=catalog, acked=acked, steps_touched=steps)
+                 views=views, catalog=catalog, acked=acked, steps_touched=steps, abandoned=abandoned_runs())
+
+
+def abandoned_runs() -> frozenset[int]:
+    """Running runs whose engine was killed: they stay "running" until an engine starts and closes them."""
+    owners = query.running_run_owners()
+    if not owners:
+        return frozenset()
+    from engine.recovery import abandoned_runs as of_owners  # psutil and the executor: only while runs run
+
+    return of_owners(owners)
 
 
 def load_runs(job: str, run_filter: str, before_id: int | None) -> tuple[list[RunSummary], bool]:

@@ -92,11 +92,13 @@ def utc_now(clock_s: float) -> datetime:
 
 
 def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
-              catalog_known: bool = True, compact: bool = False) -> Text:
-    """A job's tree line; `compact` (narrow tree) keeps name, glyph and the next fire as "in 4h"."""
+              catalog_known: bool = True, compact: bool = False, abandoned: bool = False) -> Text:
+    """A job's tree line; `compact` (narrow tree) keeps name, glyph and the next fire as "in 4h".
+
+    `abandoned`: the last run's engine is gone (see run_label)."""
     text = Text()
     if last_run is not None:
-        text.append_text(glyph(last_run.state))
+        text.append_text(glyph("engine_gone" if abandoned and last_run.state == "running" else last_run.state))
     else:
         text.append(" ")
     text.append(" ")
@@ -119,14 +121,22 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
     return text
 
 
-def run_label(run: RunSummary, now: datetime) -> Text:
-    live = run.state == "running"
-    text = glyph(run.state)
+ENGINE_GONE_NOTE = "engine gone"
+"""A tree line's note on a running run (or step) whose engine was killed; the details say more."""
+
+
+def run_label(run: RunSummary, now: datetime, abandoned: bool = False) -> Text:
+    """`abandoned`: the run's engine is gone (engine.recovery), so nothing moves: no live duration."""
+    gone = abandoned and run.state == "running"
+    live = run.state == "running" and not gone
+    text = glyph("engine_gone" if gone else run.state)
     text.append(f" #{run.id}", style="bold")
     text.append(f"  {when_text(run.created_at, now)}")
     duration = duration_text(run.duration_s(now if live else None), live=live)
     if duration:
         text.append(f"  {duration}", style="yellow" if live else "")
+    if gone:
+        text.append(f"  {ENGINE_GONE_NOTE}", style="yellow")
     if run.state in ("cancelled", "queued"):
         text.append(f"  {run.state}", style="bright_black")
     if run.trigger not in ("schedule",):
@@ -134,15 +144,20 @@ def run_label(run: RunSummary, now: datetime) -> Text:
     return text
 
 
-def step_label(step: StepView, now: datetime) -> Text:
-    live = step.state == "running"
-    text = glyph(step.state, step.waiting_for)
+def step_label(step: StepView, now: datetime, abandoned: bool = False) -> Text:
+    """`abandoned`: the step's run has lost its engine (see run_label)."""
+    gone = abandoned and step.state == "running"
+    live = step.state == "running" and not gone
+    text = glyph("engine_gone") if gone else glyph(step.state, step.waiting_for)
     text.append(f" {step.name}")
     duration = duration_text(step.duration_s(now if live else None), live=live)
     if duration:
         text.append(f"  {duration}", style="yellow" if live else "")
     if step.attempts > 1:
         text.append(f"  ×{step.attempts}", style="magenta")
+    if gone:
+        text.append(f"  {ENGINE_GONE_NOTE}", style="yellow")
+        return text
     note = SHORT_NOTES.get(step.state)
     if step.state == "waiting" and step.waiting_for:
         note = step.waiting_for if drawn_state(step.state, step.waiting_for) == "retrying" else "waiting"
@@ -167,9 +182,11 @@ def step_reason(step: StepView) -> str:
             "skipped": "skipped"}.get(step.state, step.state)
 
 
-def attempt_line(attempt: AttemptView, total: int, now: datetime) -> Text:
-    live = attempt.state == "running"
-    text = glyph(attempt.state)
+def attempt_line(attempt: AttemptView, total: int, now: datetime, abandoned: bool = False) -> Text:
+    """`abandoned`: the attempt's engine is gone (see run_label)."""
+    gone = abandoned and attempt.state == "running"
+    live = attempt.state == "running" and not gone
+    text = glyph("engine_gone" if gone else attempt.state)
     text.append(f" #{attempt.number}/{total} {attempt.state}")
     if attempt.exit_code is not None:
         text.append(f"  exit {attempt.exit_code}")

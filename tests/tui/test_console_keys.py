@@ -1,11 +1,12 @@
 """Every key does what it says on a real engine: a notification at once, then the state change."""
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
 
-from engine import query
+from engine import query, store
 from engine.executor import kill_tree
 from tests.conftest import wait_until
 from tests.tui.conftest import (details_text, is_job, is_run, is_step, make_app, notifications, publish_catalog,
@@ -105,9 +106,14 @@ async def test_running_a_job_with_no_engine_on_the_home_says_to_start_one(harnes
                 "run `stepline up`)") in notifications(app)
 
 
+def line_of(text: str, needle: str) -> str:
+    return next((line for line in text.splitlines() if needle in line), "")
+
+
 async def test_a_running_run_whose_engine_was_killed_says_so(harness):
     # A `stepline run` killed with -9 leaves its run "running" until an engine starts and closes it; the
-    # console (attached, no engine) tells the user why nothing moves, as `stepline show` does.
+    # console (attached, no engine) tells the user why nothing moves, as `stepline show` does: in the
+    # tree (◌, "engine gone", no duration counting up) and in the details.
     harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
     killed = harness.cli_process("run", "j")
     wait_until(lambda: query.list_runs() and query.attempts(1, "slow") and query.attempts(1, "slow")[0].pid)
@@ -119,13 +125,33 @@ async def test_a_running_run_whose_engine_was_killed_says_so(harness):
         app = make_app(harness)
         async with app.run_test(size=(120, 40)) as pilot:
             await settle_until(pilot, lambda: "#1" in tree_text(app))  # a job with a running run opens expanded
+            await settle_until(pilot, lambda: "engine gone" in line_of(tree_text(app), "#1"))
+            run_line = line_of(tree_text(app), "#1")
+            assert run_line.startswith("◌ #1") and not re.search(r"\d+(ms|s|m\d\ds)\b", run_line), run_line
+            assert tree_text(app).splitlines()[0].startswith("◌ j")  # the job line draws its last run
+            select(app, is_job("j"))
+            await settle_until(pilot, lambda: "No engine has loaded this home's job files yet" in details_text(app))
             select(app, is_run(1))
             await settle_until(pilot, lambda: gone in details_text(app))
-            assert "running" in details_text(app)
+            assert "◌ running" in details_text(app)
+            assert re.search(r"duration\s+—", details_text(app)), details_text(app)
             await pilot.press("enter")
-            await settle(pilot)
+            await settle_until(pilot, lambda: "◌ slow  engine gone" in tree_text(app))
             select(app, is_step("slow"))
-            await settle_until(pilot, lambda: gone in details_text(app))
+            await settle_until(pilot, lambda: details_text(app).startswith("step slow") and gone in details_text(app))
+            assert "◌ #1/1 running  —" in details_text(app)
+            await pilot.press("r")
+            assert "run #1 lost its engine; c closes it now (cancelled), then r retries it" in notifications(app)
+            # No engine would act on a cancel command: c cancels such a run here and now, as `stepline cancel` does.
+            await pilot.press("c")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await settle_until(pilot, lambda: "⊘ #1" in tree_text(app) and "engine gone" not in tree_text(app))
+            assert ("run 1 cancelled (the engine that ran it had stopped; leftover step processes ended)"
+                    in notifications(app))
+            assert query.run_summary(1).state == "cancelled"
+            assert query.attempts(1, "slow")[0].reason.summary == "cancelled by user (console; its engine had stopped)"
+            assert not store.pending_commands()  # nothing left for a later engine to act on unasked
     finally:
         kill_tree(step_pid, 0.5)  # the killed engine's step: the next engine would end it
 
@@ -146,6 +172,7 @@ async def test_c_asks_first_then_cancels_the_running_run(harness, engine):
         await settle_until(pilot, lambda: "● nap" in tree_text(app) or "● #1" in tree_text(app))
         select(app, is_run(1))
         await settle(pilot)
+        assert "engine gone" not in tree_text(app) + details_text(app)  # its engine is this live process
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")

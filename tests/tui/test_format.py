@@ -7,7 +7,7 @@ import pytest
 
 from cli.render import duration
 from engine.plan import JobPlan, StepPlan
-from engine.query import JobSummary
+from engine.query import JobSummary, RunSummary, StepView
 from tui import format as fmt
 
 
@@ -38,3 +38,21 @@ def test_a_compact_job_line_keeps_name_and_next_fire_and_drops_the_schedule():
     compact = fmt.job_label("etl_orders", job, None, now, compact=True).plain
     assert "0 6 * * *" in full and "no runs yet" in full
     assert compact == "  etl_orders  in 4h  no runs"
+
+
+def test_a_running_run_whose_engine_is_gone_reads_so_and_stops_counting():
+    now = datetime(2026, 11, 27, 6, 0, tzinfo=timezone.utc)
+    started = now - timedelta(minutes=7)
+    run = RunSummary(id=12, job="etl", state="running", trigger="manual", created_at=started, scheduled_for=None,
+                     started_at=started, ended_at=None, reason=None, params={})
+    step = StepView(name="load", position=0, state="running", kind="shell", waiting_for=None, attempts=1,
+                    started_at=started, ended_at=None, reason=None, has_output=False, output_preview=None,
+                    upstream=(), downstream=())
+    assert "7m00s" in fmt.run_label(run, now).plain and fmt.run_label(run, now).plain.startswith("● #12")
+    gone = fmt.run_label(run, now, abandoned=True).plain
+    assert gone.startswith("◌ #12") and gone.endswith("engine gone  manual") and "7m" not in gone
+    assert fmt.step_label(step, now, abandoned=True).plain == "◌ load  engine gone"
+    assert fmt.step_label(step, now).plain == "● load  7m00s"
+    finished = RunSummary(id=13, job="etl", state="failed", trigger="manual", created_at=started, scheduled_for=None,
+                          started_at=started, ended_at=now, reason=None, params={})
+    assert fmt.run_label(finished, now, abandoned=True).plain.startswith("✗ #13")  # only a running run is drawn so

@@ -68,6 +68,8 @@ class CommandActions:
         if action == "retry":
             if run is None:
                 return "select a failed run or step to retry (f shows only failed runs)"
+            if run.state in ACTIVE and run.id in self.run_tree.abandoned:
+                return f"run #{run.id} lost its engine; c closes it now (cancelled), then r retries it"
             if run.state in ACTIVE:
                 return f"run #{run.id} is still {run.state}; retry works once it has ended (c cancels it)"
             if step is not None:
@@ -208,7 +210,9 @@ class CommandActions:
         _, run, _ = self._selection()
 
         def answered(yes: bool | None) -> None:
-            if yes:
+            if yes and run.id in self.run_tree.abandoned:
+                self._cancel_abandoned(run.id)
+            elif yes:
                 self.send_command(f"cancel requested for run {run.id}", "cancel", run_id=run.id,
                                   payload={"reason": "cancelled by user (console)"})
             else:
@@ -218,6 +222,26 @@ class CommandActions:
             f"cancel run #{run.id}", f"Cancel run #{run.id} of {run.job}? Its running steps are killed and its "
             "steps that have not started are marked cancelled. Finished steps keep their results; r retries "
             "the cancelled steps later.", yes="cancel the run"), answered)
+
+    @work(thread=True, group="commands")
+    def _cancel_abandoned(self: MainScreen, run_id: int) -> None:
+        """Cancel a run whose engine is gone here and now, as `stepline cancel` does: no engine would act on
+        a command, and the next one to start would close the run as failed rather than cancelled."""
+        from engine.recovery import cancel_if_abandoned
+
+        try:
+            done = data.closing_connection(
+                lambda: cancel_if_abandoned(run_id, "cancelled by user (console; its engine had stopped)"))
+        except Exception as error:  # the database refused the write: say so, the console keeps going
+            self.app.call_from_thread(self.app.notify, f"could not cancel run {run_id}: {error}", severity="error")
+            return
+        if not done:  # its engine is back (or was never gone): it takes the command
+            self.app.call_from_thread(self.send_command, f"cancel requested for run {run_id}", "cancel",
+                                      run_id=run_id, payload={"reason": "cancelled by user (console)"})
+            return
+        self.app.call_from_thread(self.app.notify, f"run {run_id} cancelled (the engine that ran it had stopped; "
+                                  "leftover step processes ended)")
+        self.app.call_from_thread(self.poll_now)
 
     def action_toggle_pause(self: MainScreen) -> None:
         if not self._guard("toggle_pause"):

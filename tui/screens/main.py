@@ -242,10 +242,11 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.run_tree.upsert_run(run)
         for view in delta.views.values():
             self.run_tree.set_steps(view)
+        gone_changed = self.run_tree.set_abandoned(delta.abandoned) if delta.abandoned is not None else frozenset()
         for acked in delta.acked:
             self.command_acked(acked)
         selected_run = self._selected_run_id()
-        if selected_run is not None and selected_run in delta.runs:
+        if selected_run is not None and (selected_run in delta.runs or selected_run in gone_changed):
             self._reload_selection()
         elif delta.catalog is not None and isinstance(self.selected, JobNode):
             self._show_selection()
@@ -339,7 +340,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         """Show what is known now; the worker fills in fresh attempts and steps."""
         node, now = self.selected, self.now()
         if isinstance(node, JobNode):
-            self.details.show_job(node.name, self.jobs.get(node.name, node.job), node.last_run, now)
+            self.details.show_job(node.name, self.jobs.get(node.name, node.job), node.last_run, now,
+                                  self.run_tree.catalog_known)
             self.log_pane.show(None, "select a step (or a run) to read its log")
         elif isinstance(node, RunNode):
             self.details.show_run(node.summary, self.selected_view or node.view, now, self.selected_engine_gone)

@@ -177,7 +177,14 @@ class DetailsPane(VerticalScroll):
                    Text("The other job files still load. Fix this one; `stepline check` re-checks every file, "
                         "and the engine reloads jobs when it restarts.", style="italic"))
 
-    def show_job(self, name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime) -> None:
+    def show_job(self, name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
+                 catalog_known: bool = True) -> None:
+        """`catalog_known`: an engine has published the home's jobs (`stepline run` alone does not)."""
+        if job is None and not catalog_known:
+            self._show(f"job {name}", Text(f"No engine has loaded this home's job files yet, so job '{name}' is known "
+                                           "by its runs only. Start one (`stepline daemon`, or quit and run "
+                                           "`stepline up`) to see its steps and schedule and to trigger it."))
+            return
         if job is None:
             self._show(f"job {name}", Text(f"Job '{name}' has runs but is not in the loaded catalogue "
                                            "(its file was removed or failed to load)."))
@@ -211,13 +218,14 @@ class DetailsPane(VerticalScroll):
     def show_run(self, run: RunSummary, view: RunView | None, now: datetime, engine_gone: str | None = None,
                  ticking: bool = False) -> None:
         """`engine_gone`: what to say when the run is running but its engine is gone (engine.recovery)."""
-        state = fmt.glyph(run.state)
+        gone = run.state == "running" and bool(engine_gone)
+        state = fmt.glyph("engine_gone" if gone else run.state)
         state.append(f" {run.state}", style=fmt.COLORS.get(run.state, ""))
-        if run.state == "running" and engine_gone:
+        if gone:
             state.append(f" — {engine_gone}", style="yellow")
         elif run.reason:
             state.append(f" — {run.reason}")
-        live = run.state == "running"
+        live = run.state == "running" and not gone  # nothing moves: no ticking duration
         rows: list[tuple[str, Text | str]] = [
             ("state", state), ("trigger", run.trigger),
             ("params", ", ".join(f"{k}={v}" for k, v in run.params.items()) or "none")]
@@ -232,7 +240,8 @@ class DetailsPane(VerticalScroll):
             for index, step in enumerate(view.steps):
                 if index:
                     steps.append("\n")
-                steps.append_text(fmt.glyph(step.state, step.waiting_for))
+                steps.append_text(fmt.glyph("engine_gone") if gone and step.state == "running"
+                                  else fmt.glyph(step.state, step.waiting_for))
                 steps.append(f" {step.name}", style="bold")
                 steps.append(f"  {fmt.step_reason(step)}", style="red" if step.state == "failed" else "bright_black")
             parts += [Text(""), _fields([("steps", steps)])]
@@ -246,14 +255,15 @@ class DetailsPane(VerticalScroll):
 
     def show_step(self, run: RunSummary, step: StepView, attempts: list[AttemptView] | None,
                   view: RunView | None, now: datetime, engine_gone: str | None = None, ticking: bool = False) -> None:
-        state = fmt.glyph(step.state, step.waiting_for)
+        gone = step.state == "running" and run.state == "running" and bool(engine_gone)
+        state = fmt.glyph("engine_gone") if gone else fmt.glyph(step.state, step.waiting_for)
         state.append(f" {step.state}", style=fmt.COLORS.get(fmt.drawn_state(step.state, step.waiting_for), ""))
         reason = fmt.step_reason(step)
-        if step.state == "running" and run.state == "running" and engine_gone:
+        if gone:
             state.append(f" — {engine_gone}", style="yellow")
         elif reason != step.state:
             state.append(f" — {reason}")
-        live = step.state == "running"
+        live = step.state == "running" and not gone
         rows: list[tuple[str, Text | str]] = [
             ("state", state), ("run", f"#{run.id} of {run.job} ({run.state}, {run.trigger})"),
             ("kind", step.kind),
@@ -266,7 +276,7 @@ class DetailsPane(VerticalScroll):
             for index, attempt in enumerate(attempts):
                 if index:
                     lines.append("\n")
-                lines.append_text(fmt.attempt_line(attempt, len(attempts), now))
+                lines.append_text(fmt.attempt_line(attempt, len(attempts), now, abandoned=gone))
             rows.append(("attempts", lines))
         elif attempts is not None:
             rows.append(("attempts", "none yet"))

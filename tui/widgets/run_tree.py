@@ -106,6 +106,8 @@ class RunTree(Tree[NodeData]):
         self.jobs: dict[str, TreeNode[NodeData]] = {}
         self.runs: dict[int, TreeNode[NodeData]] = {}
         self.steps: dict[tuple[int, str], TreeNode[NodeData]] = {}
+        self.abandoned: frozenset[int] = frozenset()
+        """Running runs whose engine is gone (see set_abandoned)."""
         self._problems: TreeNode[NodeData] | None = None
         self._info: TreeNode[NodeData] | None = None
         self.run_filter = "all"
@@ -167,10 +169,12 @@ class RunTree(Tree[NodeData]):
 
     def _job_label(self, data: JobNode) -> Text:
         """The full job line, or the compact one when the full one does not fit the tree's width."""
-        full = fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known)
+        gone = data.last_run is not None and data.last_run.id in self.abandoned
+        full = fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, abandoned=gone)
         if not self.size.width or full.cell_len + JOB_LINE_INDENT <= self.size.width:
             return full
-        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, compact=True)
+        return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, compact=True,
+                             abandoned=gone)
 
     def relabel_jobs(self) -> None:
         """Relabel job lines whose text changed (width or the relative next fire); no I/O."""
@@ -198,7 +202,7 @@ class RunTree(Tree[NodeData]):
                 child.remove()
         for run in runs:
             if run.id not in self.runs:
-                self.runs[run.id] = node.add(fmt.run_label(run, self.now), RunNode(run))
+                self.runs[run.id] = node.add(self._run_label(run), RunNode(run))
         if runs:
             data.oldest_id = min(r.id for r in runs) if data.oldest_id is None else min(
                 data.oldest_id, *(r.id for r in runs))
@@ -235,7 +239,7 @@ class RunTree(Tree[NodeData]):
             run_data = node.data
             assert isinstance(run_data, RunNode)
             run_data.summary = run
-            node.set_label(fmt.run_label(run, self.now))
+            node.set_label(self._run_label(run))
             return
         if job_node is None or not job_node.data.runs_requested:  # type: ignore[union-attr]
             return
@@ -247,7 +251,7 @@ class RunTree(Tree[NodeData]):
         first = next((c for c in job_node.children if isinstance(c.data, RunNode)
                       and c.data.summary.id < run.id), None)
         job_node.allow_expand = True
-        self.runs[run.id] = job_node.add(fmt.run_label(run, self.now), RunNode(run), before=first)
+        self.runs[run.id] = job_node.add(self._run_label(run), RunNode(run), before=first)
 
     def clear_runs(self) -> None:
         """Forget every loaded run (the filter changed); expanded jobs ask for their first page again."""
@@ -276,18 +280,18 @@ class RunTree(Tree[NodeData]):
         data.view = view
         data.summary = view.run
         data.steps_requested = True  # expanding it later shows these; polls keep them fresh
-        node.set_label(fmt.run_label(view.run, self.now))
+        node.set_label(self._run_label(view.run))
         for step in view.steps:
             key = (view.id, step.name)
             step_node = self.steps.get(key)
             if step_node is None:
-                self.steps[key] = node.add_leaf(fmt.step_label(step, self.now), StepNode(view.id, view.run.job, step))
+                self.steps[key] = node.add_leaf(self._step_label(view.id, step), StepNode(view.id, view.run.job, step))
             else:
                 step_data = step_node.data
                 assert isinstance(step_data, StepNode)
                 if step_data.step != step:
                     step_data.step = step
-                    step_node.set_label(fmt.step_label(step, self.now))
+                    step_node.set_label(self._step_label(view.id, step))
 
     @property
     def loaded_runs(self) -> list[int]:
@@ -298,14 +302,35 @@ class RunTree(Tree[NodeData]):
         """Advance live durations of running runs and steps (no I/O)."""
         self.now = now
         self.relabel_jobs()  # a compact line's "in 4h" counts down
-        for node in self.runs.values():
+        for run_id, node in self.runs.items():
             data = node.data
-            if isinstance(data, RunNode) and data.summary.state == "running":
-                node.set_label(fmt.run_label(data.summary, now))
-        for node in self.steps.values():
+            if isinstance(data, RunNode) and data.summary.state == "running" and run_id not in self.abandoned:
+                node.set_label(self._run_label(data.summary))
+        for (run_id, _), node in self.steps.items():
             data = node.data
-            if isinstance(data, StepNode) and data.step.state == "running":
-                node.set_label(fmt.step_label(data.step, now))
+            if isinstance(data, StepNode) and data.step.state == "running" and run_id not in self.abandoned:
+                node.set_label(self._step_label(run_id, data.step))
+
+    def set_abandoned(self, run_ids: frozenset[int]) -> frozenset[int]:
+        """Running runs whose engine is gone: drawn so, with no live duration. Returns the runs that changed."""
+        changed = run_ids ^ self.abandoned
+        self.abandoned = run_ids
+        if changed:
+            self.relabel_jobs()  # a job line draws its last run's state
+        for run_id in changed:
+            node = self.runs.get(run_id)
+            if node is not None and isinstance(node.data, RunNode):
+                node.set_label(self._run_label(node.data.summary))
+        for (run_id, _), node in self.steps.items():
+            if run_id in changed and isinstance(node.data, StepNode):
+                node.set_label(self._step_label(run_id, node.data.step))
+        return changed
+
+    def _run_label(self, run: RunSummary) -> Text:
+        return fmt.run_label(run, self.now, abandoned=run.id in self.abandoned)
+
+    def _step_label(self, run_id: int, step: StepView) -> Text:
+        return fmt.step_label(step, self.now, abandoned=run_id in self.abandoned)
 
     # --- navigation ------------------------------------------------------------------------------------------
 
