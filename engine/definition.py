@@ -32,6 +32,14 @@ class _Loading:
     """Real path of the job file being imported."""
     jobs: list[JobDef] = field(default_factory=list)
     """Every job() made while it imports, in order."""
+    real_paths: dict[str, str] = field(default_factory=dict)
+    """Code file name -> its real path: each is resolved once per import, not once per step defined."""
+
+    def is_job_file(self, filename: str) -> bool:
+        real = self.real_paths.get(filename)
+        if real is None:
+            real = self.real_paths[filename] = os.path.realpath(filename)
+        return real == self.path
 
 
 _loading: ContextVar[_Loading | None] = ContextVar("stepline_loading", default=None)
@@ -178,7 +186,7 @@ def _caller_location(depth: int = 2) -> tuple[str, int]:
     loading = _loading.get()
     if loading is not None:
         while frame is not None:
-            if os.path.realpath(frame.f_code.co_filename) == loading.path:
+            if loading.is_job_file(frame.f_code.co_filename):
                 return frame.f_code.co_filename, frame.f_lineno
             frame = frame.f_back
     return caller
