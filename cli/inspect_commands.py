@@ -71,9 +71,9 @@ def jobs(settings: Settings, as_json: bool) -> None:
         render.print_json({"jobs": entries, "problems": problems})
         return
     color = render.use_color()
-    if not entries:
+    if not entries and not problems:
         click.echo(f"no jobs in {settings.jobs_dir}; write one (see docs/jobs.md) or pass --jobs DIR")
-    else:
+    elif entries:
         rows: list[list[str]] = []
         states: list[str | None] = []
         for entry in entries:

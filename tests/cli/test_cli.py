@@ -115,6 +115,17 @@ def test_jobs_still_lists_the_good_jobs_when_a_file_is_broken(harness):
     assert document["problems"][0]["file"] == "jobs/syntax.py"
 
 
+def test_jobs_in_a_missing_folder_says_the_folder_is_missing_not_to_write_a_job(harness):
+    result = harness.cli("--jobs", str(harness.root / "nowhere"), "jobs")
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "nowhere: jobs directory not found; pass --jobs DIR or set STEPLINE_JOBS",  # relative to the current folder
+        "1 problem(s) in job files; `stepline check` lists them"]
+    harness.jobs_dir.mkdir(exist_ok=True)
+    empty = harness.cli("jobs")
+    assert empty.stdout.strip() == f"no jobs in {harness.jobs_dir}; write one (see docs/jobs.md) or pass --jobs DIR"
+
+
 def test_unknown_names_get_one_clear_line(harness):
     harness.write_job("j.py", FAILING)
     unknown_job = harness.cli("run", "jj")
