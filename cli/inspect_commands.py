@@ -289,7 +289,8 @@ def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str
 
     key = (name, item.number)
     offset = offsets.get(key, 0)
-    if header is not None and key not in offsets:
+    headed = header is not None and key not in offsets
+    if headed:
         click.echo(header)
     while True:
         lines, new_offset = read_from(item.log_path, offset)
@@ -298,4 +299,6 @@ def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str
         if new_offset == offset:
             break
         offset = new_offset
+    if headed and offset == 0:
+        click.echo("(no output)")  # a section of its own, not the next step's header right below
     offsets[key] = offset

@@ -134,6 +134,9 @@ def test_an_attempt_that_prints_nothing_leaves_no_log_file_and_reads_as_no_outpu
     assert bodies(log_lines(run, "talks")) == [b"got 1"]
     shown = home.cli("logs", str(run.id), "quiet", check=True)
     assert shown.stdout == "" and shown.stderr == ""
+    every_step = home.cli("logs", str(run.id), check=True).stdout.splitlines()
+    assert every_step[:3] == ["== quiet (attempt 1) ==", "(no output)", "== talks (attempt 1) =="]
+    assert every_step[3].endswith("Z got 1") and len(every_step) == 4
     assert logread.tail_lines(query.attempts(run.id, "quiet")[0].log_path, 10) == []
 
 
