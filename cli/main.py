@@ -76,6 +76,10 @@ class SteplineGroup(click.Group):
             sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader of the output went away (`stepline logs 12 | head`): stop quietly
+            from cli.render import mute
+            mute(sys.stdout)
+            sys.exit(141)  # what a shell reports for a command ended by SIGPIPE, as `cat big | head` does
         except Exception as error:  # a bug: keep the traceback, show one line
             where = _log_bug(ctx)
             click.echo(f"stepline: internal error: {type(error).__name__}: {error} (traceback in {where}; "

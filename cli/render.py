@@ -21,6 +21,30 @@ from engine.states import COLORS
 
 
 
+def mute(stream: TextIO) -> None:
+    """The reader of `stream` went away (`| head`, a pager that quit) or its terminal hung up: from now on
+    what is written there goes to /dev/null, so the work in hand goes on, and the text still buffered does
+    not fail again when Python flushes it at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):
+        pass  # not a real file descriptor: nothing buffered can fail on it
+    finally:
+        os.close(devnull)
+
+
+def echo_or_mute(text: str, err: bool = False) -> bool:
+    """click.echo, for output that must not stop a run: when nobody reads it any more, the text is dropped,
+    the stream muted, and False returned."""
+    try:
+        click.echo(text, err=err)
+        return True
+    except OSError:  # EPIPE: the reader went away; EIO: the terminal hung up
+        mute(sys.stderr if err else sys.stdout)
+        return False
+
+
 def use_color(stream: TextIO | None = None) -> bool:
     if "NO_COLOR" in os.environ:
         return False
@@ -93,5 +117,9 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def json_text(document: Any) -> str:
+    return json.dumps(to_jsonable(document), indent=2, ensure_ascii=False)
+
+
 def print_json(document: Any) -> None:
-    click.echo(json.dumps(to_jsonable(document), indent=2, ensure_ascii=False))
+    click.echo(json_text(document))

@@ -41,15 +41,20 @@ class Printer:
         self.width = 12
 
     def __call__(self, change: Change) -> None:
+        """Print one change; when nobody reads the output any more (`| head`), the run goes on silently."""
         if self.quiet:
             return
+        line = self.line(change)
+        if line is not None and not render.echo_or_mute(line):
+            self.quiet = True
+
+    def line(self, change: Change) -> str | None:
         clock = time.strftime("%H:%M:%S", time.localtime(change.at))
         if change.state == "queued" or (change.state == "waiting" and change.message == "upstream"):
-            return  # every step waits for its upstream at first: saying so for each one is noise
+            return None  # every step waits for its upstream at first: saying so for each one is noise
         if change.step is None:
             text = f"run {change.run_id} {change.state}" + (f": {change.message}" if change.message else "")
-            click.echo(f"{clock}  " + render.paint(text, change.state, self.color))
-            return
+            return f"{clock}  " + render.paint(text, change.state, self.color)
         key = (change.run_id, change.step)
         note = change.message or ""
         if change.state == "running":
@@ -61,7 +66,7 @@ class Printer:
             note = f"waiting for {note}" if not note.startswith("retry") else note
         glyph = GLYPHS.get(drawn_state(change.state, change.message), " ")
         state = render.paint(f"{change.state:<15}", change.state, self.color)
-        click.echo(f"{clock}  {glyph} {change.step:<{self.width}} {state} {note}".rstrip())
+        return f"{clock}  {glyph} {change.step:<{self.width}} {state} {note}".rstrip()
 
 
 def install_interrupt() -> dict[str, int]:
@@ -89,8 +94,8 @@ def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
                 engine.step()
                 if caught["count"] and not cancelled:
                     cancelled = True
-                    click.echo("interrupted: cancelling the run (its steps are stopped); press Ctrl-C again "
-                               "to quit now", err=True)
+                    render.echo_or_mute("interrupted: cancelling the run (its steps are stopped); press Ctrl-C "
+                                        "again to quit now", err=True)
                     engine.cancel(run_id, "interrupted from the terminal")
         except BaseException as error:  # handed to the main thread
             failure.append(error)
@@ -104,13 +109,13 @@ def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
 
 
 def finish(home: Home, run_id: int, as_json: bool) -> None:
+    """Print the finished run and exit by its outcome, whether or not anybody still reads the output."""
     run = query.get_run(run_id)
     attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
     if as_json:
-        render.print_json(run_document(run, attempts))
+        render.echo_or_mute(render.json_text(run_document(run, attempts)))
     else:
-        click.echo("")
-        click.echo(format_run(run, attempts, render.use_color()))
+        render.echo_or_mute("\n" + format_run(run, attempts, render.use_color()))
     raise SystemExit(0 if run.state == "succeeded" else 1)
 
 

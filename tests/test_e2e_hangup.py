@@ -22,14 +22,19 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
                                 reason="tmux is not installed (.ci/run installs it)")
 
 
-def up_with_a_running_step(tmp_path: Path, term: Terminal, exit_file: Path) -> tuple[int, int]:
-    """`stepline up --grace 0.5` in `term`, a run of a 300 s step handed to it; (engine pid, step pid)."""
+def slow_job(tmp_path: Path) -> dict[str, str]:
+    """A jobs folder with job 'slow' (one 300 s step 'wait'); the environment of a stepline using it."""
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     (jobs / "slow.py").write_text("from engine import job, shell\n"
                                   "slow = job('slow', [shell('wait', 'echo waiting; sleep 300')])\n")
-    env = {"STEPLINE_HOME": str(tmp_path / "home"), "STEPLINE_JOBS": str(jobs), "PYTHONPATH": str(ROOT),
-           "TERM": "xterm-256color", "PATH": os.environ["PATH"]}
+    return {"STEPLINE_HOME": str(tmp_path / "home"), "STEPLINE_JOBS": str(jobs), "PYTHONPATH": str(ROOT),
+            "TERM": "xterm-256color", "PATH": os.environ["PATH"]}
+
+
+def up_with_a_running_step(tmp_path: Path, term: Terminal, exit_file: Path) -> tuple[int, int]:
+    """`stepline up --grace 0.5` in `term`, a run of a 300 s step handed to it; (engine pid, step pid)."""
+    env = slow_job(tmp_path)
     term.start([sys.executable, "-m", "cli", "up", "--grace", "0.5"], tmp_path, env, exit_file)
     term.wait_for("slow")
     home = prepare_home(tmp_path / "home")
@@ -72,3 +77,26 @@ def test_when_the_terminal_vanishes_the_engine_still_stops_and_the_process_exits
     wait_until(lambda: not psutil.pid_exists(engine_pid)
                or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE, 60)
     assert_engine_stopped_cleanly(step_pid)
+
+
+def test_stepline_run_whose_terminal_vanishes_cancels_its_run_and_exits(tmp_path):
+    # SIGHUP asks `stepline run` to cancel (as Ctrl-C does); its lines then go to a terminal that is gone
+    # (EIO), which must not stop the engine halfway and leave the run "running" with its engine dead.
+    env = slow_job(tmp_path)
+    term = Terminal(80, 24)
+    try:
+        term.start([sys.executable, "-m", "cli", "run", "slow"], tmp_path, env, tmp_path / "exit_status")
+        term.wait_for("running")
+        home = prepare_home(tmp_path / "home")
+        store.open_database(home)
+        wait_until(lambda: query.list_runs() and query.attempts(1, "wait") and query.attempts(1, "wait")[0].pid)
+        engine_pid, step_pid = query.run_owner(1)[0], query.attempts(1, "wait")[0].pid
+    finally:
+        term.close()
+    assert engine_pid is not None
+    wait_until(lambda: not psutil.pid_exists(engine_pid)
+               or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE, 60)
+    run = query.get_run(1)
+    assert run.state == "cancelled"
+    assert run.step("wait").reason.summary == "interrupted from the terminal"
+    assert not psutil.pid_exists(step_pid)

@@ -245,3 +245,32 @@ def test_logs_follow_stops_and_says_so_when_the_runs_engine_is_killed(harness):
     assert out.rstrip().endswith("started")
     assert err.strip() == (f"stepline: the engine running run 1 (pid {engine_pid}) stopped; the next engine to start "
                            "closes the run, and `stepline retry 1` runs it again")
+
+
+def test_run_goes_on_to_its_end_when_the_reader_of_its_output_goes_away(harness):
+    # `stepline run j | head -1`: the run is the point, its lines are a side channel. Dropping them must
+    # not kill the engine mid-run (which left the run "running" with its engine gone).
+    harness.write_job("j.py", """
+        a = shell("a", "sleep 0.5; echo a")
+        b = shell("b", "echo b", after=["a"])
+        j = job("j", [a, b])
+    """)
+    process = harness.cli_process("run", "j")
+    assert process.stdout is not None and process.stderr is not None
+    assert "run 1 running" in process.stdout.readline()
+    process.stdout.close()  # as `head -1` does: every later write of the run's lines fails (EPIPE)
+    assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert process.stderr.read() == ""
+    run = query.get_run(1)
+    assert run.state == "succeeded" and [s.state for s in run.steps] == ["succeeded", "succeeded"]
+
+
+def test_a_listing_piped_into_head_ends_quietly(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "seq 1 50000")])\n')
+    harness.cli("run", "j", check=True)
+    process = harness.cli_process("logs", "1", "a")
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().endswith("Z 1\n")
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141  # as a shell reports `cat big | head`: ended by the closed pipe
+    assert process.stderr.read() == ""
