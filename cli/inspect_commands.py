@@ -237,7 +237,13 @@ def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None,
         raise UnknownStepError(f"run {run_id} has no step '{step}'{hint}; its steps are: {', '.join(names)}")
     if attempt is not None and step is None:
         raise UsageError("--attempt needs a STEP: stepline logs RUN STEP --attempt N")
-    chosen = [step] if step else names
+    try:
+        _print_logs(run_id, [step] if step else names, step, attempt, follow)
+    except KeyboardInterrupt:  # Ctrl-C ends --follow, as it ends `tail -f`: no message, status 130
+        raise SystemExit(130) from None
+
+
+def _print_logs(run_id: int, chosen: list[str], step: str | None, attempt: int | None, follow: bool) -> None:
     offsets: dict[tuple[str, int], int] = {}
     next_owner_check = time.monotonic() + 1.0
     multiple = len(chosen) > 1

@@ -29,6 +29,19 @@ def send(kind: str, home: Home, pid: int, **fields: Any) -> query.CommandView:
     in one transaction (store.take_command), so either it was done and answered, or nothing was done.
     """
     command_id = store.add_command(kind, **fields)
+    try:
+        return _answer(kind, home, pid, command_id)
+    except KeyboardInterrupt:
+        if store.withdraw_command(command_id, "withdrawn: interrupted (Ctrl-C) before the engine answered"):
+            click.echo(f"interrupted: the {kind} command is withdrawn; nothing was done", err=True)
+        else:
+            answer = query.command(command_id)
+            click.echo(f"interrupted, but the engine (pid {pid}) had already answered: "
+                       f"{answer.result or answer.state}", err=True)
+        raise SystemExit(130) from None
+
+
+def _answer(kind: str, home: Home, pid: int, command_id: int) -> query.CommandView:
     deadline = time.monotonic() + ACK_TIMEOUT_S
     while True:
         answer = query.command(command_id)
@@ -49,7 +62,18 @@ def send(kind: str, home: Home, pid: int, **fields: Any) -> query.CommandView:
 
 
 def follow(run_id: int, printer: Any, since_event: int) -> str:
-    """Print the run's state changes from the event log until it ends; returns its final state."""
+    """Print the run's state changes from the event log until it ends; returns its final state.
+
+    Ctrl-C stops following, not the run: its engine owns it."""
+    try:
+        return _follow(run_id, printer, since_event)
+    except KeyboardInterrupt:
+        click.echo(f"stopped following run {run_id}; it goes on in its engine: `stepline logs {run_id} --follow` "
+                   f"follows it again, `stepline cancel {run_id}` stops it", err=True)
+        raise SystemExit(130) from None  # as a shell reports a command ended by Ctrl-C
+
+
+def _follow(run_id: int, printer: Any, since_event: int) -> str:
     last = since_event
     next_owner_check = time.monotonic() + 1.0
     while True:

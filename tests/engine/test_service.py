@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -20,6 +21,31 @@ def start_daemon(harness, *args: str) -> subprocess.Popen[str]:
                query.engine_status(time.time()).pid == process.pid or process.poll() is not None)
     assert process.poll() is None, process.communicate()
     return process
+
+
+def freeze_between_writes(harness, daemon: subprocess.Popen[str]) -> None:
+    """SIGSTOP the daemon at a moment it holds no write transaction: frozen holding one, it would keep every
+    other writer (the command line writing its command) waiting on the database, not on the engine."""
+    for _ in range(200):
+        daemon.send_signal(signal.SIGSTOP)
+        wait_until(lambda: psutil.Process(daemon.pid).status() == psutil.STATUS_STOPPED)
+        probe = sqlite3.connect(harness.home.database, timeout=0.01)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:  # frozen inside a write: let it finish, and freeze it again
+            daemon.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+        finally:
+            probe.close()
+    raise AssertionError("the daemon held the database's write lock at every try")
+
+
+def stop_daemon(daemon: subprocess.Popen[str]) -> None:
+    daemon.send_signal(signal.SIGCONT)  # in case a test stopped it
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=30)
 
 
 @pytest.fixture
@@ -188,8 +214,7 @@ def test_run_hands_the_run_to_a_running_daemon_and_wait_follows_it(harness):
         quick = harness.cli("run", "j")
         assert quick.returncode == 0 and "by the engine (pid" in quick.stdout
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
+        stop_daemon(daemon)
 
 
 def test_run_wait_stops_and_says_so_when_the_daemon_is_killed(harness):
@@ -206,13 +231,56 @@ def test_run_wait_stops_and_says_so_when_the_daemon_is_killed(harness):
                            f"to start closes the run, and `stepline retry {run_id}` runs it again")
 
 
+def test_ctrl_c_stops_following_a_daemons_run_not_the_run(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
+    daemon = start_daemon(harness)
+    try:
+        waiting = harness.cli_process("run", "j", "--wait")
+        assert waiting.stdout is not None
+        assert "running" in waiting.stdout.readline()  # it follows the run now
+        run_id = query.list_runs()[0].id
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 130, out + err
+        assert err.strip() == (f"stopped following run {run_id}; it goes on in its engine: `stepline logs {run_id} "
+                               f"--follow` follows it again, `stepline cancel {run_id}` stops it")
+        assert query.run_summary(run_id).state == "running"
+        follower = harness.cli_process("logs", str(run_id), "--follow")
+        assert follower.stdout is not None
+        assert follower.stdout.readline().endswith("Z started\n")  # it follows the log now
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=60)
+        assert (follower.returncode, err) == (130, "")  # as `tail -f` ends: no "Aborted!", no traceback
+        harness.cli("cancel", str(run_id), check=True)
+    finally:
+        stop_daemon(daemon)
+
+
+def test_ctrl_c_before_the_daemon_answers_withdraws_the_command(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("s", "true")])\n')
+    daemon = start_daemon(harness)
+    freeze_between_writes(harness, daemon)  # alive and holding the home, but answering nothing yet
+    try:
+        sending = harness.cli_process("run", "j")
+        wait_until(lambda: store.pending_commands(kinds=["trigger"]) or None)
+        sending.send_signal(signal.SIGINT)
+        out, err = sending.communicate(timeout=60)
+        assert sending.returncode == 130, out + err
+        assert err.strip() == "interrupted: the trigger command is withdrawn; nothing was done"
+        daemon.send_signal(signal.SIGCONT)
+        harness.cli("run", "j", "--wait", check=True)  # the daemon answers again: only this run is made
+        assert [r.id for r in query.list_runs()] == [1]
+    finally:
+        stop_daemon(daemon)
+
+
 def test_a_command_the_daemon_never_answered_is_withdrawn_and_never_carried_out_later(harness):
     # The daemon dies after the CLI wrote its trigger and before answering it: the CLI says so at once
     # (not after its 15 s timeout) and withdraws the command, so the next engine does not start a run
     # the user was told did not start.
     harness.write_job("j.py", 'j = job("j", [shell("s", "true")])\n')
     daemon = start_daemon(harness)
-    daemon.send_signal(signal.SIGSTOP)  # alive and holding the home, but answering nothing
+    freeze_between_writes(harness, daemon)  # alive and holding the home, but answering nothing
     try:
         sending = harness.cli_process("run", "j")
         wait_until(lambda: [c for c in store.pending_commands(kinds=["trigger"])] or None)
