@@ -59,8 +59,8 @@ def _steps_succeeded(run: query.RunView, expected: int) -> list[str]:
 
 
 def _output(home: Home, run_id: int, step: str) -> Any:
-    with open(home.output_file(run_id, step), "rb") as handle:
-        return pickle.load(handle)
+    data = query.step_output(home, run_id, step)
+    return None if data is None else pickle.loads(data)
 
 
 def _verdict(problems: list[str], **facts: Any) -> dict[str, Any]:

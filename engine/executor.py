@@ -46,8 +46,8 @@ class AttemptRequest:
     kind: str
     """"python" or "shell"."""
     command: str | None
-    inputs: dict[str, str]
-    """Upstream step name -> path of its persisted output."""
+    inputs: dict[str, str | bytes]
+    """Upstream step name -> its output's pickle (small ones), or the path of its file."""
     params: dict[str, str]
     context: dict[str, Any]
     """Fields of engine.context.StepContext."""

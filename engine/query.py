@@ -12,7 +12,9 @@ from typing import Any, overload
 
 from peewee import fn
 
-from engine.errors import UnknownRunError
+from engine import store
+from engine.errors import UnknownRunError, UnknownStepError
+from engine.home import Home
 from engine.plan import JobPlan
 from engine.states import FailureReason, RunState
 from engine.store import Attempt, Command, EngineState, Event, JobInfo, LoadProblem, Run, Schedule, StepRun
@@ -261,6 +263,20 @@ def run_owner(run_id: int) -> tuple[int | None, float | None]:
     if row is None:
         raise UnknownRunError(f"run {run_id} does not exist; `stepline runs` lists the runs")
     return row.owner_pid, row.owner_started
+
+
+def step_output(home: Home, run_id: int, step: str) -> bytes | None:
+    """The pickle of a step's output: stored in the database when small, else in its file (None: no output)."""
+    row = StepRun.select(StepRun.id).where((StepRun.run == run_id) & (StepRun.name == step)).first()
+    if row is None:
+        raise UnknownStepError(f"run {run_id} has no step '{step}'; `stepline show {run_id}` lists its steps")
+    data = store.stored_output(row.id)
+    if data is not None:
+        return data
+    try:
+        return home.output_file(run_id, step).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def running_run_owners() -> dict[int, tuple[int | None, float | None]]:

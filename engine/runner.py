@@ -30,6 +30,7 @@ from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, Log
 from engine.home import Home
 from engine.plan import JobPlan, StepPlan, plan_job
 from engine.states import AttemptState, Change, FailureReason, RunState, StepState
+from engine.worker import INLINE_OUTPUT_MAX
 from engine.worker import preview as preview_of
 
 COMMAND_POLL_S = 0.1
@@ -38,6 +39,8 @@ LEFTOVER_GRACE_S = 2.0
 EXIT_RECORD_DELAY_S = 1.0
 """Longest an attempt's exit status waits to be written after its step ended on its result (see _record_exit)."""
 DETAIL_LINES = 20
+REQUEST_INPUTS_MAX = 64 * 1024
+"""Bytes of upstream outputs an attempt's request carries inline (one socket message); the rest go by file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,15 @@ class _Wake:
 
 
 _WAKE = _Wake()
+
+
+Output = tuple[bool, str | None, bytes | None]
+"""A succeeded step's output: (has an output, its preview, its pickle when small enough to store inline)."""
+
+
+def _reported_output(result: dict[str, Any]) -> Output:
+    """The output a Python attempt reported: its pickle comes along when small (worker.INLINE_OUTPUT_MAX)."""
+    return bool(result.get("has_output")), result.get("preview"), result.get("output")
 
 
 @dataclass(slots=True)
@@ -68,6 +80,8 @@ class ActiveRun:
     """Steps made ready since the last _fill_slots: those it cannot start then wait for a free slot."""
     scheduled_for: float | None = None
     cancelling: str | None = None
+    unwritten_outputs: dict[str, bytes] = field(default_factory=dict)
+    """Outputs of steps that just succeeded, until their write (put off with store.later) lands."""
     step_plans: dict[str, StepPlan] = field(init=False)
     downstream: dict[str, list[str]] = field(init=False)
     """Direct downstream steps of every step (the plan's, computed once)."""
@@ -397,7 +411,7 @@ class Engine:
         home = self.home
         log_path = home.attempt_log_str(run.id, name, number)
         self._attempts[key] = RunningAttempt(key, run.id, name, number, log_path)
-        inputs = {u: home.output_file_str(run.id, u) for u in step_plan.inputs}
+        inputs = self._inputs(run, step_plan.inputs)
         request = AttemptRequest(
             key=key, job_file=run.plan.file, job=run.plan.job, step=name, kind=step_plan.kind,
             command=step_plan.command, inputs=inputs, params=run.params,
@@ -409,6 +423,27 @@ class Engine:
             result_path="",
             shell_output_path=home.shell_output_file_str(run.id, name, number))
         self._executor.start(request)
+
+    def _inputs(self, run: ActiveRun, names: tuple[str, ...]) -> dict[str, str | bytes]:
+        """Upstream outputs for a request: a small one as its pickle, a large one as the path of its file."""
+        inputs: dict[str, str | bytes] = {}
+        room = REQUEST_INPUTS_MAX
+        for name in names:
+            data = run.unwritten_outputs.get(name)
+            if data is None:  # stored already (or large, in its file; or none)
+                data = store.stored_output(run.step_ids[name])
+            path = self.home.output_file_str(run.id, name)
+            if data is not None and len(data) > room:  # rare: many inputs near the inline bound
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as handle:
+                    handle.write(data)
+                data = None
+            if data is None:
+                inputs[name] = path
+            else:
+                inputs[name] = data
+                room -= len(data)
+        return inputs
 
     def _cwd(self, plan: JobPlan, step_plan: StepPlan) -> str:
         folder = os.path.dirname(plan.file)
@@ -490,8 +525,12 @@ class Engine:
         name = attempt.step
         extra: dict[str, Any] = {"reason": outcome["reason"], "detail": outcome["detail"], "ended_at": now}
         changes = []
+        stored: tuple[int, bytes] | None = None
         if state == StepState.SUCCEEDED:
             extra.update(has_output=output[0], output_preview=output[1], waiting_for=None)
+            if output[2] is not None:
+                stored = (run.step_ids[name], output[2])
+                run.unwritten_outputs[name] = output[2]
             changes.append((run.step_ids[name], name, state.value, extra))
             attempt_state = AttemptState.SUCCEEDED
         elif state == StepState.FAILED and self._may_retry(run, step_plan) and not run.cancelling:
@@ -511,8 +550,8 @@ class Engine:
         run.states[name] = state
         # Written just before this turn's next write or at its end, in its transaction: the next step of a
         # chain is handed to its process first (see step()).
-        store.later(functools.partial(store.finish_attempt, run.id, attempt.attempt_id or 0, attempt_state,
-                                      outcome, changes, now))
+        store.later(functools.partial(self._write_finish, run, name, attempt.attempt_id or 0, attempt_state,
+                                      outcome, changes, now, stored))
         for step_run_id, changed, new_state, values in changes:
             self._announce(Change(run.id, changed, new_state, values.get("reason") or values.get("waiting_for"),
                                   now, attempt.number if changed == name else None))
@@ -524,6 +563,14 @@ class Engine:
                     if run.waiting_on[downstream] == 0:
                         run.make_ready(downstream)
         self._maybe_finish_run(run)
+
+    @staticmethod
+    def _write_finish(run: ActiveRun, name: str, attempt_id: int, attempt_state: str, outcome: dict[str, Any],
+                      changes: list[tuple[int, str, str, dict[str, Any]]], at: float,
+                      output: tuple[int, bytes] | None) -> None:
+        store.finish_attempt(run.id, attempt_id, attempt_state, outcome, changes, at, output)
+        if output is not None:
+            run.unwritten_outputs.pop(name, None)  # the database has it now (in this turn's transaction)
 
     def _record_exit(self, attempt: RunningAttempt, exited: Exited) -> None:
         """The process of an attempt whose step finished on its result has exited: complete the attempt."""
@@ -546,12 +593,12 @@ class Engine:
             store.record_exit(attempt_id, columns)
 
     def _outcome(self, run: ActiveRun, step_plan: StepPlan, attempt: RunningAttempt,
-                 exited: Exited | None) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
-        no_output: tuple[bool, str | None] = (False, None)
+                 exited: Exited | None) -> tuple[StepState, FailureReason | None, Output]:
+        no_output: Output = (False, None, None)
         result = attempt.result or {}
         if exited is None:  # finished on the result the attempt sent before exiting
             if result.get("ok"):
-                return StepState.SUCCEEDED, None, (bool(result.get("has_output")), result.get("preview"))
+                return StepState.SUCCEEDED, None, _reported_output(result)
             return StepState.FAILED, FailureReason(result.get("summary") or "failed", result.get("detail", "")), no_output
         if exited.lost:
             return StepState.FAILED, FailureReason(exited.lost, exited.lost_detail), no_output
@@ -562,7 +609,7 @@ class Engine:
             if step_plan.kind == "shell":
                 return self._shell_output(run, step_plan, attempt)
             if result.get("ok"):
-                return StepState.SUCCEEDED, None, (bool(result.get("has_output")), result.get("preview"))
+                return StepState.SUCCEEDED, None, _reported_output(result)
             return StepState.SUCCEEDED, None, no_output
         if result.get("summary"):
             return StepState.FAILED, FailureReason(result["summary"], result.get("detail", "")), no_output
@@ -573,16 +620,19 @@ class Engine:
         return StepState.FAILED, FailureReason(summary, self._log_tail(attempt.log_path)), no_output
 
     def _shell_output(self, run: ActiveRun, step_plan: StepPlan,
-                      attempt: RunningAttempt) -> tuple[StepState, FailureReason | None, tuple[bool, str | None]]:
+                      attempt: RunningAttempt) -> tuple[StepState, FailureReason | None, Output]:
         path = self.home.shell_output_file_str(run.id, step_plan.name, attempt.number)
         try:
             with open(path, "rb") as handle:
                 text = handle.read().decode("utf-8", "replace").rstrip("\n")
         except FileNotFoundError:
-            return StepState.SUCCEEDED, None, (False, None)
+            return StepState.SUCCEEDED, None, (False, None, None)
+        data = pickle.dumps(text)
+        if len(data) <= INLINE_OUTPUT_MAX:
+            return StepState.SUCCEEDED, None, (True, preview_of(text), data)
         with open(self.home.output_file_str(run.id, step_plan.name), "wb") as handle:
-            handle.write(pickle.dumps(text))
-        return StepState.SUCCEEDED, None, (True, preview_of(text))
+            handle.write(data)
+        return StepState.SUCCEEDED, None, (True, preview_of(text), None)
 
     def _may_retry(self, run: ActiveRun, step_plan: StepPlan) -> bool:
         used = run.attempts[step_plan.name] - run.budget_base[step_plan.name]

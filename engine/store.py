@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import peewee
-from peewee import (AutoField, BooleanField, CharField, FloatField, ForeignKeyField, IntegerField,
+from peewee import (AutoField, BlobField, BooleanField, CharField, FloatField, ForeignKeyField, IntegerField,
                     Model, SqliteDatabase, TextField)
 
 from engine.errors import StateDirError
 from engine.home import Home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 AUTOCHECKPOINT_PAGES = 10_000
 """A committing connection checkpoints itself past this many pages of log (SQLite's default: 1000); an engine
 checkpoints on a thread of its own long before that (see Checkpointer)."""
@@ -84,6 +84,13 @@ class StepRun(BaseModel):
 
     class Meta:
         indexes = ((("run", "name"), True),)
+
+
+class StepOutput(BaseModel):
+    """A step's output when it is small (see worker.INLINE_OUTPUT_MAX): its pickle, kept here rather than in
+    a file of its own. Larger outputs are in HOME/outputs/RUN/STEP.pkl, and have no row."""
+    step_run = ForeignKeyField(StepRun, primary_key=True, on_delete="CASCADE")
+    data = BlobField()
 
 
 class Attempt(BaseModel):
@@ -176,15 +183,19 @@ class LoadProblem(BaseModel):
     message = TextField()
 
 
-MODELS = [Meta, Run, StepRun, Attempt, Event, Command, EngineState, Schedule, JobInfo, LoadProblem]
+MODELS = [Meta, Run, StepRun, StepOutput, Attempt, Event, Command, EngineState, Schedule, JobInfo, LoadProblem]
 
 
 def _create_v1(database: SqliteDatabase) -> None:
     database.create_tables(MODELS)
 
 
+def _add_step_outputs_v2(database: SqliteDatabase) -> None:
+    database.create_tables([StepOutput])  # safe: a database made at version 2 has it from _create_v1
+
+
 # Migration N brings a database from schema N-1 to N; append, never edit.
-MIGRATIONS = {1: _create_v1}
+MIGRATIONS = {1: _create_v1, 2: _add_step_outputs_v2}
 
 
 def open_database(home: Home) -> SqliteDatabase:
@@ -459,16 +470,32 @@ def start_attempt(run_id: int, step_run_id: int, step: str, number: int, pid: in
     return attempt_id
 
 
+_STORE_OUTPUT = 'INSERT OR REPLACE INTO "step_output" ("step_run_id", "data") VALUES (?, ?)'
+
+
 def finish_attempt(run_id: int, attempt_id: int, attempt_state: str, outcome: dict[str, Any],
-                   step_changes: list[tuple[int, str, str, dict[str, Any]]], at: float) -> None:
-    """End an attempt and apply the step state changes it causes, in one transaction."""
+                   step_changes: list[tuple[int, str, str, dict[str, Any]]], at: float,
+                   output: tuple[int, bytes] | None = None) -> None:
+    """End an attempt and apply the step state changes it causes, in one transaction.
+
+    `output`: (step run id, pickle) of a step that succeeded with a small output (worker.INLINE_OUTPUT_MAX).
+    A step run succeeds once at most (retry re-runs only steps that did not succeed), so there is no
+    earlier output of it to replace or drop."""
     with write():
+        if output is not None:
+            _execute(_STORE_OUTPUT, list(output))
         _update_by_id(Attempt, attempt_id, {"state": attempt_state, "ended_at": at, **outcome})
         events = []
         for step_run_id, name, state, extra in step_changes:
             _update_by_id(StepRun, step_run_id, {"state": state, **extra})
             events.append(event_row("step", run_id, name, state, extra.get("reason") or extra.get("waiting_for"), at))
         insert_events(events)
+
+
+def stored_output(step_run_id: int) -> bytes | None:
+    """The pickle of a step's small output, as finish_attempt stored it (None: in its file, or none)."""
+    row = _execute('SELECT "data" FROM "step_output" WHERE "step_run_id" = ?', [step_run_id]).fetchone()
+    return None if row is None else bytes(row[0])
 
 
 def record_exit(attempt_id: int, columns: dict[str, Any]) -> None:

@@ -40,6 +40,10 @@ from engine.context import StepContext  # imported here, once: an attempt that i
 
 MAX_ENV_INPUT = 128 * 1024
 PREVIEW_CHARS = 300
+INLINE_OUTPUT_MAX = 16 * 1024
+"""A pickled output up to this size goes back with the attempt's result and into the database; a larger
+one into a file of its own. Creating a file per step costs more than a small step itself; the bound keeps
+the database's rows and the engine's messages small."""
 
 
 def message_size(sock: _socket.socket) -> int:
@@ -131,11 +135,14 @@ def send_result(fd: int, result: dict[str, Any]) -> None:
         view = view[os.write(fd, view):]
 
 
-def load_input(path: str, step: str, plain_only: bool = False) -> Any:
-    """An upstream step's output. `plain_only` (in the worker itself, never in an attempt): only plain
-    data loads (see _PlainUnpickler), and a file too large for an environment variable is refused."""
+def load_input(source: str | bytes, step: str, plain_only: bool = False) -> Any:
+    """An upstream step's output: its pickle (bytes), or the path of its file. `plain_only` (in the worker
+    itself, never in an attempt): only plain data loads (see _PlainUnpickler), and a file too large for an
+    environment variable is refused."""
+    if isinstance(source, bytes):
+        return _PlainUnpickler(io.BytesIO(source)).load() if plain_only else pickle.loads(source)
     try:
-        handle = open(path, "rb")
+        handle = open(source, "rb")
     except FileNotFoundError:
         return None  # an upstream shell step that wrote nothing to $STEPLINE_OUTPUT has no output
     with handle:
@@ -229,6 +236,9 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
                    "return plain data (str, numbers, lists, dicts, dataclasses) or write a file and return its path")
         sys.stderr.write(summary + "\n")
         return fail(summary, traceback.format_exc())
+    result = {"ok": True, "preview": preview(value), "has_output": value is not None}
+    if len(data) <= INLINE_OUTPUT_MAX:
+        return 0, {**result, "output": data}
     output_path = request["output_path"]
     try:
         handle = open(output_path + ".tmp", "wb")
@@ -238,7 +248,7 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
     with handle:
         handle.write(data)
     os.replace(output_path + ".tmp", output_path)
-    return 0, {"ok": True, "preview": preview(value), "has_output": value is not None}
+    return 0, result
 
 
 def user_traceback(error: BaseException) -> str:

@@ -13,7 +13,8 @@ import pytest
 from engine import query, store
 from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
 from engine.plan import StepPlan
-from engine.runner import Engine
+from engine.runner import REQUEST_INPUTS_MAX, Engine
+from engine.worker import INLINE_OUTPUT_MAX
 from tests.conftest import Harness, wait_until
 
 # A crash in one of the engine's threads (log pump, worker reader) fails the test that caused it.
@@ -53,8 +54,8 @@ class Background:
 
 
 def _output(harness: Harness, run_id: int, step: str) -> object:
-    with open(harness.home.output_file(run_id, step), "rb") as handle:
-        return pickle.load(handle)
+    data = query.step_output(harness.home, run_id, step)
+    return None if data is None else pickle.loads(data)
 
 
 def gone(pid: int, created: float) -> bool:
@@ -107,6 +108,58 @@ def test_python_output_is_passed_to_the_parameter_named_after_the_step(home, wri
     assert run.state == "succeeded"
     assert run.step("b").output_preview == "6"
     assert run.step("b").upstream == ("a",)
+
+
+def test_a_small_output_is_stored_in_the_database_and_a_large_one_in_its_file(home, write_job):
+    # Creating a file per step costs more than a small step; outputs up to INLINE_OUTPUT_MAX pickled bytes
+    # travel with the result into the database, larger ones keep their file. Either way they reach
+    # downstream steps, shell steps included, and read back the same.
+    write_job("j.py", f"""
+        @step
+        def small():
+            return "s" * 100
+
+        @step
+        def large():
+            return "L" * {INLINE_OUTPUT_MAX + 1}
+
+        @step
+        def both(small, large):
+            return len(small) + len(large)
+
+        text = shell("text", "printf 'x%.0s' $(seq 1 {INLINE_OUTPUT_MAX + 10}) > $STEPLINE_OUTPUT")
+        short = shell("short", "echo hello > $STEPLINE_OUTPUT")
+
+        @step
+        def lengths(text, short):
+            return [len(text), short]
+
+        j = job("j", [small, large, both, text, short, lengths])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded", [s.reason for s in run.steps]
+    assert _output(home, run.id, "both") == 100 + INLINE_OUTPUT_MAX + 1
+    assert _output(home, run.id, "lengths") == [INLINE_OUTPUT_MAX + 10, "hello"]
+    files = {p.name for p in home.home.run_output_dir(run.id).glob("*.pkl")}
+    assert files == {"large.pkl", "text.pkl"}
+    assert _output(home, run.id, "small") == "s" * 100 and _output(home, run.id, "short") == "hello"
+
+
+def test_many_inline_inputs_past_one_requests_room_reach_the_step_by_file(home, write_job):
+    count = REQUEST_INPUTS_MAX // (INLINE_OUTPUT_MAX - 100) + 2  # more than one request carries inline
+    write_job("j.py", "\n".join(f"@step\ndef u{i}():\n    return {i} * 'x' + 'y' * {INLINE_OUTPUT_MAX - 100}\n"
+                               for i in range(count)) + f"""
+@step
+def sink({", ".join(f"u{i}" for i in range(count))}):
+    return [len(v) for v in ({", ".join(f"u{i}" for i in range(count))},)]
+
+j = job("j", [{", ".join(f"u{i}" for i in range(count))}, sink])
+""", header=True)
+    run = home.run_now("j")
+    assert run.state == "succeeded", [s.reason for s in run.steps if s.reason]
+    assert _output(home, run.id, "sink") == [i + INLINE_OUTPUT_MAX - 100 for i in range(count)]
+    by_file = {p.name for p in home.home.run_output_dir(run.id).glob("u*.pkl")}
+    assert by_file and len(by_file) < count  # the engine wrote the ones past the request's room
 
 
 def test_jobs_made_in_a_loop_and_kept_in_a_list_or_dict_run(home, write_job):

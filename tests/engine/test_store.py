@@ -31,6 +31,18 @@ def test_migrate_is_idempotent_and_keeps_the_data(tmp_path):
     assert query.command(command_id).kind == "cancel"
 
 
+def test_a_version_1_database_gains_the_step_output_table(tmp_path):
+    home = prepare_home(tmp_path / "home")
+    database = store.open_database(home)
+    database.execute_sql('DROP TABLE "step_output"')  # as stepline made it before small outputs were stored
+    store.Meta.replace(key="schema_version", value="1").execute()
+    command_id = store.add_command("cancel", run_id=1)
+    database = store.open_database(home)
+    assert store.schema_version(database) == 2 == store.SCHEMA_VERSION
+    assert database.table_exists("step_output")
+    assert query.command(command_id).kind == "cancel"
+
+
 def test_a_corrupt_database_file_is_a_clear_error(tmp_path):
     home = prepare_home(tmp_path / "home")
     home.database.write_bytes(b"this is not SQLite at all\x00" * 400)
