@@ -41,6 +41,10 @@ EXIT_RECORD_DELAY_S = 1.0
 DETAIL_LINES = 20
 REQUEST_INPUTS_MAX = 64 * 1024
 """Bytes of upstream outputs an attempt's request carries inline (one socket message); the rest go by file."""
+OUTPUT_KEPT_MAX = 1024
+"""Small outputs up to this size stay in memory for the run's life (see ActiveRun.outputs)."""
+NO_OUTPUT = pickle.dumps(None)
+"""The output of a shell step that wrote nothing to $STEPLINE_OUTPUT: its downstream steps receive None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,10 @@ class ActiveRun:
     """Steps made ready since the last _fill_slots: those it cannot start then wait for a free slot."""
     scheduled_for: float | None = None
     cancelling: str | None = None
-    unwritten_outputs: dict[str, bytes] = field(default_factory=dict)
-    """Outputs of steps that just succeeded, until their write (put off with store.later) lands."""
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    """Pickles of small outputs of steps that succeeded here: kept until their write (put off with
+    store.later) lands, and for the run's life when up to OUTPUT_KEPT_MAX bytes (most are: counts, paths,
+    flags), so the 200 steps of a fan-out do not each read the same one back from the database."""
     step_plans: dict[str, StepPlan] = field(init=False)
     downstream: dict[str, list[str]] = field(init=False)
     """Direct downstream steps of every step (the plan's, computed once)."""
@@ -429,8 +435,8 @@ class Engine:
         inputs: dict[str, str | bytes] = {}
         room = REQUEST_INPUTS_MAX
         for name in names:
-            data = run.unwritten_outputs.get(name)
-            if data is None:  # stored already (or large, in its file; or none)
+            data = run.outputs.get(name)
+            if data is None:  # stored by an earlier engine, or written and let go; or large, in its file
                 data = store.stored_output(run.step_ids[name])
             path = self.home.output_file_str(run.id, name)
             if data is not None and len(data) > room:  # rare: many inputs near the inline bound
@@ -530,7 +536,7 @@ class Engine:
             extra.update(has_output=output[0], output_preview=output[1], waiting_for=None)
             if output[2] is not None:
                 stored = (run.step_ids[name], output[2])
-                run.unwritten_outputs[name] = output[2]
+                run.outputs[name] = output[2]
             changes.append((run.step_ids[name], name, state.value, extra))
             attempt_state = AttemptState.SUCCEEDED
         elif state == StepState.FAILED and self._may_retry(run, step_plan) and not run.cancelling:
@@ -569,8 +575,8 @@ class Engine:
                       changes: list[tuple[int, str, str, dict[str, Any]]], at: float,
                       output: tuple[int, bytes] | None) -> None:
         store.finish_attempt(run.id, attempt_id, attempt_state, outcome, changes, at, output)
-        if output is not None:
-            run.unwritten_outputs.pop(name, None)  # the database has it now (in this turn's transaction)
+        if output is not None and len(output[1]) > OUTPUT_KEPT_MAX:
+            run.outputs.pop(name, None)  # the database has it now (in this turn's transaction)
 
     def _record_exit(self, attempt: RunningAttempt, exited: Exited) -> None:
         """The process of an attempt whose step finished on its result has exited: complete the attempt."""
@@ -626,7 +632,7 @@ class Engine:
             with open(path, "rb") as handle:
                 text = handle.read().decode("utf-8", "replace").rstrip("\n")
         except FileNotFoundError:
-            return StepState.SUCCEEDED, None, (False, None, None)
+            return StepState.SUCCEEDED, None, (False, None, NO_OUTPUT)
         data = pickle.dumps(text)
         if len(data) <= INLINE_OUTPUT_MAX:
             return StepState.SUCCEEDED, None, (True, preview_of(text), data)
