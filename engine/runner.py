@@ -44,7 +44,8 @@ REQUEST_INPUTS_MAX = 64 * 1024
 OUTPUT_KEPT_MAX = 1024
 """Small outputs up to this size stay in memory for the run's life (see ActiveRun.outputs)."""
 NO_OUTPUT = pickle.dumps(None)
-"""The output of a shell step that wrote nothing to $STEPLINE_OUTPUT: its downstream steps receive None."""
+"""The output of a shell step that wrote nothing to $STEPLINE_OUTPUT: its downstream steps receive None
+inline. Not stored: with no row and no file, a later engine reads None too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,8 +536,9 @@ class Engine:
         if state == StepState.SUCCEEDED:
             extra.update(has_output=output[0], output_preview=output[1], waiting_for=None)
             if output[2] is not None:
-                stored = (run.step_ids[name], output[2])
                 run.outputs[name] = output[2]
+                if output[2] is not NO_OUTPUT:  # read back as None anyway: no file, no row
+                    stored = (run.step_ids[name], output[2])
             changes.append((run.step_ids[name], name, state.value, extra))
             attempt_state = AttemptState.SUCCEEDED
         elif state == StepState.FAILED and self._may_retry(run, step_plan) and not run.cancelling:
