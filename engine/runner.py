@@ -441,9 +441,11 @@ class Engine:
                 data = store.stored_output(run.step_ids[name])
             path = self.home.output_file_str(run.id, name)
             if data is not None and len(data) > room:  # rare: many inputs near the inline bound
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "wb") as handle:
-                    handle.write(data)
+                if not os.path.exists(path):  # once: attempts started earlier may be reading it
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path + ".tmp", "wb") as handle:
+                        handle.write(data)
+                    os.replace(path + ".tmp", path)
                 data = None
             if data is None:
                 inputs[name] = path

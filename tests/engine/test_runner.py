@@ -145,19 +145,23 @@ def test_a_small_output_is_stored_in_the_database_and_a_large_one_in_its_file(ho
     assert _output(home, run.id, "small") == "s" * 100 and _output(home, run.id, "short") == "hello"
 
 
-def test_many_inline_inputs_past_one_requests_room_reach_the_step_by_file(home, write_job):
-    count = REQUEST_INPUTS_MAX // (INLINE_OUTPUT_MAX - 100) + 2  # more than one request carries inline
+def test_many_inline_inputs_past_one_requests_room_reach_the_steps_by_file(home, write_job):
+    # Three steps take the same six outputs of about 16 KiB: more than one request carries inline, so
+    # the engine writes some to their files, once, while the other steps may already be reading them.
+    count = REQUEST_INPUTS_MAX // (INLINE_OUTPUT_MAX - 100) + 2
+    names = ", ".join(f"u{i}" for i in range(count))
     write_job("j.py", "\n".join(f"@step\ndef u{i}():\n    return {i} * 'x' + 'y' * {INLINE_OUTPUT_MAX - 100}\n"
-                               for i in range(count)) + f"""
+                               for i in range(count)) + "".join(f"""
 @step
-def sink({", ".join(f"u{i}" for i in range(count))}):
-    return [len(v) for v in ({", ".join(f"u{i}" for i in range(count))},)]
-
-j = job("j", [{", ".join(f"u{i}" for i in range(count))}, sink])
+def sink{k}({names}):
+    return [len(v) for v in ({names},)]
+""" for k in range(3)) + f"""
+j = job("j", [{names}, sink0, sink1, sink2])
 """, header=True)
     run = home.run_now("j")
     assert run.state == "succeeded", [s.reason for s in run.steps if s.reason]
-    assert _output(home, run.id, "sink") == [i + INLINE_OUTPUT_MAX - 100 for i in range(count)]
+    for k in range(3):
+        assert _output(home, run.id, f"sink{k}") == [i + INLINE_OUTPUT_MAX - 100 for i in range(count)]
     by_file = {p.name for p in home.home.run_output_dir(run.id).glob("u*.pkl")}
     assert by_file and len(by_file) < count  # the engine wrote the ones past the request's room
 
