@@ -17,6 +17,28 @@ except ImportError:  # an interpreter built without it
     from hashlib import blake2s
 
 
+IMPORT_TIMEOUT_S = 30.0
+"""How long one job file's import may take, in the engine's loader and in a worker alike, as Airflow's
+DAG files get theirs; the variable STEPLINE_IMPORT_TIMEOUT (seconds) overrides it."""
+
+
+def import_timeout_s() -> float:
+    try:
+        return float(os.environ.get("STEPLINE_IMPORT_TIMEOUT", IMPORT_TIMEOUT_S))
+    except ValueError:
+        return IMPORT_TIMEOUT_S
+
+
+class ImportTimedOut(BaseException):
+    """Raised inside a job file's import that ran out of time. A BaseException, so that the file's own
+    `except Exception:` around the call that hangs does not swallow it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"importing the file did not finish within {timeout_s:g}s (a loop, or a call that "
+                         "waits, at import time?); do slow work such as connections and downloads inside a "
+                         "step, not at import")
+
+
 def module_name(path: str | os.PathLike[str]) -> str:
     """The job file's module name: its stem and a digest of its real path (pickled outputs name it)."""
     real = os.path.realpath(path)

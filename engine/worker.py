@@ -501,21 +501,44 @@ def prepare_stdio() -> None:
                                   errors="backslashreplace", line_buffering=True)
 
 
+def import_within_time(job_file: str, source: bytes | None) -> list[Any]:
+    """Import the job file within the time the engine's loader gives it (jobfile.IMPORT_TIMEOUT_S): an
+    import that hangs here although the engine's went through (it waits on something) fails the
+    attempts with a reason instead of leaving them starting for ever. The worker's only thread is the
+    main one, so SIGALRM interrupts even a blocked system call."""
+    from engine.definition import collecting_jobs
+    from engine.jobfile import ImportTimedOut, import_job_file, import_timeout_s
+
+    timeout_s = import_timeout_s()
+
+    def expired(number: int, frame: Any) -> None:
+        raise ImportTimedOut(timeout_s)
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        with collecting_jobs(job_file) as made:
+            import_job_file(job_file, source)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the steps' own, as they inherit it
+    return made
+
+
 def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: str,
           source_file: str | None = None) -> None:
-    from engine.definition import collecting_jobs
-    from engine.jobfile import import_job_file
-
     try:
         source = None
         if source_file:
             with open(source_file, "rb") as file:
                 source = file.read()
-        with collecting_jobs(job_file) as made:
-            import_job_file(job_file, source)
+        made = import_within_time(job_file, source)
     except BaseException as error:
+        from engine.jobfile import ImportTimedOut
+
         detail = traceback.format_exc()
-        summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"
+        summary = (f"job file {job_file}: {error}" if isinstance(error, ImportTimedOut) else
+                   f"job file {job_file} failed to import: {type(error).__name__}: {error}")
         broken = {"op": "broken", "summary": summary, "detail": detail}
         send(sock, broken)
         # Stay and answer every request with the import error until the engine lets go: exiting with a

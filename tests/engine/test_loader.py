@@ -5,10 +5,13 @@ so the first line of each body below is line 2.
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from engine.definition import JobDef
 from engine.loader import find_cycle, topological_order
+from tests.conftest import HEADER, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -99,6 +102,44 @@ def test_problems_of_every_file_are_all_reported_in_file_order(harness, write_jo
     result = harness.load()
     assert list(result.jobs) == ["d"]
     assert [p.file for p in result.problems] == ["jobs/a.py", "jobs/b.py", "jobs/c.py"]
+
+
+TIMED_OUT = ("importing the file did not finish within 1s (a loop, or a call that waits, at import time?); do "
+             "slow work such as connections and downloads inside a step, not at import; the file is tried again "
+             "when it changes (STEPLINE_IMPORT_TIMEOUT sets the limit)")
+
+
+def test_a_file_whose_import_loops_is_stopped_and_reported_at_its_line_and_others_load(harness, write_job,
+                                                                                        monkeypatch):
+    monkeypatch.setenv("STEPLINE_IMPORT_TIMEOUT", "1")
+    write_job("a_good.py", 'g = job("g", [shell("a", "true")])\n')
+    write_job("spin.py", """\
+        while True: pass
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [f"jobs/spin.py:2: {TIMED_OUT}"]
+    assert list(result.jobs) == ["g"]
+    wait_until(lambda: not any(t.name == "stepline-load-spin.py" for t in threading.enumerate()))  # stopped
+
+
+def test_a_file_blocked_at_import_is_reported_and_not_imported_again_until_it_changes(harness, write_job,
+                                                                                       monkeypatch):
+    # A call that waits (a connection to a host that does not answer) cannot be stopped from outside; the
+    # file is skipped until it changes rather than leaving one more waiting thread per reload.
+    monkeypatch.setenv("STEPLINE_IMPORT_TIMEOUT", "1")
+    counter = harness.root / "imports.txt"
+    path = write_job("wait.py", f"""\
+        import time
+        with open({str(counter)!r}, "a") as f:
+            f.write("x")
+        time.sleep(3600)
+    """)
+    assert problems(harness) == [f"jobs/wait.py:5: {TIMED_OUT}"]
+    assert problems(harness) == [f"jobs/wait.py:5: {TIMED_OUT}"]
+    assert counter.read_text() == "x"  # imported once
+    path.write_text(HEADER + 'w = job("w", [shell("a", "true")])\n')
+    result = harness.load()
+    assert list(result.jobs) == ["w"] and not result.problems
 
 
 def test_a_file_with_no_job_says_how_to_add_one_or_mark_it_a_helper(harness, write_job):

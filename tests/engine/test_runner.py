@@ -166,6 +166,28 @@ j = job("j", [{names}, sink0, sink1, sink2])
     assert by_file and len(by_file) < count  # the engine wrote the ones past the request's room
 
 
+def test_a_job_file_whose_import_hangs_in_the_worker_fails_its_steps_with_the_reason(home, write_job, monkeypatch):
+    # The engine's own import went through; the worker's waits on something. Its attempts must fail and
+    # say why, not stay starting for ever.
+    monkeypatch.setenv("STEPLINE_IMPORT_TIMEOUT", "1")
+    path = write_job("j.py", """
+        import os, sys, time
+        if os.path.basename(sys.argv[0]) == "worker.py":
+            time.sleep(3600)
+
+        @step
+        def a():
+            return 1
+
+        j = job("j", [a])
+    """)
+    run = home.run_now("j")
+    assert run.state == "failed"
+    assert run.step("a").reason.summary == (
+        f"job file {path}: importing the file did not finish within 1s (a loop, or a call that waits, at import "
+        "time?); do slow work such as connections and downloads inside a step, not at import")
+
+
 def test_jobs_made_in_a_loop_and_kept_in_a_list_or_dict_run(home, write_job):
     # The loader finds every job() a file makes, bound to a name or not; the worker that runs their
     # steps must find them too (it once looked at module names only and failed every attempt).

@@ -92,6 +92,21 @@ def test_a_stale_lock_file_from_a_dead_engine_is_taken_over(harness):
         lock.release()
 
 
+def test_a_job_file_whose_import_never_ends_does_not_stop_the_engine(harness, service, monkeypatch):
+    # A connection made at import time that hangs must not keep the daemon from loading, scheduling and
+    # running every other job: the file is reported and the engine goes on.
+    monkeypatch.setenv("STEPLINE_IMPORT_TIMEOUT", "1")
+    harness.write_job("hang.py", "import time\ntime.sleep(3600)\n")
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo ok")])\n')
+    service()
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    (problem,) = query.load_problems()
+    assert problem[0].endswith("hang.py") and problem[1] == 3
+    assert problem[2].startswith("importing the file did not finish within 1s")
+
+
 def test_commands_are_carried_out_and_acknowledged(harness, service):
     harness.write_job("j.py", """
         @step
