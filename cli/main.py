@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from engine.errors import SteplineError, UsageError
-from engine.home import Home, prepare_home, resolve_home
+from engine.home import Home, is_disk_full, prepare_home, resolve_home
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 COMMAND_MODULES = {
@@ -80,7 +80,15 @@ class SteplineGroup(click.Group):
             from cli.render import mute
             mute(sys.stdout)
             sys.exit(141)  # what a shell reports for a command ended by SIGPIPE, as `cat big | head` does
-        except Exception as error:  # a bug: keep the traceback, show one line
+        except Exception as error:
+            if is_disk_full(error):  # no bug, and no room to write its traceback either
+                settings = ctx.find_object(Settings)
+                home = resolve_home(settings.home_path if settings else None)
+                click.echo(f"stepline: the disk holding {home} is full, so what happened could not be recorded; "
+                           "free some space, then `stepline runs` shows what to retry (the next engine to start "
+                           "closes runs it left running)", err=True)
+                sys.exit(1)
+            # a bug: keep the traceback, show one line
             where = _log_bug(ctx)
             click.echo(f"stepline: internal error: {type(error).__name__}: {error} (traceback in {where}; "
                        "please report it)", err=True)

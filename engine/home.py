@@ -6,6 +6,7 @@ the path and the fix.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,20 @@ class Home:
 
     def shell_output_file_str(self, run_id: int, step: str, attempt: int) -> str:
         return os.path.join(self.root, OUTPUTS_FOLDER, str(run_id), f"{step}.{attempt}.out")
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it arose from, says the disk is full: SQLite's "database or disk is
+    full" (SQLITE_FULL) or a write's ENOSPC."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def resolve_home(path: str | os.PathLike[str] | None) -> Path:

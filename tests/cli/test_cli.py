@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
+import subprocess
 
 import psutil
+import pytest
 
 from engine import query
+from engine.home import is_disk_full
 from tests.conftest import wait_until
 
 FAILING = """
@@ -274,3 +278,53 @@ def test_a_listing_piped_into_head_ends_quietly(harness):
     process.stdout.close()
     assert process.wait(timeout=60) == 141  # as a shell reports `cat big | head`: ended by the closed pipe
     assert process.stderr.read() == ""
+
+
+def _mounted_tmpfs(path, size: str) -> bool:
+    """A small tmpfs at `path`, to fill up for real (root only: False where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_is_disk_full_knows_sqlites_full_database_and_a_writes_enospc(tmp_path):
+    connection = sqlite3.connect(tmp_path / "tiny.db")
+    connection.execute("PRAGMA max_page_count = 2")
+    connection.execute("CREATE TABLE t (x BLOB)")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        for _ in range(10):
+            connection.execute("INSERT INTO t VALUES (?)", [b"x" * 4096])
+    try:
+        raise RuntimeError("cannot rollback - no transaction is active") from full.value
+    except RuntimeError as masked:  # as peewee's failed rollback hides it
+        assert is_disk_full(masked)
+    with pytest.raises(OSError) as no_space:
+        with open("/dev/full", "wb") as handle:
+            handle.write(b"x")
+            handle.flush()
+    assert is_disk_full(no_space.value)
+    assert not is_disk_full(ValueError("row 1 is invalid"))
+
+
+def test_a_full_disk_under_the_home_is_said_plainly_not_as_an_internal_error(harness, tmp_path):
+    home = tmp_path / "small"
+    if not _mounted_tmpfs(home, "3m"):
+        pytest.skip("mounting a 3 MB tmpfs needs root; the translation itself is tested above")
+    try:
+        harness.write_job("j.py", """
+            @step
+            def chatty():
+                for i in range(100000):
+                    print("x" * 70, i)
+
+            j = job("j", [chatty])
+        """)
+        result = harness.cli("--home", str(home), "run", "j")
+        assert result.returncode == 1, result.stderr
+        assert "internal error" not in result.stderr
+        assert result.stderr.strip().endswith(
+            f"stepline: the disk holding {home} is full, so what happened could not be recorded; free some "
+            "space, then `stepline runs` shows what to retry (the next engine to start closes runs it left "
+            "running)")
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
