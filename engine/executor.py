@@ -331,6 +331,7 @@ class Executor:
         self._pids: dict[int, int] = {}  # key -> pid
         self._keys_by_pid: dict[int, int] = {}  # pid -> key: the worker reports a spare's exit by pid only
         self._kill_pending: dict[int, float] = {}  # key -> grace, for kills asked before the pid is known
+        self._cookies: dict[int, dict[str, str]] = {}  # key -> the attempt's variables (see attempt_cookie)
         self._read_fds: dict[int, int] = {}  # key -> pipe read end
         self._logs = LogPump(self._on_log_closed, clock, self._on_result)
         self._kept: dict[str, str] = {}
@@ -343,6 +344,8 @@ class Executor:
         result_read, result_write = (os.pipe2(os.O_CLOEXEC) if request.kind == "python" or request.inputs
                                      else (None, None))
         self._read_fds[request.key] = read_fd
+        self._cookies[request.key] = attempt_cookie(request.context["home"], request.context["run_id"],
+                                                    request.step, request.context["attempt"])
         # Both pipes are watched before the worker can answer (see _exited); the pump's thread creates
         # the log file while the worker forks, and the pipe holds what the attempt writes meanwhile.
         self._logs.add(read_fd, request.log_path, request.key, result_read)
@@ -382,7 +385,7 @@ class Executor:
         grace = self._kill_pending.pop(key, None)
         self._notify(Started(key, pid, pid_started, self._clock()))
         if grace is not None:
-            threading.Thread(target=kill_tree, args=(pid, grace), daemon=True).start()
+            threading.Thread(target=kill_tree, args=(pid, grace, self._cookies.get(key)), daemon=True).start()
 
     def kill(self, key: int, grace_s: float | None = None) -> None:
         """Terminate the attempt's whole process tree: SIGTERM, then SIGKILL after the grace period."""
@@ -392,14 +395,15 @@ class Executor:
             if pid is None:
                 self._kill_pending[key] = grace
                 return
-        threading.Thread(target=kill_tree, args=(pid, grace), daemon=True, name="stepline-kill").start()
+        threading.Thread(target=kill_tree, args=(pid, grace, self._cookies.get(key)), daemon=True,
+                         name="stepline-kill").start()
 
     def reap_leftovers(self, key: int) -> None:
         """The attempt's main process has exited but something still holds its output open: end it."""
         with self._lock:
             pid = self._pids.get(key)
         if pid is not None:
-            kill_tree(pid, 0.5)
+            kill_tree(pid, 0.5, self._cookies.get(key))
         fd = self._read_fds.get(key)
         if fd is not None:
             self._logs.force_close(fd)
@@ -411,6 +415,7 @@ class Executor:
                 self._keys_by_pid.pop(pid, None)
             self._kill_pending.pop(key, None)
         self._read_fds.pop(key, None)
+        self._cookies.pop(key, None)
 
     def pid_of(self, key: int) -> int | None:
         with self._lock:
@@ -508,12 +513,42 @@ class _Broken(Exception):
         self.detail = detail
 
 
-def kill_tree(pid: int, grace_s: float) -> None:
-    """SIGTERM the process, its descendants and its process group; SIGKILL what survives `grace_s`."""
+def attempt_cookie(home: str, run_id: int, step: str, attempt: int) -> dict[str, str]:
+    """The variables every process of an attempt inherits (attempt_environment) that name the attempt."""
+    return {"STEPLINE_HOME": home, "STEPLINE_RUN_ID": str(run_id), "STEPLINE_STEP": step,
+            "STEPLINE_ATTEMPT": str(attempt)}
+
+
+def escaped_processes(cookie: dict[str, str], known: set[int]) -> list[psutil.Process]:
+    """Processes of this user, outside `known`, whose environment carries `cookie`: what an attempt started
+    that left its tree and its process group (a daemon that forked twice and called setsid). Found the
+    way Jenkins finds a build's leftovers, by the variables they inherited."""
+    found = []
+    uid = os.getuid()
+    for process in psutil.process_iter(["uids"]):
+        if process.pid in known or process.pid == os.getpid():
+            continue
+        try:
+            uids = process.info["uids"]
+            if uids is None or uids.real != uid:
+                continue
+            environment = process.environ()
+        except psutil.Error:
+            continue
+        if all(environment.get(name) == value for name, value in cookie.items()):
+            found.append(process)
+    return found
+
+
+def kill_tree(pid: int, grace_s: float, cookie: dict[str, str] | None = None) -> None:
+    """SIGTERM the process, its descendants and its process group, and the processes that carry the
+    attempt's `cookie` (attempt_cookie) after escaping both; SIGKILL what survives `grace_s`."""
     try:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         children = []
+    if cookie:
+        children += escaped_processes(cookie, {pid, *(p.pid for p in children)})
     for process in children:
         _signal_process(process, signal.SIGTERM)
     _signal_group(pid, signal.SIGTERM)
@@ -526,6 +561,17 @@ def kill_tree(pid: int, grace_s: float) -> None:
     # as if it had finished. It also reaches a double-forked grandchild, which left our process tree
     # but not our group; then whatever left the group too.
     _signal_group(pid, signal.SIGKILL)
+    for process in alive:
+        _signal_process(process, signal.SIGKILL)
+
+
+def end_escaped(cookie: dict[str, str], grace_s: float) -> None:
+    """SIGTERM the processes that carry an attempt's `cookie` (its main process is gone); SIGKILL what
+    survives `grace_s`."""
+    processes = escaped_processes(cookie, set())
+    for process in processes:
+        _signal_process(process, signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
     for process in alive:
         _signal_process(process, signal.SIGKILL)
 

@@ -8,13 +8,14 @@ completed anyway, and a clean retry is the honest outcome.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 
 import psutil
 
 from engine import store
-from engine.executor import kill_tree
+from engine.executor import attempt_cookie, end_escaped, kill_tree
 from engine.states import AttemptState, RunState, StepState
 
 ENGINE_GONE = "engine stopped while running"
@@ -73,9 +74,13 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
     """
     running = list(store.Attempt.select(store.Attempt, store.StepRun.name)
                    .join(store.StepRun).where((store.Attempt.run_id == run_id) & (store.Attempt.state == "running")))
+    home = os.path.dirname(store.db.database)
     for attempt in running:
+        cookie = attempt_cookie(home, run_id, attempt.step_run.name, attempt.number)
         if attempt.pid is not None and is_alive(attempt.pid, attempt.pid_started):
-            kill_tree(attempt.pid, kill_grace_s)
+            kill_tree(attempt.pid, kill_grace_s, cookie)
+        else:  # its process is gone; what it left running in the background need not be
+            end_escaped(cookie, kill_grace_s)
     now = clock()
     cut_short = []
     step_state = StepState.CANCELLED if cancelled else StepState.FAILED

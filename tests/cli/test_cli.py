@@ -209,14 +209,19 @@ def test_ctrl_c_cancels_the_run_cleanly(harness):
 def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     # Without a daemon, every `stepline run` is an engine: the next one closes what a killed one left
     # running, instead of the run showing as running until a daemon happens to start.
+    # The step also left a daemon outside its tree and process group, which outlives the killed engine
+    # and its worker: the next engine ends it too, by the attempt's variables it carries.
     harness.write_job("j.py", """
-        slow = shell("slow", "echo started; sleep 300")
+        slow = shell("slow", "( setsid sleep 300 & echo $! > daemon.pid ); echo started; sleep 300")
         j = job("j", [slow])
         quick = job("quick", [shell("hi", "echo hi")])
     """)
     killed = harness.cli_process("run", "j")
     wait_until(lambda: query.list_runs() and query.attempts(1, "slow") and query.attempts(1, "slow")[0].pid)
     step_pid = query.attempts(1, "slow")[0].pid
+    daemon_pid = int(wait_until(lambda: (harness.jobs_dir / "daemon.pid").exists()
+                                and (harness.jobs_dir / "daemon.pid").read_text().strip()))
+    daemon = psutil.Process(daemon_pid)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
     assert query.run_summary(1).state == "running"  # what the killed engine left behind
@@ -233,6 +238,7 @@ def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     assert (run.state, run.step("slow").state) == ("failed", "failed")
     assert query.attempts(1, "slow")[0].reason.summary == "engine stopped while running"
     wait_until(lambda: not psutil.pid_exists(step_pid) or psutil.Process(step_pid).status() == psutil.STATUS_ZOMBIE)
+    wait_until(lambda: not daemon.is_running() or daemon.status() == psutil.STATUS_ZOMBIE)
 
 
 def test_logs_follow_stops_and_says_so_when_the_runs_engine_is_killed(harness):

@@ -1,6 +1,7 @@
 """The execution contract of the Engine: data flow, failures, retries, timeouts, cancel, events."""
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import signal
@@ -671,9 +672,13 @@ def test_a_step_ignoring_sigterm_is_killed_after_the_grace_period(home, write_jo
 TREE = """sleep 300 & echo $! >> {pids}
 ( sleep 300 & echo $! >> {pids} )
 bash -c 'sleep 300 & echo $! >> {pids}; wait' &
+( setsid sleep 300 & echo $! >> {pids} )
 echo $$ >> {pids}
 sleep 300
 """
+"""A step's tree: a child, an orphaned grandchild, a nested one, and a daemon that left both the tree and
+the process group (double fork plus setsid), found by the attempt's STEPLINE_* variables it carries."""
+TREE_PIDS = 5
 
 
 def test_a_timed_out_step_leaves_no_process_of_its_tree(home, write_job, tmp_path):
@@ -683,7 +688,7 @@ def test_a_timed_out_step_leaves_no_process_of_its_tree(home, write_job, tmp_pat
         j = job("j", [tree])
     """)
     background = Background(home, "j", kill_grace_s=0.5)
-    started = wait_until(lambda: read_pids(pids, 4))
+    started = wait_until(lambda: read_pids(pids, TREE_PIDS))
     run = background.join()
     assert run.step("tree").reason.summary == "timed out after 1s"
     for pid, created in started:
@@ -698,7 +703,7 @@ def test_cancel_from_another_connection_ends_the_run_and_its_processes(home, wri
         j = job("j", [tree, later])
     """)
     background = Background(home, "j", kill_grace_s=0.5)
-    started = wait_until(lambda: read_pids(pids, 4))
+    started = wait_until(lambda: read_pids(pids, TREE_PIDS))
     command_id = store.add_command("cancel", run_id=background.run_id, payload={"reason": "cancelled by test"})
     run = background.join()
     assert run.state == "cancelled"
@@ -720,7 +725,7 @@ def test_cancel_reaches_a_run_of_the_command_line_in_another_process(home, write
     """)
     process = home.cli_process("run", "j")
     try:
-        started = wait_until(lambda: read_pids(pids, 4))
+        started = wait_until(lambda: read_pids(pids, TREE_PIDS))
         run_id = query.list_runs(job="j")[0].id
         store.add_command("cancel", run_id=run_id)
         out, err = process.communicate(timeout=60)
