@@ -1,7 +1,6 @@
 """The execution contract of the Engine: data flow, failures, retries, timeouts, cancel, events."""
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import signal
