@@ -187,7 +187,7 @@ class Worker:
         # either reaches a live worker or fails with the worker's own reason, never with a race's.
         with self._send_lock:
             if self.broken:
-                raise _Broken(*self.broken)
+                raise _CannotStart(*self.broken)
             self.keys.add(request.key)
             try:
                 fds = [write_fd] if result_fd is None else [write_fd, result_fd]
@@ -195,7 +195,7 @@ class Worker:
             except OSError:
                 self.keys.discard(request.key)
                 if self.broken:
-                    raise _Broken(*self.broken) from None
+                    raise _CannotStart(*self.broken) from None
                 raise
 
     def start_on_spare(self, request: AttemptRequest, write_fd: int, result_fd: int, lock: threading.Lock,
@@ -352,12 +352,16 @@ class Executor:
         lost: Exited | None = None
         message = b""
         try:
+            if request.cwd != os.path.dirname(request.job_file) and not os.path.isdir(request.cwd):
+                # Said here, with the step's own words: the process would only fail with a traceback of ours.
+                raise _CannotStart(f"the step's working directory {request.cwd} does not exist; create it, or fix "
+                              f"the step's cwd= (relative paths start at the job file's folder)", "")
             worker = self._worker_for(request.job_file)
             if result_write is None or request.kind != "python" or not worker.start_on_spare(
                     request, write_fd, result_write, self._lock,
                     lambda pid, pid_started: self._started(request.key, pid, pid_started)):
                 worker.start(request, write_fd, result_write)
-        except _Broken as broken:
+        except _CannotStart as broken:
             message = (broken.summary + "\n" + broken.detail).encode()
             lost = Exited(request.key, None, None, None, None, self._clock(), lost=broken.summary,
                           lost_detail=broken.detail)
@@ -506,7 +510,9 @@ class Executor:
         self._logs.settle_result(event.key, lambda: self._notify(event))
 
 
-class _Broken(Exception):
+class _CannotStart(Exception):
+    """An attempt that cannot start (its worker's import failed, its working directory is missing), and why."""
+
     def __init__(self, summary: str, detail: str) -> None:
         super().__init__(summary)
         self.summary = summary

@@ -188,6 +188,30 @@ def test_a_job_file_whose_import_hangs_in_the_worker_fails_its_steps_with_the_re
         "time?); do slow work such as connections and downloads inside a step, not at import")
 
 
+def test_cwd_is_relative_to_the_job_files_folder_and_a_missing_one_is_said_plainly(home, write_job):
+    (home.jobs_dir / "work").mkdir()
+    write_job("j.py", """
+        import os
+
+        @step(cwd="work")
+        def where():
+            return os.path.basename(os.getcwd())
+
+        here = shell("here", "basename $PWD > $STEPLINE_OUTPUT", cwd="work")
+        missing = shell("missing", "true", cwd="no/such/dir")
+
+        j = job("j", [where, here])
+        k = job("k", [missing])
+    """)
+    run = home.run_now("j")
+    assert run.state == "succeeded", [s.reason for s in run.steps]
+    assert (_output(home, run.id, "where"), _output(home, run.id, "here")) == ("work", "work")
+    failed = home.run_now("k")
+    assert failed.step("missing").reason.summary == (
+        f"the step's working directory {home.jobs_dir / 'no/such/dir'} does not exist; create it, or fix the "
+        "step's cwd= (relative paths start at the job file's folder)")
+
+
 def test_jobs_made_in_a_loop_and_kept_in_a_list_or_dict_run(home, write_job):
     # The loader finds every job() a file makes, bound to a name or not; the worker that runs their
     # steps must find them too (it once looked at module names only and failed every attempt).
