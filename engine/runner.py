@@ -219,6 +219,9 @@ class Engine:
             raise NotApplicableError(f"run {run_id} is still {row.state}; wait for it to end or cancel it "
                                      f"(`stepline cancel {run_id}`) before retrying")
         plan = JobPlan.from_json(row.snapshot)
+        if not os.path.exists(plan.file):
+            raise NotApplicableError(f"run {run_id}'s job file {plan.file} is gone (moved or deleted); put it back "
+                                     f"to retry this run, or start a new run of job '{row.job}' from its new file")
         rows = {r.name: r for r in store.StepRun.select().where(store.StepRun.run == run_id)}
         states = {name: StepState(r.state) for name, r in rows.items()}
         if step is not None:

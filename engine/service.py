@@ -235,7 +235,11 @@ class EngineService:
             log.warning("run %s of %s was left running by a stopped engine; closed (steps cut short: %s)",
                         run_id, job, ", ".join(cut) or "none")
             if cut and self._retries_left(run_id, cut):
-                again = self.engine.retry(run_id, new_budget=False)
+                try:
+                    again = self.engine.retry(run_id, new_budget=False)
+                except SteplineError as error:  # its job file is gone, say: the run stays failed
+                    log.warning("run %s: not retried: %s", run_id, error)
+                    continue
                 log.info("run %s: retrying %s, as their retry policy allows", run_id, ", ".join(again))
 
     def _retries_left(self, run_id: int, steps: list[str]) -> bool:

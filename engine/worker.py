@@ -537,8 +537,11 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
         from engine.jobfile import ImportTimedOut
 
         detail = traceback.format_exc()
-        summary = (f"job file {job_file}: {error}" if isinstance(error, ImportTimedOut) else
-                   f"job file {job_file} failed to import: {type(error).__name__}: {error}")
+        summary = f"job file {job_file} failed to import: {type(error).__name__}: {error}"
+        if isinstance(error, ImportTimedOut):
+            summary = f"job file {job_file}: {error}"
+        elif isinstance(error, FileNotFoundError) and error.filename == job_file:
+            summary, detail = f"job file {job_file} is gone (moved or deleted); put it back and retry", ""
         broken = {"op": "broken", "summary": summary, "detail": detail}
         send(sock, broken)
         # Stay and answer every request with the import error until the engine lets go: exiting with a

@@ -130,6 +130,16 @@ def test_jobs_in_a_missing_folder_says_the_folder_is_missing_not_to_write_a_job(
     assert empty.stdout.strip() == f"no jobs in {harness.jobs_dir}; write one (see docs/jobs.md) or pass --jobs DIR"
 
 
+def test_retry_of_a_run_whose_job_file_is_gone_says_so(harness):
+    path = harness.write_job("j.py", FAILING)
+    harness.cli("run", "j")
+    path.rename(harness.root / "j.py.moved")
+    result = harness.cli("retry", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"stepline: run 1's job file {path} is gone (moved or deleted); put it back to "
+                                     "retry this run, or start a new run of job 'j' from its new file")
+
+
 def test_unknown_names_get_one_clear_line(harness):
     harness.write_job("j.py", FAILING)
     unknown_job = harness.cli("run", "jj")

@@ -212,6 +212,28 @@ def test_cwd_is_relative_to_the_job_files_folder_and_a_missing_one_is_said_plain
         "step's cwd= (relative paths start at the job file's folder)")
 
 
+def test_a_job_file_gone_before_its_step_starts_fails_the_step_saying_so(home, write_job):
+    # Deleted between the engine's load and the worker's import: a reason, not a traceback of stepline's.
+    path = write_job("j.py", """
+        @step
+        def a():
+            return 1
+
+        j = job("j", [a])
+    """)
+    engine = home.engine()
+    try:
+        job_def = home.load().jobs["j"]
+        path.unlink()
+        run_id = engine.submit(job_def, {})
+        engine.run_until_done([run_id])
+    finally:
+        engine.close()
+    step = query.get_run(run_id).step("a")
+    assert step.reason.summary == f"job file {path} is gone (moved or deleted); put it back and retry"
+    assert step.reason.detail == ""
+
+
 def test_jobs_made_in_a_loop_and_kept_in_a_list_or_dict_run(home, write_job):
     # The loader finds every job() a file makes, bound to a name or not; the worker that runs their
     # steps must find them too (it once looked at module names only and failed every attempt).
