@@ -637,59 +637,64 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
                         "cpu_s": usage.ru_utime + usage.ru_stime,
                         "peak_rss_bytes": usage.ru_maxrss * 1024})
 
-    while True:
-        idle_in = max(0.0, last_use + spare_idle_s - time.monotonic()) if spares and want_spares else None
-        try:
-            watched: list[Any] = [sock, wake_r, taken_r]
-            readable, _, _ = select.select(watched, [], [], idle_in)
-        except InterruptedError:
-            continue
-        if want_spares and spares and time.monotonic() - last_use >= spare_idle_s:
-            # Unused for a while (a daemon between runs): the engine lets go of them, and they exit
-            # without running anything. The next Python attempt is forked here and brings them back.
-            send(sock, {"op": "idle"})
-            want_spares = False
-        if taken_r in readable:
-            take_spares()
-        if wake_r in readable:
+    try:
+        while True:
+            idle_in = max(0.0, last_use + spare_idle_s - time.monotonic()) if spares and want_spares else None
             try:
-                os.read(wake_r, 4096)
-            except BlockingIOError:
+                watched: list[Any] = [sock, wake_r, taken_r]
+                readable, _, _ = select.select(watched, [], [], idle_in)
+            except InterruptedError:
+                continue
+            if want_spares and spares and time.monotonic() - last_use >= spare_idle_s:
+                # Unused for a while (a daemon between runs): the engine lets go of them, and they exit
+                # without running anything. The next Python attempt is forked here and brings them back.
+                send(sock, {"op": "idle"})
+                want_spares = False
+            if taken_r in readable:
+                take_spares()
+            if wake_r in readable:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                reap()
+            if sock in readable:
+                try:
+                    data, fds = receive(sock)
+                except ConnectionResetError:
+                    data, fds = b"", []
+                request: dict[str, Any] = decode(data) if data else {"op": "stop"}
+                if request["op"] == "start":
+                    if request["kind"] == "shell":
+                        ensure_output_folder(request)
+                    log_fd = fds[0]
+                    result_fd = fds[1] if len(fds) > 1 else None  # none for a shell step without inputs
+                    for fd in fds:
+                        os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
+                    before = boot_ticks()
+                    pid = spawn_shell(request, log_fd, worker_cwd, base_env)
+                    if pid is None:
+                        if request["kind"] == "python":
+                            want_spares, last_use = True, time.monotonic()
+                        pid = os.fork()
+                        if pid == 0:
+                            child_main(steps, request, log_fd, result_fd, sock, base_env)
+                    for fd in fds:
+                        os.close(fd)
+                    children[pid] = request["id"]
+                    send(sock, {"op": "started", "id": request["id"], "pid": pid, "start_ticks": start_ticks(before)})
+                elif request["op"] == "stop":
+                    data = b""
+                if not data:
+                    abandon(children, spares)
+                    return
+                reap()
+            while want_spares and len(spares) < spare_count and make_spare():
                 pass
-            reap()
-        if sock in readable:
-            try:
-                data, fds = receive(sock)
-            except ConnectionResetError:
-                data, fds = b"", []
-            request: dict[str, Any] = decode(data) if data else {"op": "stop"}
-            if request["op"] == "start":
-                if request["kind"] == "shell":
-                    ensure_output_folder(request)
-                log_fd = fds[0]
-                result_fd = fds[1] if len(fds) > 1 else None  # none for a shell step without inputs
-                for fd in fds:
-                    os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
-                before = boot_ticks()
-                pid = spawn_shell(request, log_fd, worker_cwd, base_env)
-                if pid is None:
-                    if request["kind"] == "python":
-                        want_spares, last_use = True, time.monotonic()
-                    pid = os.fork()
-                    if pid == 0:
-                        child_main(steps, request, log_fd, result_fd, sock, base_env)
-                for fd in fds:
-                    os.close(fd)
-                children[pid] = request["id"]
-                send(sock, {"op": "started", "id": request["id"], "pid": pid, "start_ticks": start_ticks(before)})
-            elif request["op"] == "stop":
-                data = b""
-            if not data:
-                abandon(children, spares)
-                return
-            reap()
-        while want_spares and len(spares) < spare_count and make_spare():
-            pass
+    except (BrokenPipeError, ConnectionResetError):
+        # A message to an engine killed between two of its reads fails before its socket reads as closed:
+        # the engine is gone all the same, and its attempts must not outlive it.
+        abandon(children, spares)
 
 
 def abandon(children: dict[int, int | None], spares: set[int]) -> None:

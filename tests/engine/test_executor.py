@@ -6,7 +6,9 @@ import dataclasses
 import os
 import queue
 import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -15,8 +17,8 @@ import pytest
 from engine import query
 from engine.executor import (AttemptRequest, Executor, Exited, LogClosed, Started, attempt_environment, kill_tree,
                              process_start_time)
-from engine.worker import boot_ticks, start_ticks
-from tests.conftest import wait_until
+from engine.worker import boot_ticks, decode, encode, receive, send_with_fds, start_ticks
+from tests.conftest import ROOT, wait_until
 from tests.engine.test_runner import Background, gone, read_pids
 
 DOUBLE_FORK_TREE = """trap '' TERM
@@ -341,3 +343,36 @@ def test_spare_processes_unused_for_a_while_are_let_go_and_come_back_with_the_ne
         assert set(wait_until(lambda: spares_of(executor, 2))).isdisjoint(idle)
     finally:
         executor.close()
+
+
+def test_a_worker_that_learns_of_its_engines_death_by_a_failed_send_still_ends_its_attempts(harness, tmp_path):
+    # The engine sends a request and is killed before the worker, stopped meanwhile, reads it: the worker
+    # starts the step, then fails to tell anyone (a broken pipe) before it ever reads its socket's end.
+    # Both ways of learning that the engine is gone must end the attempts it started, or a step
+    # outlives its supervisor unseen.
+    job_file = harness.write_job("w.py", 'j = job("j", [shell("s", "true")])\n')
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = subprocess.Popen([sys.executable, "-m", "engine.worker", str(theirs.fileno()), "0", "60", str(job_file)],
+                              pass_fds=[theirs.fileno()], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    theirs.close()
+    marker = f"stepline-test-step-{os.getpid()}-{worker.pid}"
+    try:
+        assert decode(receive(ours)[0])["op"] == "ready"
+        worker.send_signal(signal.SIGSTOP)
+        log_read, log_write = os.pipe()
+        request = {"op": "start", "id": 1, "job": "j", "step": "s", "kind": "shell",
+                   "command": f"exec -a {marker} sleep 300", "inputs": {}, "env_set": {}, "env_unset": [],
+                   "cwd": str(tmp_path), "output_path": str(tmp_path / "out" / "s.pkl")}
+        send_with_fds(ours, encode(request), [log_write])
+        os.close(log_write)
+        ours.close()  # the engine dies with its request unread
+        worker.send_signal(signal.SIGCONT)
+        assert worker.wait(timeout=30) == 0  # it ended its attempts and left, rather than failing on the send
+        os.close(log_read)
+
+        def step_processes() -> list[psutil.Process]:
+            return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0] == marker]
+        wait_until(lambda: not step_processes())
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
