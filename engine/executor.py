@@ -122,11 +122,8 @@ def _current_environ() -> dict[str, str]:
 def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(_current_environ() if base is None else base)
     context = request.context
-    env.update({
-        "STEPLINE_RUN_ID": str(context["run_id"]), "STEPLINE_JOB": request.job, "STEPLINE_STEP": request.step,
-        "STEPLINE_ATTEMPT": str(context["attempt"]), "STEPLINE_HOME": context["home"],
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(attempt_cookie(context["home"], context["run_id"], request.step, context["attempt"]))
+    env.update({"STEPLINE_JOB": request.job, "PYTHONUNBUFFERED": "1"})
     for key, value in request.params.items():
         env[f"STEPLINE_PARAM_{env_key(key)}"] = value
     if request.kind == "shell":
@@ -354,8 +351,8 @@ class Executor:
         try:
             if request.cwd != os.path.dirname(request.job_file) and not os.path.isdir(request.cwd):
                 # Said here, with the step's own words: the process would only fail with a traceback of ours.
-                raise _CannotStart(f"the step's working directory {request.cwd} does not exist; create it, or fix "
-                              f"the step's cwd= (relative paths start at the job file's folder)", "")
+                raise _CannotStart(f"the step's working directory {request.cwd} does not exist; create it, or "
+                                   "fix the step's cwd= (relative paths start at the job file's folder)", "")
             worker = self._worker_for(request.job_file)
             if result_write is None or request.kind != "python" or not worker.start_on_spare(
                     request, write_fd, result_write, self._lock,
@@ -520,7 +517,8 @@ class _CannotStart(Exception):
 
 
 def attempt_cookie(home: str, run_id: int, step: str, attempt: int) -> dict[str, str]:
-    """The variables every process of an attempt inherits (attempt_environment) that name the attempt."""
+    """The variables that name an attempt: set in its environment (attempt_environment), inherited by every
+    process it starts, and looked for when its processes are ended (escaped_processes)."""
     return {"STEPLINE_HOME": home, "STEPLINE_RUN_ID": str(run_id), "STEPLINE_STEP": step,
             "STEPLINE_ATTEMPT": str(attempt)}
 

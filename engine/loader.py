@@ -127,12 +127,7 @@ def load_file_in_time(path: Path, timeout_s: float) -> tuple[list[JobDef], list[
 def _line_running(thread: threading.Thread, path: Path) -> int:
     """The deepest line of `path` that `thread` is executing now (0 if none)."""
     frame = sys._current_frames().get(thread.ident or 0)
-    target = str(path.resolve())
-    while frame is not None:
-        if os.path.abspath(frame.f_code.co_filename) == target:
-            return frame.f_lineno
-        frame = frame.f_back
-    return 0
+    return 0 if frame is None else _deepest_line(traceback.extract_stack(frame), path)
 
 
 def _interrupt(thread: threading.Thread) -> None:
@@ -334,9 +329,14 @@ def _did_you_mean(name: str, candidates: list[str]) -> str:
 
 def _line_in(path: Path, error: BaseException) -> int:
     """The deepest line of `path` in the traceback of `error` (0 if none)."""
+    return _deepest_line(traceback.extract_tb(error.__traceback__), path)
+
+
+def _deepest_line(frames: traceback.StackSummary, path: Path) -> int:
+    """The line of the innermost of `frames` (outermost first) that runs in `path` (0 if none)."""
     line = 0
     target = str(path.resolve())
-    for frame in traceback.extract_tb(error.__traceback__):
+    for frame in frames:
         if os.path.abspath(frame.filename) == target:
             line = frame.lineno or 0
     return line

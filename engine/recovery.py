@@ -122,22 +122,24 @@ def close_if_abandoned(run_id: int, clock: Callable[[], float] = time.time) -> N
     """A run still marked running (or queued) whose engine is gone is closed first, so it can be retried."""
     from engine import query
 
-    if query.run_summary(run_id).state in ("running", "queued"):
-        pid, started = query.run_owner(run_id)
-        if not is_alive(pid, started):
-            close_abandoned_run(run_id, clock=clock)
+    if query.run_summary(run_id).state in ("running", "queued") and not _has_live_engine(run_id):
+        close_abandoned_run(run_id, clock=clock)
 
 
 def cancel_if_abandoned(run_id: int, reason: str = "cancelled by user (its engine had stopped)") -> bool:
     """Cancel a run at once when no engine would act on a cancel command: its engine is gone (or it never
     had one). Leftover step processes are ended. False, doing nothing, when its engine is alive."""
-    from engine import query
-
-    pid, started = query.run_owner(run_id)
-    if is_alive(pid, started):
+    if _has_live_engine(run_id):
         return False
     close_abandoned_run(run_id, reason, cancelled=True)
     return True
+
+
+def _has_live_engine(run_id: int) -> bool:
+    """Whether the engine recorded as running `run_id` is alive (False when none was ever recorded)."""
+    from engine import query
+
+    return is_alive(*query.run_owner(run_id))
 
 
 def close_runs_of_stopped_engines(own: tuple[int, float] | None = None, clock: Callable[[], float] = time.time,

@@ -77,10 +77,13 @@ COLORS = {
 """A colour per drawn state, from the 16 every terminal has; the command line and the console share them."""
 
 
-def drawn_state(state: str, waiting_for: str | None = None) -> str:
-    """The state as drawn: a step waiting out its retry delay is "retrying" (↻), not just waiting."""
+def drawn_state(state: str, waiting_for: str | None = None, engine_gone: bool = False) -> str:
+    """The state as drawn: a step waiting out its retry delay is "retrying" (↻), not just waiting; a run or
+    step still running when `engine_gone` (its engine was killed) is "engine_gone" (◌)."""
     if state == "waiting" and (waiting_for or "").startswith("retry"):
         return "retrying"
+    if state == "running" and engine_gone:
+        return "engine_gone"
     return state
 
 

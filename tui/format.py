@@ -17,8 +17,8 @@ from engine.states import COLORS, GLYPHS, drawn_state
 SHORT_NOTES = {"upstream_failed": "upstream failed", "cancelled": "cancelled", "skipped": "skipped"}
 
 
-def glyph(state: str, waiting_for: str | None = None) -> Text:
-    shown = drawn_state(state, waiting_for)
+def glyph(state: str, waiting_for: str | None = None, engine_gone: bool = False) -> Text:
+    shown = drawn_state(state, waiting_for, engine_gone)
     return Text(GLYPHS.get(shown, "?"), style=COLORS.get(shown, ""))
 
 
@@ -98,7 +98,7 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
     `abandoned`: the last run's engine is gone (see run_label)."""
     text = Text()
     if last_run is not None:
-        text.append_text(glyph("engine_gone" if abandoned and last_run.state == "running" else last_run.state))
+        text.append_text(glyph(last_run.state, engine_gone=abandoned))
     else:
         text.append(" ")
     text.append(" ")
@@ -129,7 +129,7 @@ def run_label(run: RunSummary, now: datetime, abandoned: bool = False) -> Text:
     """`abandoned`: the run's engine is gone (engine.recovery), so nothing moves: no live duration."""
     gone = abandoned and run.state == "running"
     live = run.state == "running" and not gone
-    text = glyph("engine_gone" if gone else run.state)
+    text = glyph(run.state, engine_gone=abandoned)
     text.append(f" #{run.id}", style="bold")
     text.append(f"  {when_text(run.created_at, now)}")
     duration = duration_text(run.duration_s(now if live else None), live=live)
@@ -148,7 +148,7 @@ def step_label(step: StepView, now: datetime, abandoned: bool = False) -> Text:
     """`abandoned`: the step's run has lost its engine (see run_label)."""
     gone = abandoned and step.state == "running"
     live = step.state == "running" and not gone
-    text = glyph("engine_gone") if gone else glyph(step.state, step.waiting_for)
+    text = glyph(step.state, step.waiting_for, abandoned)
     text.append(f" {step.name}")
     duration = duration_text(step.duration_s(now if live else None), live=live)
     if duration:
@@ -186,7 +186,7 @@ def attempt_line(attempt: AttemptView, total: int, now: datetime, abandoned: boo
     """`abandoned`: the attempt's engine is gone (see run_label)."""
     gone = abandoned and attempt.state == "running"
     live = attempt.state == "running" and not gone
-    text = glyph("engine_gone" if gone else attempt.state)
+    text = glyph(attempt.state, engine_gone=abandoned)
     text.append(f" #{attempt.number}/{total} {attempt.state}")
     if attempt.exit_code is not None:
         text.append(f"  exit {attempt.exit_code}")

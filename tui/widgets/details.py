@@ -219,7 +219,7 @@ class DetailsPane(VerticalScroll):
                  ticking: bool = False) -> None:
         """`engine_gone`: what to say when the run is running but its engine is gone (engine.recovery)."""
         gone = run.state == "running" and bool(engine_gone)
-        state = fmt.glyph("engine_gone" if gone else run.state)
+        state = fmt.glyph(run.state, engine_gone=gone)
         state.append(f" {run.state}", style=fmt.COLORS.get(run.state, ""))
         if gone:
             state.append(f" — {engine_gone}", style="yellow")
@@ -240,8 +240,7 @@ class DetailsPane(VerticalScroll):
             for index, step in enumerate(view.steps):
                 if index:
                     steps.append("\n")
-                steps.append_text(fmt.glyph("engine_gone") if gone and step.state == "running"
-                                  else fmt.glyph(step.state, step.waiting_for))
+                steps.append_text(fmt.glyph(step.state, step.waiting_for, gone))
                 steps.append(f" {step.name}", style="bold")
                 steps.append(f"  {fmt.step_reason(step)}", style="red" if step.state == "failed" else "bright_black")
             parts += [Text(""), _fields([("steps", steps)])]
@@ -256,7 +255,7 @@ class DetailsPane(VerticalScroll):
     def show_step(self, run: RunSummary, step: StepView, attempts: list[AttemptView] | None,
                   view: RunView | None, now: datetime, engine_gone: str | None = None, ticking: bool = False) -> None:
         gone = step.state == "running" and run.state == "running" and bool(engine_gone)
-        state = fmt.glyph("engine_gone") if gone else fmt.glyph(step.state, step.waiting_for)
+        state = fmt.glyph(step.state, step.waiting_for, gone)
         state.append(f" {step.state}", style=fmt.COLORS.get(fmt.drawn_state(step.state, step.waiting_for), ""))
         reason = fmt.step_reason(step)
         if gone:
