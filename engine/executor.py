@@ -1,9 +1,11 @@
 """Run step attempts as supervised OS processes.
 
-Keeps one preloaded worker per job file (see worker.py) that forks each attempt
+Keeps one preloaded worker per job file (see worker.py) that forks each Python attempt
 into its own session and process group (a Python attempt's request goes straight
-to a process the worker forked ahead of need, when one is ready), pumps the attempt's output into its log
-file (logpump.py), and kills whole process trees on cancel or timeout. Knows
+to a process the worker forked ahead of need, when one is ready); starts shell attempts'
+bash itself; pumps the attempt's output into its log
+file (logpump.py), and kills whole process trees on cancel or timeout. A watchdog process
+(watchdog.py) ends the attempts of an engine that dies without ending them. Knows
 nothing of DAGs, retries or the database: the runner asks, and the executor
 answers with events (Started, Result, Exited, LogClosed) through the `notify` callback.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,13 +30,31 @@ from typing import Any
 import psutil
 
 from engine.logpump import LogPump
-from engine.worker import decode, encode, env_key, receive, send_with_fds
+from engine.worker import (boot_ticks, decode, encode, env_key, input_variables, receive, send_with_fds,
+                           start_ticks)
 
 KILL_GRACE_S = 5.0
 SPARES = 2
 """Processes each worker keeps forked ahead of need: one per slot of a 2-CPU machine's default parallelism."""
 SPARE_IDLE_S = 60.0
 """Spares unused this long are let go (a daemon between runs holds no idle processes)."""
+ENGINE_VARIABLE = "STEPLINE_ENGINE"
+"""Set in every attempt's environment to its engine's token: the watchdog ends the processes that carry
+its engine's when that engine dies (see watchdog.py)."""
+WATCHDOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
+
+
+def _pidfd_works() -> bool:
+    """Whether this system tells a process's end through a file descriptor (Linux 5.3 and later)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+_HAS_PIDFD = _pidfd_works()
+"""Without it, shell attempts start in the worker, which waits for its children itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +140,14 @@ def _current_environ() -> dict[str, str]:
     return cache[1]
 
 
-def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = None) -> dict[str, str]:
+def attempt_environment(request: AttemptRequest, base: dict[str, str] | None = None,
+                        engine: str = "") -> dict[str, str]:
+    """The attempt's environment: `base` (the engine's), the attempt's STEPLINE_* variables, its params and
+    the step's env=; `engine`: the engine's token (ENGINE_VARIABLE)."""
     env = dict(_current_environ() if base is None else base)
     context = request.context
     env.update(attempt_cookie(context["home"], context["run_id"], request.step, context["attempt"]))
-    env.update({"STEPLINE_JOB": request.job, "PYTHONUNBUFFERED": "1"})
+    env.update({"STEPLINE_JOB": request.job, "PYTHONUNBUFFERED": "1", ENGINE_VARIABLE: engine})
     for key, value in request.params.items():
         env[f"STEPLINE_PARAM_{env_key(key)}"] = value
     if request.kind == "shell":
@@ -260,7 +284,7 @@ class Worker:
         if self._changes_from is None or self._changes_from[0] is not environ:
             self._changes_from = (environ, environment_changes(environ, self.environ))
         changed, removed = self._changes_from[1]
-        env = attempt_environment(request, base={})
+        env = attempt_environment(request, base={}, engine=self._executor.token)
         env_set = {**changed, **{k: v for k, v in env.items() if self.environ.get(k) != v}}
         return env_set, [k for k in removed if k not in env_set]
 
@@ -333,6 +357,12 @@ class Executor:
         self._logs = LogPump(self._on_log_closed, clock, self._on_result)
         self._kept: dict[str, str] = {}
         self._retired: list[Worker] = []
+        self.token = secrets.token_hex(8)
+        """This engine's value of ENGINE_VARIABLE in its attempts' environments."""
+        self._watchdog_fd: int | None = None  # our end of the watchdog's pipe; it acts when this closes
+        self._shells: dict[int, subprocess.Popen[bytes]] = {}  # key -> bash started here, until reaped
+        self._devnull: int | None = None
+        self._output_folders: set[str] = set()
 
     def start(self, request: AttemptRequest) -> None:
         """Start an attempt: its output and result are watched from now on, on the pump's thread."""
@@ -346,6 +376,7 @@ class Executor:
         # Both pipes are watched before the worker can answer (see _exited); the pump's thread creates
         # the log file while the worker forks, and the pipe holds what the attempt writes meanwhile.
         self._logs.add(read_fd, request.log_path, request.key, result_read)
+        self._start_watchdog()
         lost: Exited | None = None
         message = b""
         try:
@@ -353,11 +384,12 @@ class Executor:
                 # Said here, with the step's own words: the process would only fail with a traceback of ours.
                 raise _CannotStart(f"the step's working directory {request.cwd} does not exist; create it, or "
                                    "fix the step's cwd= (relative paths start at the job file's folder)", "")
-            worker = self._worker_for(request.job_file)
-            if result_write is None or request.kind != "python" or not worker.start_on_spare(
-                    request, write_fd, result_write, self._lock,
-                    lambda pid, pid_started: self._started(request.key, pid, pid_started)):
-                worker.start(request, write_fd, result_write)
+            if not (request.kind == "shell" and self._start_shell(request, write_fd)):
+                worker = self._worker_for(request.job_file)
+                if result_write is None or request.kind != "python" or not worker.start_on_spare(
+                        request, write_fd, result_write, self._lock,
+                        lambda pid, pid_started: self._started(request.key, pid, pid_started)):
+                    worker.start(request, write_fd, result_write)
         except _CannotStart as broken:
             message = (broken.summary + "\n" + broken.detail).encode()
             lost = Exited(request.key, None, None, None, None, self._clock(), lost=broken.summary,
@@ -375,6 +407,101 @@ class Executor:
             os.close(write_fd)
         if lost is not None:
             self._exited(lost)
+
+    def _start_shell(self, request: AttemptRequest, write_fd: int) -> bool:
+        """Start a shell attempt's bash from the engine itself; False leaves the attempt to its worker.
+
+        A shell step needs nothing its job file's worker imported, so the engine spares it the hop there
+        and back (a message each way, a wake-up of the worker for each), and a job file of shell steps
+        needs no worker at all. subprocess starts bash with vfork + exec, so the engine's memory is not
+        copied. The worker still starts a shell step whose upstream outputs are more than plain data
+        (only a process that imported the job file may unpickle its classes), and any the engine cannot
+        start: its fork path says why in the attempt's log.
+        """
+        if not _HAS_PIDFD:
+            return False
+        try:
+            env = attempt_environment(request, engine=self.token)
+            env.update(input_variables(request.inputs, plain_only=True))
+        except Exception:  # not plain data, too large, unreadable: the worker's fork path says why
+            return False
+        folder = os.path.dirname(request.shell_output_path)
+        if folder not in self._output_folders:  # bash writes $STEPLINE_OUTPUT itself
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError:
+                return False
+            if len(self._output_folders) > 1000:  # a daemon's: one per run
+                self._output_folders.clear()
+            self._output_folders.add(folder)
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        before = boot_ticks()
+        try:
+            process = subprocess.Popen(["/bin/bash", "-c", request.command or ""], env=env, cwd=request.cwd,
+                                       stdin=self._devnull, stdout=write_fd, stderr=write_fd,
+                                       start_new_session=True)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return False
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except OSError:  # out of file descriptors: the attempt fails, saying so, and leaves nothing running
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        key = request.key
+        self._shells[key] = process
+        with self._lock:
+            self._started(key, process.pid, process_start_time(process.pid, start_ticks(before)))
+        self._logs.watch(pidfd, lambda: self._reap_shell(key, process), lambda: os.close(pidfd))
+        return True
+
+    def _reap_shell(self, key: int, process: subprocess.Popen[bytes]) -> bool:
+        """On the pump's thread, when a shell attempt's pidfd says it ended: report its exit; False then."""
+        try:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        except ChildProcessError:  # nothing here reaps it but this; yet never leave its attempt hanging
+            pid, status, usage = process.pid, None, None
+        if pid == 0:
+            return True
+        code = os.waitstatus_to_exitcode(status) if status is not None else None
+        process.returncode = code  # reaped: subprocess must not try again
+        self._shells.pop(key, None)
+        self._exited(Exited(key, code if code is not None and code >= 0 else None,
+                            -code if code is not None and code < 0 else None,
+                            usage.ru_utime + usage.ru_stime if usage else None,
+                            usage.ru_maxrss * 1024 if usage else None, self._clock()))
+        return False
+
+    def _start_watchdog(self) -> None:
+        """Once, with the first attempt: the process that ends this engine's attempts if it dies (watchdog.py)."""
+        if self._watchdog_fd is not None:
+            return
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        self._watchdog_fd = write_fd
+        try:
+            subprocess.Popen([sys.executable, WATCHDOG, str(read_fd), self.token, str(self.kill_grace_s)],
+                             pass_fds=[read_fd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            pass  # attempts run without it; the next engine to start ends what a dead one left
+        finally:
+            os.close(read_fd)
+
+    def _end_shells(self) -> None:
+        """Closing with shell attempts running: end them as a worker ends its attempts when it stops."""
+        if not self._shells:
+            return
+        for process in list(self._shells.values()):
+            _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace_s
+        while self._shells and time.monotonic() < deadline:
+            time.sleep(0.02)  # the pump's thread reaps them
+        for process in list(self._shells.values()):
+            _signal_group(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        while self._shells and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _started(self, key: int, pid: int, pid_started: float | None) -> None:
         """The attempt's process exists: report Started, and end it at once if a kill is pending.
@@ -435,7 +562,12 @@ class Executor:
             worker.stop()
         self._retired.clear()
         self._workers.clear()
+        self._end_shells()
         self._logs.stop()
+        for fd in (self._watchdog_fd, self._devnull):
+            if fd is not None:
+                os.close(fd)  # the watchdog sweeps (nothing is left) and exits
+        self._watchdog_fd = self._devnull = None
 
     def keep_code(self, sources: dict[str, str]) -> None:
         """Job file -> copy of its last good version: attempts of these (broken) files run the copy."""
@@ -560,7 +692,7 @@ def kill_tree(pid: int, grace_s: float, cookie: dict[str, str] | None = None) ->
         leader = [psutil.Process(pid)]
     except psutil.Error:
         leader = []
-    _, alive = psutil.wait_procs(leader + children, timeout=grace_s)
+    alive = _wait_ended(leader + children, grace_s)
     # The whole group first, in one signal: a leader that saw its children die one by one could end
     # as if it had finished. It also reaches a double-forked grandchild, which left our process tree
     # but not our group; then whatever left the group too.
@@ -575,9 +707,34 @@ def end_escaped(cookie: dict[str, str], grace_s: float) -> None:
     processes = escaped_processes(cookie, set())
     for process in processes:
         _signal_process(process, signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    alive = _wait_ended(processes, grace_s)
     for process in alive:
         _signal_process(process, signal.SIGKILL)
+
+
+def _wait_ended(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """The processes still alive after waiting up to `timeout_s` for them to end.
+
+    Unlike psutil.wait_procs, this never reaps a process: a shell attempt is the engine's own child, and
+    its exit status and resource use are read where it is reaped (Executor._reap_shell). A zombie counts
+    as ended.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        processes = [process for process in processes if _is_alive(process)]
+        left = deadline - time.monotonic()
+        if not processes or left <= 0:
+            return processes
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.1)
+
+
+def _is_alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def process_start_time(pid: int, start_ticks: int | None = None) -> float | None:

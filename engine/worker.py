@@ -10,8 +10,9 @@ ahead of need: after its first Python attempt the worker keeps SPARES processes
 forked and set up, and hands each one's socket to the engine, which sends a Python
 attempt's request straight to a spare (no hop through the worker). A spare tells
 the worker when it is taken, over a pipe, and the worker forks its replacement;
-spares unused for IDLE seconds are let go. Shell attempts start bash with
-posix_spawn (or fork and exec it when they read upstream outputs). Every attempt
+spares unused for IDLE seconds are let go. The engine starts shell attempts itself;
+the worker forks and execs bash for those it leaves here (upstream outputs of the
+job's own classes, which only an attempt may unpickle). Every attempt
 is a child of this process, so its exit status comes with CPU time and peak RSS
 (wait4). The worker is single-threaded, which keeps fork safe.
 
@@ -136,8 +137,8 @@ def send_result(fd: int, result: dict[str, Any]) -> None:
 
 
 def load_input(source: str | bytes, step: str, plain_only: bool = False) -> Any:
-    """An upstream step's output: its pickle (bytes), or the path of its file. `plain_only` (in the worker
-    itself, never in an attempt): only plain data loads (see _PlainUnpickler), and a file too large for an
+    """An upstream step's output: its pickle (bytes), or the path of its file. `plain_only` (in the engine,
+    never in an attempt): only plain data loads (see _PlainUnpickler), and a file too large for an
     environment variable is refused."""
     if isinstance(source, bytes):
         return _PlainUnpickler(io.BytesIO(source)).load() if plain_only else pickle.loads(source)
@@ -272,16 +273,21 @@ def attempt_environment(request: dict[str, Any], base: dict[str, str]) -> dict[s
     return env
 
 
-def shell_environment(request: dict[str, Any], base: dict[str, str], plain_only: bool = False) -> dict[str, str]:
+def shell_environment(request: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
     """Environment of a shell attempt: upstream outputs and params as STEPLINE_* variables."""
-    env = attempt_environment(request, base)
-    for name, path in request["inputs"].items():
-        text = as_env_text(load_input(path, name, plain_only))
+    return {**attempt_environment(request, base), **input_variables(request["inputs"])}
+
+
+def input_variables(inputs: dict[str, str | bytes], plain_only: bool = False) -> dict[str, str]:
+    """A shell attempt's STEPLINE_IN_<STEP> variables, from its upstream outputs (see load_input)."""
+    variables = {}
+    for name, source in inputs.items():
+        text = as_env_text(load_input(source, name, plain_only))
         if len(text) > MAX_ENV_INPUT:
             raise StepFailed(f"output of step '{name}' is {len(text)} characters, too large for the environment "
                              f"variable STEPLINE_IN_{env_key(name)}; have '{name}' return a file path instead")
-        env[f"STEPLINE_IN_{env_key(name)}"] = text
-    return env
+        variables[f"STEPLINE_IN_{env_key(name)}"] = text
+    return variables
 
 
 def env_key(name: str) -> str:
@@ -411,43 +417,9 @@ def child_main(steps: StepTable, request: dict[str, Any], log_fd: int, result_fd
 CHILD_DEFAULT_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP)
 
 
-def spawn_shell(request: dict[str, Any], log_fd: int, worker_cwd: str, base_env: dict[str, str]) -> int | None:
-    """Start a shell attempt with posix_spawn (vfork + exec) instead of fork + exec; returns its pid.
-
-    Forking first copies the worker's page tables and exec then tears them down, which costs several
-    milliseconds per attempt on a small VM; posix_spawn does neither. The attempt is set up as
-    child_main would: own session, stdin /dev/null (fd 0 of the worker), stdout and stderr the log
-    pipe, default signal dispositions, its environment and working directory. Returns None, leaving
-    the attempt to the fork path, when an upstream output is more than plain data (only the
-    attempt's own process may unpickle objects of the job's classes) or when anything fails (the
-    fork path then reports the error in the attempt's log, as it always has).
-    """
-    if request["kind"] != "shell":
-        return None
-    try:
-        env = shell_environment(request, base_env, plain_only=True)
-    except Exception:  # not plain data, too large, unreadable: the fork path decides and says why
-        return None
-    cwd = request.get("cwd")
-    try:
-        if cwd:
-            os.chdir(cwd)  # posix_spawn has no chdir: the (single-threaded) worker moves there and back
-        return os.posix_spawn("/bin/bash", ["bash", "-c", request["command"]], env,
-                              file_actions=[(os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)],
-                              setsid=True, setsigdef=CHILD_DEFAULT_SIGNALS)
-    except (OSError, ValueError, TypeError):
-        return None
-    finally:
-        if cwd:
-            try:
-                os.chdir(worker_cwd)
-            except OSError:
-                pass
-
-
 class _PlainUnpickler(pickle.Unpickler):
     """Loads plain data only (str, bytes, numbers, None, lists, dicts, ...): it refuses every class
-    and function a pickle names, so loading cannot run code. Safe in the worker itself."""
+    and function a pickle names, so loading cannot run code. Safe in the engine itself."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
@@ -563,7 +535,6 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
     # worker's pages. Python's documentation recommends this for pre-forking servers.
     gc.freeze()
     base_env = dict(os.environ)
-    worker_cwd = os.getcwd()
     send(sock, {"op": "ready", "pid": os.getpid()})
 
     wake_r, wake_w = os.pipe()
@@ -672,13 +643,11 @@ def serve(sock: socket.socket, spare_count: int, spare_idle_s: float, job_file: 
                     for fd in fds:
                         os.set_inheritable(fd, False)  # an attempt gets the log as fds 1 and 2 only
                     before = boot_ticks()
-                    pid = spawn_shell(request, log_fd, worker_cwd, base_env)
-                    if pid is None:
-                        if request["kind"] == "python":
-                            want_spares, last_use = True, time.monotonic()
-                        pid = os.fork()
-                        if pid == 0:
-                            child_main(steps, request, log_fd, result_fd, sock, base_env)
+                    if request["kind"] == "python":
+                        want_spares, last_use = True, time.monotonic()
+                    pid = os.fork()
+                    if pid == 0:
+                        child_main(steps, request, log_fd, result_fd, sock, base_env)
                     for fd in fds:
                         os.close(fd)
                     children[pid] = request["id"]

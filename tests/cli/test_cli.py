@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from engine import query
+from engine.executor import ENGINE_VARIABLE, WATCHDOG
 from engine.home import is_disk_full
 from tests.conftest import wait_until
 
@@ -216,11 +217,62 @@ def test_ctrl_c_cancels_the_run_cleanly(harness):
     assert run.step("slow").reason.summary == "interrupted from the terminal"
 
 
+def _still_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _watchdog_of(step_pid: int) -> psutil.Process:
+    """The watchdog of the engine that started this step's attempt (see engine/watchdog.py)."""
+    token = psutil.Process(step_pid).environ()[ENGINE_VARIABLE]
+    [watchdog] = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
+                  and WATCHDOG in p.info["cmdline"] and token in p.info["cmdline"]]
+    return watchdog
+
+
+def test_killing_stepline_run_ends_its_steps_and_their_daemons_at_once(harness):
+    # kill -9 (or the OOM killer) gives the engine no chance to end its steps. Its watchdog ends them, with
+    # the daemons they started outside their trees, without waiting for a next engine to start.
+    harness.write_job("j.py", """
+        import os, time
+
+        shelled = shell("shelled", "( setsid sleep 300 & echo $! > shell_daemon.pid ); echo started; sleep 300")
+
+        @step
+        def python():
+            os.system("( setsid sleep 300 & echo $! > python_daemon.pid )")
+            time.sleep(300)
+
+        j = job("j", [shelled, python])
+    """)
+    killed = harness.cli_process("run", "j", "--parallel", "2")
+
+    def started_steps() -> list[int]:
+        attempts = [query.attempts(1, name) for name in ("shelled", "python")] if query.list_runs() else []
+        return [a[0].pid for a in attempts if a and a[0].pid]
+
+    def started_daemons() -> list[int]:
+        files = [harness.jobs_dir / "shell_daemon.pid", harness.jobs_dir / "python_daemon.pid"]
+        return [int(f.read_text()) for f in files if f.exists() and f.read_text().strip()]
+
+    step_pids = wait_until(lambda: len(started_steps()) == 2 and started_steps())
+    daemon_pids = wait_until(lambda: len(started_daemons()) == 2 and started_daemons())
+    assert all(_still_running(pid) for pid in step_pids + daemon_pids)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    for pid in step_pids + daemon_pids:
+        wait_until(lambda: not _still_running(pid))
+    assert query.run_summary(1).state == "running"  # the next engine to start closes it
+
+
 def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     # Without a daemon, every `stepline run` is an engine: the next one closes what a killed one left
     # running, instead of the run showing as running until a daemon happens to start.
-    # The step also left a daemon outside its tree and process group, which outlives the killed engine
-    # and its worker: the next engine ends it too, by the attempt's variables it carries.
+    # The step also left a daemon outside its tree and process group. Its engine's watchdog is killed
+    # first here (as the OOM killer might), so the daemon and the step outlive their engine: the next
+    # engine ends them, by the attempt's variables they carry.
     harness.write_job("j.py", """
         slow = shell("slow", "( setsid sleep 300 & echo $! > daemon.pid ); echo started; sleep 300")
         j = job("j", [slow])
@@ -232,9 +284,11 @@ def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     daemon_pid = int(wait_until(lambda: (harness.jobs_dir / "daemon.pid").exists()
                                 and (harness.jobs_dir / "daemon.pid").read_text().strip()))
     daemon = psutil.Process(daemon_pid)
+    _watchdog_of(step_pid).kill()
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
     assert query.run_summary(1).state == "running"  # what the killed engine left behind
+    assert _still_running(step_pid) and daemon.is_running()
     gone = f"its engine (pid {killed.pid}) is gone; the next engine to start closes the run"
     listed = harness.cli("runs", check=True).stdout.splitlines()
     assert listed[1].split()[:3] == ["1", "j", "running"] and listed[1].endswith(gone)

@@ -172,9 +172,19 @@ def test_a_background_process_left_by_a_finished_step_is_ended(home, write_job, 
     wait_until(lambda: gone(pid, created), timeout_s=10)
 
 
-SHELL_VICTIM = """
-    victim = shell("victim", "echo $$ > {pids}; sleep 300")
-    j = job("j", [victim])
+# The engine starts shell steps itself, except one whose upstream output is of the job's own class: only a
+# process that imported the job file may unpickle it, so `victim` runs in the worker.
+SHELL_VICTIM_IN_THE_WORKER = """
+    class Money:
+        def __init__(self, cents):
+            self.cents = cents
+
+    @step
+    def price():
+        return Money(5)
+
+    victim = shell("victim", "echo $$ > {pids}; sleep 300", after=["price"])
+    j = job("j", [price, victim])
 """
 
 # `victim` runs in a process the worker forked ahead of need, which the engine handed it to directly.
@@ -195,7 +205,8 @@ PYTHON_VICTIM_ON_A_SPARE = """
 """
 
 
-@pytest.mark.parametrize("body", [SHELL_VICTIM, PYTHON_VICTIM_ON_A_SPARE], ids=["shell", "python-on-a-spare"])
+@pytest.mark.parametrize("body", [SHELL_VICTIM_IN_THE_WORKER, PYTHON_VICTIM_ON_A_SPARE],
+                         ids=["shell-in-the-worker", "python-on-a-spare"])
 def test_a_step_whose_worker_dies_fails_and_its_process_is_ended(home, write_job, tmp_path, body):
     pids = tmp_path / "pids"
     write_job("j.py", body.format(pids=str(pids)))
@@ -209,9 +220,14 @@ def test_a_step_whose_worker_dies_fails_and_its_process_is_ended(home, write_job
 
 
 def test_a_job_file_broken_after_loading_fails_the_step_with_the_import_error(home, write_job):
+    # A shell step needs only its command, which the engine loaded: it runs all the same.
     path = write_job("j.py", """
-        a = shell("a", "true")
-        j = job("j", [a])
+        @step
+        def a():
+            return 1
+
+        b = shell("b", "echo fine")
+        j = job("j", [a, b])
     """)
     result = home.load()
     path.write_text("def broken(:\n")
@@ -225,6 +241,7 @@ def test_a_job_file_broken_after_loading_fails_the_step_with_the_import_error(ho
     step = query.get_run(run_id).step("a")
     assert step.state == "failed"
     assert step.reason.summary.startswith(f"job file {path} failed to import: SyntaxError")
+    assert query.get_run(run_id).step("b").state == "succeeded"
 
 
 def test_a_new_attempt_runs_the_job_files_current_code(home, write_job):
