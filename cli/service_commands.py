@@ -7,10 +7,15 @@ import signal
 import sys
 import threading
 
+from typing import TYPE_CHECKING
+
 import click
 
 from cli.main import Settings, group, pass_settings
 from engine.home import Home
+
+if TYPE_CHECKING:
+    from tui.app import SteplineApp
 
 
 def setup_logging(home: Home, to_stderr: bool) -> None:
@@ -68,10 +73,16 @@ def up(settings: Settings, grace_s: float, parallel: int | None) -> None:
 
     signal.signal(signal.SIGHUP, hang_up)
     signal.signal(signal.SIGTERM, hang_up)
+    # Once the console is gone the terminal shows nothing while running steps get their grace period: say so.
+    notice = threading.Timer(0.5, lambda: click.echo(
+        f"stepline: stopping the engine: running steps get up to {grace_s:g}s to finish, then they are "
+        "cancelled", err=True))
     try:
-        app.run()
+        run_console(app)
     finally:
+        notice.start()
         service.stop(grace_s)
+        notice.cancel()
 
 
 @group.command(epilog="""
@@ -116,4 +127,13 @@ def tui(settings: Settings) -> None:
 
     home = prepare_home(settings.home_path, create=False)
     store.open_database(home)
-    SteplineApp(home, mode="attached").run()
+    run_console(SteplineApp(home, mode="attached"))
+
+
+def run_console(app: SteplineApp) -> None:
+    """Run the console until it exits. A bug inside it, which Textual shows and then exits on, is raised
+    again here: stepline then exits 70 with the traceback in HOME/engine.log, as for any other bug."""
+    app.run()
+    error = getattr(app, "_exception", None)  # Textual keeps the first unhandled exception there
+    if app.return_code and isinstance(error, Exception):
+        raise error

@@ -334,6 +334,8 @@ class EngineService:
         if run_id is None or run_id in self.engine.active_run_ids:
             return True
         try:
+            if query.run_summary(run_id).state not in ("running", "queued"):
+                return True  # ended: any engine may answer that there is nothing left to cancel
             pid, started = query.run_owner(run_id)
         except SteplineError:
             return True

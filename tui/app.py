@@ -64,6 +64,10 @@ class SteplineApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(self.main_screen)
 
+    async def action_quit(self) -> None:
+        """ctrl+q and the palette's Quit: the same as q, which asks first when quitting would stop active runs."""
+        self.main_screen.action_quit_console()
+
     def first_screen_ready(self) -> None:
         """The first screen has its data (or waited long enough): paint from now on."""
         if self._holding_paint:

@@ -31,7 +31,8 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Tree (left)", [
         ("↑ ↓ / PgUp PgDn", "move; the details and log follow the selection"),
         ("enter / space", "expand or collapse a job or run; on “more runs” load the next page"),
-        ("← → shift+↑↓", "parent / sibling navigation"),
+        ("← →", "collapse, or go to the parent / expand, or go to the first child"),
+        ("shift+↑↓", "previous / next sibling"),
         ("/  n  N", "search the loaded jobs and runs, and their steps; next / previous match"),
         ("f", "filter runs: all → failed → running"),
         ("tab", "move focus: tree → details → log"),

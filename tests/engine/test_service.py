@@ -160,6 +160,22 @@ def test_cancel_command_stops_a_running_run(harness, service):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_a_cancel_sent_after_its_run_ended_is_answered(harness, service):
+    # The console's question was still open when the run ended: the engine that ran it, alive but no longer
+    # running it, must still answer, or the command stays pending for ever.
+    harness.write_job("j.py", """
+        a = shell("a", "true")
+        j = job("j", [a])
+    """)
+    service()
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    cancel_id = store.add_command("cancel", run_id=run_id)
+    cancel = wait_until(lambda: answered(cancel_id))
+    assert (cancel.state, cancel.result) == ("failed", f"run {run_id} already succeeded; nothing to cancel")
+
+
 def test_stopping_the_engine_kills_a_step_that_ignores_sigterm_after_the_grace_period(harness):
     harness.write_job("j.py", """
         a = shell("a", "trap '' TERM; echo started; while true; do sleep 0.1; done")

@@ -5,12 +5,13 @@ import re
 import signal
 
 import pytest
+from textual.widgets import Label
 
 from engine import query, store
 from engine.executor import kill_tree
 from tests.conftest import wait_until
 from tests.tui.conftest import (details_text, is_job, is_run, is_step, make_app, notifications, publish_catalog,
-                                select, settle, settle_until, tree_text)
+                                run_first_run_of, select, settle, settle_until, tree_text)
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.trigger import TriggerScreen
 from tui.widgets.run_tree import StepNode
@@ -185,12 +186,119 @@ async def test_c_asks_first_then_cancels_the_running_run(harness, engine):
         await settle_until(pilot, lambda: "⊘ #1" in tree_text(app))
 
 
+async def test_a_key_acts_on_the_highlighted_line_before_the_move_is_announced(harness, engine):
+    # Keys typed quickly, or arriving together over SSH, reach the screen before the tree's message that
+    # its cursor moved: they must act on the line the user sees highlighted, not the one before it.
+    harness.write_job("two.py", """
+        first = job("first", [shell("a", "true")])
+        second = job("second", [shell("b", "true")])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("first"))
+        await settle(pilot)
+        select(app, is_job("second"))
+        await app.main_screen.run_action("rerun_job")  # R, handled before the tree's message is
+        await settle_until(pilot, lambda: query.list_runs())
+        assert [run.job for run in query.list_runs()] == ["second"]
+
+
+async def test_a_cancel_confirmed_after_the_run_ended_says_so_and_sends_nothing(harness, engine):
+    harness.write_job("gated.py", """
+        a = shell("a", "while [ ! -e go ]; do sleep 0.05; done")
+        gated = job("gated", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("gated"))
+        await pilot.press("R")
+        await settle_until(pilot, lambda: "● #1" in tree_text(app))
+        select(app, is_run(1))
+        await settle(pilot)
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        (harness.jobs_dir / "go").touch()  # the run ends while the question is open
+        await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
+        await pilot.press("y")
+        await settle(pilot, rounds=1)
+        assert "run 1 already succeeded; nothing to cancel" in notifications(app)
+        assert "cancel requested" not in notifications(app)
+
+
+async def test_left_and_right_walk_the_tree(harness, engine):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "j")
+        await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
+        tree = app.main_screen.run_tree
+        await pilot.press("left")
+        assert tree.cursor_node is not None and is_job("j")(tree.cursor_node.data)
+        await pilot.press("left")  # on an open job: closes it
+        assert not tree.cursor_node.is_expanded
+        await pilot.press("right")  # opens it
+        assert tree.cursor_node.is_expanded
+        await pilot.press("right")  # goes to its first run
+        assert is_run(1)(tree.cursor_node.data)
+        assert tree.scroll_offset.x == 0
+
+
+async def test_a_key_pressed_twice_sends_one_command_until_the_engine_answers(harness):
+    # No engine runs on this home: the first command waits for one, and a second p would undo the first.
+    harness.write_job("hourly.py", """
+        hourly = job("hourly", [shell("a", "true")], every="1h")
+    """)
+    publish_catalog(harness)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("hourly"))
+        await pilot.press("p")
+        await settle_until(pilot, lambda: app.main_screen.pending_commands)
+        await pilot.press("p")
+        await settle(pilot, rounds=1)
+        assert "sent already, waiting for the engine's answer: pause requested" in notifications(app)
+        assert len(store.pending_commands(kinds=("pause", "resume"))) == 1
+
+
+async def test_the_keys_follow_the_cursor_through_a_filter_change(harness, engine):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "j")
+        await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
+        for _ in data_filters():
+            await pilot.press("f")
+            await settle(pilot)
+        cursor = app.main_screen.run_tree.cursor_node
+        assert cursor is not None and is_run(1)(cursor.data)
+        await settle_until(pilot, lambda: "run #1 of j" in details_text(app))  # what the cursor is on
+        await pilot.press("R")
+        await settle(pilot, rounds=1)
+        assert "not applicable" not in "\n".join(n.title or "" for n in app._notifications)
+        assert "run of 'j' requested" in notifications(app)
+
+
+def data_filters() -> tuple[str, ...]:
+    from tui import data
+    return data.FILTERS
+
+
 async def test_t_prompts_for_params_and_triggers_with_them(harness, engine):
+    # Param names may hold what a widget id may not (a dot, a space): the prompt must open all the same.
     harness.write_job("greet.py", """
         @step
         def greet(params):
-            print("hello", params["who"])
-        greeting = job("greeting", [greet], params={"who": "world"})
+            print("hello", params["who"], params["run.date"])
+        greeting = job("greeting", [greet], params={"who": "world", "run.date": "today"})
     """)
     engine.start()
     app = make_app(harness, mode="embedded")
@@ -199,14 +307,17 @@ async def test_t_prompts_for_params_and_triggers_with_them(harness, engine):
         select(app, is_job("greeting"))
         await pilot.press("t")
         assert isinstance(app.screen, TriggerScreen)
-        app.screen.query_one("#param-who").value = "ops"
+        labels = [str(label.render()) for label in app.screen.query(Label)]
+        assert labels[:2] == ["who  (default 'world')", "run.date  (default 'today')"]
+        app.screen.query_one("#param-0").value = "ops"
+        app.screen.query_one("#param-1").value = "2026-11-27"
         app.screen.query_one("#param-extra").value = "shift=night"
         await pilot.press("enter")
         await settle(pilot, rounds=1)
-        assert "run of 'greeting' requested (who=ops, shift=night)" in notifications(app)
+        assert "run of 'greeting' requested (who=ops, run.date=2026-11-27, shift=night)" in notifications(app)
         await settle_until(pilot, lambda: query.list_runs(job="greeting")
                            and query.list_runs(job="greeting")[0].state == "succeeded")
-        assert query.list_runs(job="greeting")[0].params == {"who": "ops", "shift": "night"}
+        assert query.list_runs(job="greeting")[0].params == {"who": "ops", "run.date": "2026-11-27", "shift": "night"}
         await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.conftest import (is_job, log_lines, make_app, notifications, run_first_run_of, select, settle,
+from tests.tui.conftest import (is_job, is_step, log_lines, make_app, notifications, run_first_run_of, select, settle,
                                 settle_until)
 from tests.tui.console_data import NOW_S, T0, fill
 from tui.screens.attempts import AttemptScreen
@@ -118,6 +118,45 @@ async def test_q_in_up_with_active_runs_says_what_happens_and_asks(harness, engi
         await pilot.press("y")
         await pilot.pause()
         assert not app.is_running
+
+
+@pytest.mark.parametrize("way", ["ctrl+q", "palette"])
+async def test_every_way_to_quit_up_with_active_runs_asks_first(harness, engine, way):
+    harness.write_job("slow.py", """
+        a = shell("nap", "sleep 30")
+        slow = job("slow", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("slow"))
+        await pilot.press("R")
+        await settle_until(pilot, lambda: app.main_screen.counts.get("running"))
+        if way == "ctrl+q":
+            await pilot.press("ctrl+q")
+        else:
+            await app.run_action("quit")  # what the command palette's "Quit" runs
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "1 run is active" in app.screen.question
+        await pilot.press("n")
+        assert app.is_running
+
+
+async def test_another_log_opens_following_its_end_with_no_search(harness):
+    fill(harness)
+    app = make_app(harness, clock=lambda: T0 + NOW_S)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        pane = log_pane(app)
+        await pilot.press("l", "g", "slash", *"row 16", "enter")
+        assert pane.follow is False and "/row 16 1/1" in str(pane.query_one("#log-status").render())
+        await pilot.press("escape")
+        select(app, is_step("extract"))
+        await settle_until(pilot, lambda: pane.source is not None and pane.source.step == "extract")
+        status = str(pane.query_one("#log-status").render())
+        assert pane.follow is True and "row 16" not in status and "follow off" not in status
 
 
 async def test_q_when_attached_quits_at_once(harness):

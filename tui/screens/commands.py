@@ -29,22 +29,31 @@ class CommandActions:
     """Mixed into MainScreen; uses its `selected`, `jobs`, `status`, `counts` and panes."""
 
     class CommandWritten(Message):
-        def __init__(self, command_id: int | None, text: str, error: str | None = None) -> None:
+        def __init__(self, command_id: int | None, text: str, error: str | None, same: str) -> None:
             super().__init__()
-            self.command_id, self.text, self.error = command_id, text, error
+            self.command_id, self.text, self.error, self.same = command_id, text, error, same
 
     class TimelineLoaded(Message):
         def __init__(self, view: Any, attempts: dict[str, Any], graph: bool) -> None:
             super().__init__()
             self.view, self.attempts, self.graph = view, attempts, graph
 
-    pending_commands: dict[int, str]
+    pending_commands: dict[int, tuple[str, str]]
+    """Commands written and not answered yet: id -> (what was said, the command's identity)."""
+    unanswered: set[str]
+    """Identities of the commands sent and not answered yet (see send_command)."""
 
     # --- what the selection is --------------------------------------------------------------------------
 
     def _selection(self: MainScreen) -> tuple[str | None, Any, Any]:
-        """(job name, run summary, step view) of the selection, each None when not selected."""
-        node = self.selected
+        """(job name, run summary, step view) of the selection, each None when not selected.
+
+        The node under the tree's cursor, not the last one announced: keys typed quickly, or arriving
+        together over SSH, come before the tree's message that the cursor moved, and must act on the line
+        the user sees highlighted.
+        """
+        cursor = self.run_tree.cursor_node
+        node = cursor.data if cursor is not None and cursor.data is not None else self.selected
         if isinstance(node, JobNode):
             return node.name, None, None
         if isinstance(node, RunNode):
@@ -125,22 +134,29 @@ class CommandActions:
     # --- writing commands -----------------------------------------------------------------------------
 
     def send_command(self: MainScreen, text: str, kind: str, **fields: Any) -> None:
-        self._write_command(text, kind, fields)
+        """Write a command, unless the same one still waits for the engine's answer (a key pressed twice)."""
+        same = repr((kind, sorted(fields.items())))
+        if same in self.unanswered:
+            self.app.notify(f"sent already, waiting for the engine's answer: {text}", severity="warning")
+            return
+        self.unanswered.add(same)
+        self._write_command(text, kind, fields, same)
 
     @work(thread=True, group="commands")
-    def _write_command(self: MainScreen, text: str, kind: str, fields: dict[str, Any]) -> None:
+    def _write_command(self: MainScreen, text: str, kind: str, fields: dict[str, Any], same: str) -> None:
         try:
             command_id = data.closing_connection(lambda: data.write_command(kind, **fields))
         except Exception as error:  # the database refused the write: say so, the console keeps going
-            self.post_message(self.CommandWritten(None, text, str(error)))
+            self.post_message(self.CommandWritten(None, text, str(error), same))
             return
-        self.post_message(self.CommandWritten(command_id, text))
+        self.post_message(self.CommandWritten(command_id, text, None, same))
 
     def on_command_actions_command_written(self: MainScreen, message: CommandActions.CommandWritten) -> None:
         if message.error is not None or message.command_id is None:
+            self.unanswered.discard(message.same)
             self.app.notify(f"could not write the command ({message.text}): {message.error}", severity="error")
             return
-        self.pending_commands[message.command_id] = message.text
+        self.pending_commands[message.command_id] = (message.text, message.same)
         note = ""
         if self.status is not None and self.status.state != "running":
             note = ("\nno engine is running on this home: it happens when one starts "
@@ -149,9 +165,11 @@ class CommandActions:
         self.poll_now()
 
     def command_acked(self: MainScreen, command: CommandView) -> None:
-        text = self.pending_commands.pop(command.id, None)
-        if text is None:
+        pending = self.pending_commands.pop(command.id, None)
+        if pending is None:
             return
+        text, same = pending
+        self.unanswered.discard(same)
         if command.state == "done":
             self.app.notify(command.result or f"{command.kind} done", title="engine")
         else:
@@ -210,7 +228,10 @@ class CommandActions:
         _, run, _ = self._selection()
 
         def answered(yes: bool | None) -> None:
-            if yes and run.id in self.run_tree.abandoned:
+            ended = self._ended(run.id)
+            if yes and ended:  # while the question was open
+                self.app.notify(f"run {run.id} already {ended}; nothing to cancel", severity="warning")
+            elif yes and run.id in self.run_tree.abandoned:
                 self._cancel_abandoned(run.id)
             elif yes:
                 self.send_command(f"cancel requested for run {run.id}", "cancel", run_id=run.id,
@@ -222,6 +243,12 @@ class CommandActions:
             f"cancel run #{run.id}", f"Cancel run #{run.id} of {run.job}? Its running steps are killed and its "
             "steps that have not started are marked cancelled. Finished steps keep their results; r retries "
             "the cancelled steps later.", yes="cancel the run"), answered)
+
+    def _ended(self: MainScreen, run_id: int) -> str | None:
+        """The state of the run if the tree knows it has ended, else None."""
+        node = self.run_tree.runs.get(run_id)
+        state = node.data.summary.state if node is not None and isinstance(node.data, RunNode) else None
+        return state if state is not None and state not in ACTIVE else None
 
     @work(thread=True, group="commands")
     def _cancel_abandoned(self: MainScreen, run_id: int) -> None:

@@ -115,7 +115,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         """A step a search found in a run whose steps were not loaded yet: selected once they are."""
         self._preloaded: tuple[RunView, str | None, list[AttemptView]] | None = None
         """The run, step and attempts the console opens on, read at start (used by the first selection)."""
-        self.pending_commands: dict[int, str] = {}
+        self.pending_commands: dict[int, tuple[str, str]] = {}
+        self.unanswered: set[str] = set()
         self._applicable: tuple[bool, ...] = ()
         """Which of MAIN_KEYS applied when the footer was last refreshed (see `refresh_keys`)."""
 
@@ -286,6 +287,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.run_tree.add_runs(message.job, message.runs, message.has_more)
         if self._focus_run is not None and self._focus_run in self.run_tree.runs:
             self.run_tree.runs[self._focus_run].expand()
+        self.call_after_refresh(self._follow_cursor)  # the new lines may have slid under the cursor
 
     @on(RunTree.StepsWanted)
     def _steps_wanted(self, message: RunTree.StepsWanted) -> None:
@@ -374,9 +376,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
     def _reload_selection(self) -> None:
         node = self.selected
         run_id = self._selected_run_id()
+        self._selection_token += 1  # a read still under way for an earlier selection is void, even for a job's
         if run_id is None:
             return
-        self._selection_token += 1
         step = node.step.name if isinstance(node, StepNode) else None
         self._load_selection(self._selection_token, run_id, step)
 
@@ -404,7 +406,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.post_message(self.SelectionLoaded(token, view, name, attempts, gone))
 
     def on_main_screen_selection_loaded(self, message: SelectionLoaded) -> None:
-        if message.token != self._selection_token:
+        if message.token != self._selection_token or message.view.id != self._selected_run_id():
             return
         self._apply_selection(message.view, message.step, message.attempts, message.engine_gone)
 
@@ -525,10 +527,30 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.header.set_state(run_filter=self.run_tree.run_filter)
         self.run_tree.clear_runs()
         self.app.notify(f"showing {self.run_tree.run_filter} runs" if self.run_tree.run_filter != "all" else "showing all runs")
+        self.call_after_refresh(self._follow_cursor)
+
+    def _follow_cursor(self) -> None:
+        """After the tree changed under the cursor without announcing a move (a filter), show what it is on."""
+        cursor = self.run_tree.cursor_node
+        data = cursor.data if cursor is not None else None
+        if data is not None and _node_key(data) != _node_key(self.selected):
+            self._selection_changed(RunTree.SelectionChanged(data))
+        self.refresh_keys()
 
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen
         self.app.push_screen(HelpScreen())
+
+
+def _node_key(node: NodeData) -> tuple[object, ...]:
+    """What a tree line stands for, whichever object holds it."""
+    if isinstance(node, JobNode):
+        return ("job", node.name)
+    if isinstance(node, RunNode):
+        return ("run", node.summary.id)
+    if isinstance(node, StepNode):
+        return ("step", node.run_id, node.step.name)
+    return (type(node).__name__, id(node))
 
 
 def _same_target(a: NodeData, b: NodeData) -> bool:

@@ -38,9 +38,10 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
         with Vertical() as box:
             box.border_title = f"trigger {self.job}"
             box.border_subtitle = "enter runs · tab next field · escape cancels"
-            for key, value in self.defaults.items():
+            # Widget ids by position: a param's name may hold what an id may not ("run.date", spaces).
+            for index, (key, value) in enumerate(self.defaults.items()):
                 yield Label(f"{key}  (default {value!r})")
-                yield Input(value, id=f"param-{key}", classes="param")
+                yield Input(value, id=f"param-{index}", classes="param")
             yield Label("more params: key=value key2=value2" if self.defaults else "params: key=value key2=value2")
             yield Input(placeholder="date=2026-11-27", id="param-extra")
             yield Static("", id="trigger-error")
@@ -52,7 +53,7 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        params = {key: self.query_one(f"#param-{key}", Input).value for key in self.defaults}
+        params = {key: self.query_one(f"#param-{index}", Input).value for index, key in enumerate(self.defaults)}
         try:
             params.update(parse_params(self.query_one("#param-extra", Input).value))
         except ValueError as error:

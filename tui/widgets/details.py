@@ -175,7 +175,7 @@ class DetailsPane(VerticalScroll):
         self._show("job file problem", _fields([("file", f"{file}:{line}")]), Text(""),
                    Text(message, style="red"), Text(""),
                    Text("The other job files still load. Fix this one; `stepline check` re-checks every file, "
-                        "and the engine reloads jobs when it restarts.", style="italic"))
+                        "and a running engine reloads the file as soon as it is saved.", style="italic"))
 
     def show_job(self, name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
                  catalog_known: bool = True) -> None:

@@ -244,6 +244,11 @@ class LogTail(Vertical):
         self._raw.clear()
         self._offset = 0
         self._done = False
+        # Another log opens as a new one does in `tail -f`: following its end, with no search of the last one.
+        self.follow = True
+        if self._term:
+            self._term = None
+            self.log_widget.highlighter.term = None  # type: ignore[attr-defined]  # our LogHighlighter
         self._matches, self._match = [], -1
         log = self.log_widget
         log.clear()
@@ -370,7 +375,8 @@ class LogTail(Vertical):
             flags.append("wrap")
         if self._term:
             found = f"{self._match + 1}/{len(self._matches)}" if self._matches else "no match"
-            flags.append(f"/{self._term} {found}")
+            term = self._term if len(self._term) <= 24 else self._term[:23] + "…"
+            flags.append(f"/{term} {found}")
         if len(self._raw) == MAX_LINES:
             flags.append(f"last {MAX_LINES} lines")
         status = " · ".join(flags)

@@ -74,6 +74,9 @@ class RunTree(Tree[NodeData]):
     BINDINGS = [
         Binding("enter", "select_cursor", "Expand/collapse", show=False),  # on the help screen; the footer keeps room for actions
         Binding("space", "toggle_node", "Expand/collapse", show=False),
+        # As in file managers and k9s: left and right walk the tree instead of scrolling it sideways.
+        Binding("left", "collapse_or_parent", "Collapse, or go to the parent", show=False),
+        Binding("right", "expand_or_child", "Expand, or go to the first child", show=False),
     ]
 
     class RunsWanted(Message):
@@ -397,6 +400,24 @@ class RunTree(Tree[NodeData]):
         if isinstance(data, MoreNode):
             event.node.set_label(Text("loading…", style="italic bright_black"))
             self.post_message(self.RunsWanted(data.job, data.before_id))
+
+    def action_collapse_or_parent(self) -> None:
+        node = self.cursor_node
+        if node is None:
+            return
+        if node.is_expanded and node.children:
+            node.collapse()
+        elif node.parent is not None and node.parent is not self.root:
+            self.move_cursor(node.parent)
+
+    def action_expand_or_child(self) -> None:
+        node = self.cursor_node
+        if node is None or not node.allow_expand:
+            return
+        if not node.is_expanded:
+            node.expand()
+        elif node.children:
+            self.move_cursor(node.children[0])
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[NodeData]) -> None:
         self.post_message(self.SelectionChanged(event.node.data))
