@@ -9,16 +9,16 @@ from typing import Any
 import click
 
 from cli import render
-from cli.main import Settings, group, pass_settings
+from cli.main import Settings, group, load_job_files, pass_settings
 from cli.remote import stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
-from engine.loader import LoadResult, load_jobs
+from engine.loader import LoadResult
 from engine.states import GLYPHS, drawn_state
 
 
 def load_or_report(settings: Settings) -> LoadResult:
-    return load_jobs(settings.jobs_dir)
+    return load_job_files(settings)
 
 
 @group.command(epilog="Example: stepline check --jobs sample_jobs")
@@ -190,9 +190,11 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         if last is not None:
             exit_text = (f"signal {last.signal}" if last.signal else
                          str(last.exit_code) if last.exit_code is not None else "-")
-        note = step.reason.summary if step.reason else (
-            f"waiting for {step.waiting_for}" if step.state == "waiting" and step.waiting_for else
-            f"→ {_cut(step.output_preview, 60)}" if step.output_preview else "")
+        note = (f"waiting for {step.waiting_for}" if step.state == "waiting" and step.waiting_for else
+                step.reason.summary if step.reason else
+                f"→ {_cut(step.output_preview, 60)}" if step.output_preview else "")
+        if step.state == "waiting" and step.waiting_for and step.reason:
+            note += f" after {step.reason.summary}"
         rows.append([f"{GLYPHS.get(drawn_state(step.state, step.waiting_for), ' ')} {step.name}", step.state,
                      str(step.attempts),
                      render.duration(step.duration_s(now)), exit_text,
@@ -237,6 +239,11 @@ def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None,
         raise UnknownStepError(f"run {run_id} has no step '{step}'{hint}; its steps are: {', '.join(names)}")
     if attempt is not None and step is None:
         raise UsageError("--attempt needs a STEP: stepline logs RUN STEP --attempt N")
+    chosen = run.step(step) if step is not None else None
+    if chosen is not None and chosen.attempts == 0 and not follow:
+        why = f" ({chosen.reason.summary})" if chosen.reason else ""
+        raise NotApplicableError(f"step '{step}' of run {run_id} has no log: it never ran, it is "
+                                 f"{chosen.state.replace('_', ' ')}{why}")
     try:
         _print_logs(run_id, [step] if step else names, step, attempt, follow)
     except KeyboardInterrupt:  # Ctrl-C ends --follow, as it ends `tail -f`: no message, status 130

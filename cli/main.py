@@ -5,17 +5,22 @@ else is a bug: its traceback goes to the home's engine.log and one line says whe
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from engine.errors import SteplineError, UsageError
-from engine.home import Home, is_disk_full, prepare_home, resolve_home
+from engine.home import Home, is_damaged_database, is_disk_full, prepare_home, resolve_home
+
+if TYPE_CHECKING:
+    from engine.loader import LoadResult
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 COMMAND_MODULES = {
@@ -48,6 +53,15 @@ class Settings:
 
 
 pass_settings = click.make_pass_decorator(Settings)
+
+
+def load_job_files(settings: Settings) -> LoadResult:
+    """The jobs of the jobs folder. What the files print while they are imported goes to stderr: stdout
+    carries the command's own output, which `--json` and pipes must get unmixed."""
+    from engine.loader import load_jobs
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_jobs(settings.jobs_dir)
 
 
 class SteplineGroup(click.Group):
@@ -87,6 +101,12 @@ class SteplineGroup(click.Group):
                 click.echo(f"stepline: the disk holding {home} is full, so what happened could not be recorded; "
                            "free some space, then `stepline runs` shows what to retry (the next engine to start "
                            "closes runs it left running)", err=True)
+                sys.exit(1)
+            if is_damaged_database(error):  # found only when a damaged page is read, not when it is opened
+                settings = ctx.find_object(Settings)
+                home = resolve_home(settings.home_path if settings else None)
+                click.echo(f"stepline: {home / 'stepline.db'} is not a usable stepline database ({error}); move it "
+                           "aside and stepline will start a new one", err=True)
                 sys.exit(1)
             # a bug: keep the traceback, show one line
             where = _log_bug(ctx)
@@ -128,7 +148,10 @@ Examples:
 @click.pass_context
 def group(ctx: click.Context, home_path: str | None, jobs_path: str | None) -> None:
     """stepline: run jobs of steps on a schedule, see where and why they failed, retry from the keyboard."""
-    ctx.obj = Settings(home_path, jobs_path)
+    # Absolute from the start: a job file that changes the working directory when imported must not move
+    # the home or the jobs folder of a relative --home or --jobs.
+    ctx.obj = Settings(str(resolve_home(home_path)), jobs_path)
+    ctx.obj.jobs_path = str(ctx.obj.jobs_dir)
 
 
 def main() -> None:

@@ -10,11 +10,10 @@ import click
 
 from cli import remote, render
 from cli.inspect_commands import format_run, pass_settings, run_document
-from cli.main import Settings, group
+from cli.main import Settings, group, load_job_files
 from engine import query, store
 from engine.errors import NotApplicableError, UnknownJobError, UsageError
 from engine.home import Home
-from engine.loader import load_jobs
 from engine.states import GLYPHS, Change, drawn_state
 
 if TYPE_CHECKING:
@@ -140,7 +139,7 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
     to follow it to the end.
     """
     parsed = parse_params(params)
-    result = load_jobs(settings.jobs_dir)
+    result = load_job_files(settings)
     if job_name not in result.jobs:
         broken = [p for p in result.problems if f"'{job_name}'" in p.message]
         if broken:
@@ -267,7 +266,7 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
 def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
     from engine.scheduler import record_paused
 
-    result = load_jobs(settings.jobs_dir)
+    result = load_job_files(settings)
     if job_name not in result.jobs:
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}; `stepline jobs` lists them")
     home = settings.open_home()

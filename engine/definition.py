@@ -172,6 +172,10 @@ def _name_problems(name: str, what: str) -> list[str]:
     if name in (".", "..") or any(c in "/\\" or not c.isprintable() for c in name):
         return [f"the {what} name {name!r} cannot be '.' or '..' or contain '/', '\\' or control characters "
                 "(step names are part of file names in the home); use letters, digits, '_' or '-'"]
+    if what == "step" and name in RESERVED_PARAMETERS:
+        given = "the run parameters" if name == "params" else "the step's StepContext"
+        return [f"a step cannot be named {name!r}: a parameter of that name receives {given}, not a step's "
+                "output; rename the step"]
     return []
 
 
@@ -324,6 +328,12 @@ def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, 
         step_name = name or getattr(fn, "__name__", "")
         problems = (_name_problems(step_name, "step") if isinstance(step_name, str) and step_name
                     else [f"the name must be a non-empty string, got {step_name!r}"])
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            problems.append("a step cannot be an async function (its result would be a coroutine, never run); "
+                            "write a plain def that calls asyncio.run(...)")
+        elif inspect.isgeneratorfunction(fn):
+            problems.append("a step cannot be a generator function (it yields, and a generator cannot be kept as "
+                            "an output); return the values instead, e.g. as a list")
         parameters, required = [], set()
         for parameter in inspect.signature(fn).parameters.values():
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):

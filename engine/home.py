@@ -85,6 +85,18 @@ def is_disk_full(error: BaseException | None) -> bool:
     return False
 
 
+def is_damaged_database(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it arose from, is SQLite finding the database file damaged (a page
+    overwritten, a file cut short): "database disk image is malformed" (SQLITE_CORRUPT)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if "database disk image is malformed" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def resolve_home(path: str | os.PathLike[str] | None) -> Path:
     return Path(path or os.environ.get("STEPLINE_HOME") or DEFAULT_HOME).expanduser().absolute()
 

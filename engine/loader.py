@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
@@ -245,7 +246,10 @@ def validate_job(job_def: JobDef) -> list[Problem]:
         zone = "UTC"  # still check the schedule, without reporting the zone twice
     try:
         if job_def.schedule is not None:
-            cron_trigger(job_def.schedule, zone)
+            trigger = cron_trigger(job_def.schedule, zone)
+            if trigger.get_next_fire_time(None, datetime.now(timezone.utc)) is None:
+                report(None, f"job '{job_def.name}': schedule '{job_def.schedule}' never fires (no date matches "
+                             "its day and month, such as 31 February); fix the day or the month")
     except ScheduleError as error:
         report(None, f"job '{job_def.name}': {error}")
     try:

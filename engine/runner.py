@@ -18,6 +18,7 @@ import os
 import pickle
 import queue
 import random
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -235,6 +236,14 @@ class Engine:
                 raise NotApplicableError(f"step '{step}' of run {run_id} {states[step]}; only failed, "
                                          "upstream_failed or cancelled steps can be retried")
             again = [step] + [d for d in plan.all_downstream(step) if states[d] != StepState.SUCCEEDED]
+            for name in again:  # each must get what it waits on, from this retry or from an earlier success
+                blocked = next((u for u in plan.step(name).upstream
+                                if states[u] != StepState.SUCCEEDED and u not in again), None)
+                if blocked is not None:
+                    raise NotApplicableError(
+                        f"step '{name}' of run {run_id} waits on '{blocked}', which {states[blocked].value.replace('_', ' ')}; retry "
+                        f"that one (`stepline retry {run_id} {blocked}` runs '{name}' after it), or the run from "
+                        f"its failure (`stepline retry {run_id}`)")
         else:
             again = [name for name, state in states.items() if state.is_retryable]
             if not again:
@@ -566,8 +575,8 @@ class Engine:
         store.later(functools.partial(self._write_finish, run, name, attempt.attempt_id or 0, attempt_state,
                                       outcome, changes, now, stored))
         for step_run_id, changed, new_state, values in changes:
-            self._announce(Change(run.id, changed, new_state, values.get("reason") or values.get("waiting_for"),
-                                  now, attempt.number if changed == name else None))
+            self._announce(Change(run.id, changed, new_state, _said(new_state, values), now,
+                                  attempt.number if changed == name else None))
         if state == StepState.SUCCEEDED:
             for downstream in run.downstream[name]:
                 if downstream in run.waiting_on and run.states[downstream] in (StepState.PENDING,
@@ -636,10 +645,14 @@ class Engine:
                       attempt: RunningAttempt) -> tuple[StepState, FailureReason | None, Output]:
         path = self.home.shell_output_file_str(run.id, step_plan.name, attempt.number)
         try:
-            with open(path, "rb") as handle:
-                text = handle.read().decode("utf-8", "replace").rstrip("\n")
+            raw = read_shell_output(path)
         except FileNotFoundError:
             return StepState.SUCCEEDED, None, (False, None, NO_OUTPUT)
+        except (OSError, ValueError) as error:  # whatever the command made of the path: the step's failure
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            return StepState.FAILED, FailureReason(f"its output could not be read from $STEPLINE_OUTPUT: {reason}",
+                                                   path), (False, None, None)
+        text = raw.decode("utf-8", "replace").rstrip("\n")
         data = pickle.dumps(text)
         if len(data) <= INLINE_OUTPUT_MAX:
             return StepState.SUCCEEDED, None, (True, preview_of(text), data)
@@ -728,6 +741,37 @@ class Engine:
     def _log_tail(self, path: str, lines: int = DETAIL_LINES) -> str:
         from engine.logread import tail_lines
         return "\n".join(tail_lines(path, lines))
+
+
+SHELL_OUTPUT_MAX = 64 * 1024 * 1024
+"""The most a shell step may write to $STEPLINE_OUTPUT: the engine reads it whole."""
+
+
+def read_shell_output(path: str) -> bytes:
+    """What a shell step wrote to $STEPLINE_OUTPUT. Opened without blocking (a command may have made the path a
+    FIFO, whose open would wait for a writer for ever) and refused unless a regular file of at most
+    SHELL_OUTPUT_MAX bytes (ValueError, saying what it is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ValueError(f"the command made it {kind}; write the output into it as a file, "
+                             "e.g. echo \"$value\" > \"$STEPLINE_OUTPUT\"")
+        if info.st_size > SHELL_OUTPUT_MAX:
+            raise ValueError(f"it holds {info.st_size / 2**20:.0f} MB, more than the {SHELL_OUTPUT_MAX // 2**20} MB "
+                             "an output may be; write large data to a file of your own and output its path")
+        with open(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def _said(state: str, values: dict[str, Any]) -> str | None:
+    """What a change says: a step waiting for its retry says when, then why its attempt failed."""
+    if state == StepState.WAITING and values.get("waiting_for") and values.get("reason"):
+        return f"{values['waiting_for']} after {values['reason']}"
+    return values.get("reason") or values.get("waiting_for")
 
 
 def _exit_columns(exited: Exited) -> dict[str, Any]:

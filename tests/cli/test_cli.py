@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -183,6 +184,67 @@ def test_an_unusable_state_directory_is_named_in_one_line(harness, tmp_path):
     result = harness.cli("runs", env={"STEPLINE_HOME": str(corrupt)})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"stepline: {corrupt / 'stepline.db'} is not a usable stepline database")
+
+
+def test_a_database_damaged_past_its_schema_is_a_clear_error(harness):
+    # The file opens and its schema reads; the damage shows only when the pages of the runs are read.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    for _ in range(12):
+        harness.cli("run", "j", check=True)
+    path = harness.home.database
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = os.path.getsize(path) // 4096
+    with open(path, "r+b") as handle:
+        handle.seek(4096 * (pages // 2))
+        handle.write(b"\xff" * 4096 * (pages - pages // 2))
+    result = harness.cli("runs")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (f"stepline: {path} is not a usable stepline database (database disk image is "
+                                     "malformed); move it aside and stepline will start a new one")
+
+
+def test_a_job_file_that_prints_or_changes_directory_at_import_disturbs_no_command(harness):
+    # Its print goes to stderr, so --json stays JSON; its chdir moves neither a relative --home nor --jobs.
+    harness.write_job("noisy.py", """
+        import os
+        print("loading noisy.py")
+        os.chdir("/")
+        j = job("j", [shell("a", "true")])
+    """)
+    where = ["--home", "relative-home", "--jobs", os.path.relpath(harness.jobs_dir, harness.root)]
+    listed = harness.cli(*where, "jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [entry["name"] for entry in json.loads(listed.stdout)["jobs"]] == ["j"]
+    assert "loading noisy.py" in listed.stderr
+    ran = harness.cli(*where, "run", "j", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["run"]["state"] == "succeeded"
+    assert (harness.root / "relative-home" / "stepline.db").exists()
+
+
+def test_run_says_when_a_failed_step_is_retried_and_why(harness):
+    harness.write_job("j.py", """
+        @step(retries=1, retry_delay=0.2)
+        def flaky(context):
+            if context.attempt == 1:
+                raise RuntimeError("fail 1")
+
+        j = job("j", [flaky])
+    """)
+    result = harness.cli("run", "j")
+    assert result.returncode == 0, result.stderr
+    assert any(re.search(r"flaky +waiting +retry 1/1 at \d\d:\d\d:\d\d after RuntimeError: fail 1$", line)
+               for line in result.stdout.splitlines()), result.stdout
+
+
+def test_logs_of_a_step_that_never_ran_says_so(harness):
+    harness.write_job("j.py", FAILING)
+    harness.cli("run", "j")
+    result = harness.cli("logs", "1", "report")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("stepline: step 'report' of run 1 has no log: it never ran, it is upstream "
+                                     "failed (upstream step 'check' did not succeed)")
 
 
 def test_cancel_from_another_terminal_stops_the_run_and_its_processes(harness):

@@ -406,6 +406,8 @@ def test_after_accepts_step_objects_as_well_as_names(harness, write_job):
     ("*/0 * * * *", "schedule '*/0 * * * *': the step in '*/0' must be 1 or more"),
     ("0 6 * * 5-1", "schedule '0 6 * * 5-1': the range '5-1' runs backwards; write the smaller value first"),
     ("0 6 * * x", "schedule '0 6 * * x': the day of week field has 'x', which is not a number or a name in 0-7"),
+    ("0 0 31 2 *", "schedule '0 0 31 2 *' never fires (no date matches its day and month, such as 31 February); "
+                   "fix the day or the month"),
 ])
 def test_a_bad_cron_schedule_says_what_is_wrong_with_it(harness, write_job, schedule, message):
     write_job("j.py", f"""\
@@ -502,6 +504,41 @@ def test_a_bad_step_option_is_reported_at_the_step(harness, write_job, option, m
     result = harness.load()
     assert [str(p) for p in result.problems] == [f"jobs/j.py:4: step 'extract': {message}"]
     assert list(result.jobs) == ["k"]
+
+
+@pytest.mark.parametrize("definition, message", [
+    ("async def extract():\n            return 1",
+     "a step cannot be an async function (its result would be a coroutine, never run); write a plain def that "
+     "calls asyncio.run(...)"),
+    ("def extract():\n            yield 1",
+     "a step cannot be a generator function (it yields, and a generator cannot be kept as an output); return the "
+     "values instead, e.g. as a list"),
+])
+def test_a_step_function_that_cannot_give_a_value_is_reported(harness, write_job, definition, message):
+    # Both passed `check` and failed every run: "cannot pickle 'coroutine' object".
+    write_job("j.py", f"""\
+        a = shell("a", "true")
+
+        @step
+        {definition}
+
+        j = job("j", [a, extract])
+        k = job("k", [shell("b", "true")])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [f"jobs/j.py:4: step 'extract': {message}"]
+    assert list(result.jobs) == ["k"]
+
+
+@pytest.mark.parametrize("name, given", [("params", "the run parameters"), ("context", "the step's StepContext")])
+def test_a_step_named_like_a_reserved_parameter_is_reported(harness, write_job, name, given):
+    # A downstream `def use(params)` would get the run parameters, never this step's output.
+    write_job("j.py", f"""\
+        {name} = shell({name!r}, "true")
+        j = job("j", [{name}])
+    """)
+    assert problems(harness) == [f"jobs/j.py:2: step '{name}': a step cannot be named '{name}': a parameter of that "
+                                 f"name receives {given}, not a step's output; rename the step"]
 
 
 def test_every_bad_option_of_a_shell_step_is_reported(harness, write_job):

@@ -844,6 +844,54 @@ def test_retry_refuses_a_succeeded_step_and_a_succeeded_run(home, write_job, tmp
         engine.close()
 
 
+def test_retry_of_a_step_whose_upstream_did_not_succeed_is_refused(home, write_job):
+    # Retrying only `c` would leave it waiting for ever on `b`, which failed and is not retried.
+    write_job("j.py", """
+        @step
+        def a():
+            return 1
+
+        @step
+        def b(a):
+            raise ValueError("b broken")
+
+        @step
+        def c(b):
+            return 1
+
+        j = job("j", [a, b, c])
+    """)
+    run = home.run_now("j")
+    assert (run.step("b").state, run.step("c").state) == ("failed", "upstream_failed")
+    engine = home.engine()
+    try:
+        with pytest.raises(NotApplicableError) as refused:
+            engine.retry(run.id, "c")
+        assert str(refused.value) == (
+            f"step 'c' of run {run.id} waits on 'b', which failed; retry that one (`stepline retry {run.id} b` runs "
+            f"'c' after it), or the run from its failure (`stepline retry {run.id}`)")
+        assert engine.retry(run.id, "b") == ["b", "c"]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("made, said", [
+    ('rm -f "$STEPLINE_OUTPUT"; mkdir "$STEPLINE_OUTPUT"', "the command made it a directory"),
+    ('rm -f "$STEPLINE_OUTPUT"; mkfifo "$STEPLINE_OUTPUT"', "the command made it not a regular file"),
+], ids=["directory", "fifo"])
+def test_a_shell_step_whose_output_path_is_not_a_file_fails_saying_so(home, write_job, made, said):
+    # Read as it was, a directory crashed the engine and a FIFO hung it for ever (open waits for a writer).
+    write_job("j.py", f"""
+        odd = shell("odd", {made!r})
+        after = shell("after", "true", after=["odd"])
+        j = job("j", [odd, after])
+    """)
+    run = home.run_now("j")
+    assert run.step("odd").state == "failed"
+    assert run.step("odd").reason.summary.startswith(f"its output could not be read from $STEPLINE_OUTPUT: {said}")
+    assert run.step("after").state == "upstream_failed"
+
+
 def test_retry_names_unknown_steps_and_runs(home, write_job, tmp_path):
     _marker_job(write_job, tmp_path / "marker")
     run = home.run_now("j")
