@@ -102,8 +102,3 @@ def stop_if_engine_gone(run_id: int) -> None:
     if pid is not None:
         raise NotApplicableError(f"the engine running run {run_id} (pid {pid}) stopped; the next engine to "
                                  f"start closes the run, and `stepline retry {run_id}` runs it again")
-
-
-def handed_off(what: str, run_id: int, pid: int) -> None:
-    click.echo(f"{what} by the engine (pid {pid}) as run {run_id}; follow it with "
-               f"`stepline logs {run_id} --follow` or `stepline show {run_id}`")

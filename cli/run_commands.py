@@ -107,6 +107,18 @@ def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
         raise failure[0]
 
 
+def handed_off(what: str, run_id: int, pid: int, as_json: bool) -> None:
+    """Say that the engine holding the home took the run; with --json, the run as it is now (the shape of
+    `stepline show --json`), so a script gets JSON whether or not a daemon runs."""
+    if as_json:
+        run = query.get_run(run_id)
+        render.echo_or_mute(render.json_text(run_document(run, {s.name: query.attempts(run_id, s.name)
+                                                                for s in run.steps})))
+        return
+    click.echo(f"{what} by the engine (pid {pid}); follow it with `stepline logs {run_id} --follow` or "
+               f"`stepline show {run_id}`")
+
+
 def finish(home: Home, run_id: int, as_json: bool) -> None:
     """Print the finished run and exit by its outcome, whether or not anybody still reads the output."""
     run = query.get_run(run_id)
@@ -160,7 +172,7 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         answer = remote.send("trigger", home, pid, job=job_name, payload={"params": parsed})
         assert answer.run_id is not None
         if not wait:
-            remote.handed_off("started", answer.run_id, pid)
+            handed_off(f"run {answer.run_id} of {job_name} started", answer.run_id, pid, as_json)
             return
         remote.follow(answer.run_id, Printer(render.use_color(), quiet=as_json), since)
         finish(home, answer.run_id, as_json)
@@ -198,7 +210,7 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
         since = query.last_event_id()
         answer = remote.send("retry", home, pid, run_id=run_id, step=step)
         if not wait:
-            remote.handed_off(answer.result or "retry started", run_id, pid)
+            handed_off(answer.result or f"retry of run {run_id} started", run_id, pid, as_json)
             return
         remote.follow(run_id, Printer(render.use_color(), quiet=as_json), since)
         finish(home, run_id, as_json)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli.main import Settings, group, pass_settings
+from engine.errors import UsageError
 from engine.home import Home
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ Run `stepline daemon` instead when runs must outlive the terminal.
 @pass_settings
 def up(settings: Settings, grace_s: float, parallel: int | None) -> None:
     """Engine and console in one process: the usual way to start stepline."""
+    require_terminal("up", "`stepline daemon` runs the engine without one")
     from engine.service import EngineService
     from tui.app import SteplineApp
 
@@ -121,6 +123,7 @@ def daemon(settings: Settings, grace_s: float, parallel: int | None) -> None:
 @pass_settings
 def tui(settings: Settings) -> None:
     """The console, attached to the home of a running daemon."""
+    require_terminal("tui", "`stepline runs`, `show` and `logs` read the home without one")
     from engine import store
     from engine.home import prepare_home
     from tui.app import SteplineApp
@@ -128,6 +131,14 @@ def tui(settings: Settings) -> None:
     home = prepare_home(settings.home_path, create=False)
     store.open_database(home)
     run_console(SteplineApp(home, mode="attached"))
+
+
+def require_terminal(command: str, instead: str) -> None:
+    """The console draws a full screen and reads keys: refuse plainly when stdin or stdout is not a terminal
+    (a pipe, a cron job, `ssh host stepline up` without -t) rather than write escape codes into it."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(f"`stepline {command}` is a full-screen console and needs a terminal (stdin and stdout); "
+                         f"over SSH use `ssh -t`; {instead}")
 
 
 def run_console(app: SteplineApp) -> None:

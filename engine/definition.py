@@ -189,6 +189,10 @@ def _caller_location(depth: int = 2) -> tuple[str, int]:
     caller = frame.f_code.co_filename, frame.f_lineno
     loading = _loading.get()
     if loading is not None:
+        if frame.f_code.co_name == "<module>":
+            # Made at the top level of a module: of that file, even one the job file imports to reuse its steps
+            # (its jobs then load from it, not twice).
+            return caller
         while frame is not None:
             if loading.is_job_file(frame.f_code.co_filename):
                 return frame.f_code.co_filename, frame.f_lineno
@@ -358,9 +362,11 @@ def shell(name: str, command: str, **options: Any) -> StepDef:
     the command writes to the file named by $STEPLINE_OUTPUT becomes its output.
     """
     file, line = _caller_location()
-    if not isinstance(name, str) or not name:
-        raise JobDefinitionError(f"{file}:{line}: shell() needs a step name as its first argument, got {name!r}")
-    problems = _name_problems(name, "step")
+    problems = []
+    if not isinstance(name, str) or not name:  # a problem of this step: the file's other jobs still load
+        problems.append(f"shell() needs a step name as its first argument, got {name!r}")
+        name = f"<shell step at line {line}>"
+    problems += _name_problems(name, "step")
     if not isinstance(command, str) or not command.strip():
         problems.append(f"the command must be a non-empty string, got {command!r}")
     fields, option_problems = _options(options)
@@ -414,9 +420,11 @@ def job(name: str, steps: Iterable[StepDef], *, schedule: str | None = None, eve
         max_active_runs: int = 1, overlap: str = "queue") -> JobDef:
     """A named DAG of steps, optionally on a cron `schedule` (in `timezone`) or `every` interval."""
     file, line = _caller_location()
-    if not isinstance(name, str) or not name:
-        raise JobDefinitionError(f"{file}:{line}: job() needs a name as its first argument, got {name!r}")
-    problems: list[str] = _name_problems(name, "job")
+    problems: list[str] = []
+    if not isinstance(name, str) or not name:  # a problem of this job: the file's other jobs still load
+        problems.append(f"job() needs a name as its first argument, got {name!r}")
+        name = f"<job at line {line}>"
+    problems += _name_problems(name, "job")
     step_defs: list[StepDef] = []
     if isinstance(steps, (str, bytes, StepDef)) or not isinstance(steps, Iterable):
         problems.append(f"steps must be a list of steps, got {steps!r}")

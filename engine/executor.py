@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -437,6 +438,9 @@ class Executor:
         if self._devnull is None:
             self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         before = boot_ticks()
+        # A process started with vfork + exec inherits the engine's own high-water mark of memory (Linux takes
+        # the old address space's, which vfork shares): the step's peak is known only if it went higher.
+        engine_peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             process = subprocess.Popen(["/bin/bash", "-c", request.command or ""], env=env, cwd=request.cwd,
                                        stdin=self._devnull, stdout=write_fd, stderr=write_fd,
@@ -453,10 +457,10 @@ class Executor:
         self._shells[key] = process
         with self._lock:
             self._started(key, process.pid, process_start_time(process.pid, start_ticks(before)))
-        self._logs.watch(pidfd, lambda: self._reap_shell(key, process), lambda: os.close(pidfd))
+        self._logs.watch(pidfd, lambda: self._reap_shell(key, process, engine_peak_kb), lambda: os.close(pidfd))
         return True
 
-    def _reap_shell(self, key: int, process: subprocess.Popen[bytes]) -> bool:
+    def _reap_shell(self, key: int, process: subprocess.Popen[bytes], engine_peak_kb: int) -> bool:
         """On the pump's thread, when a shell attempt's pidfd says it ended: report its exit; False then."""
         try:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -467,10 +471,10 @@ class Executor:
         code = os.waitstatus_to_exitcode(status) if status is not None else None
         process.returncode = code  # reaped: subprocess must not try again
         self._shells.pop(key, None)
+        peak = usage.ru_maxrss * 1024 if usage and usage.ru_maxrss > engine_peak_kb else None
         self._exited(Exited(key, code if code is not None and code >= 0 else None,
                             -code if code is not None and code < 0 else None,
-                            usage.ru_utime + usage.ru_stime if usage else None,
-                            usage.ru_maxrss * 1024 if usage else None, self._clock()))
+                            usage.ru_utime + usage.ru_stime if usage else None, peak, self._clock()))
         return False
 
     def _start_watchdog(self) -> None:

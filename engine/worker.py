@@ -160,9 +160,18 @@ def as_env_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     try:
-        return json.dumps(value, default=str)
+        return json.dumps(value, default=_as_json)
     except (TypeError, ValueError):
         return str(value)
+
+
+def _as_json(value: Any) -> Any:
+    """A dataclass as its fields (as JSON would show a dict); anything else JSON cannot write, as text."""
+    import dataclasses  # only when an output needs it: not in every forked attempt
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
 
 
 class StepTable:
@@ -209,12 +218,26 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
         kwargs: dict[str, Any] = {}
         for name in step_def.parameters:
             if name in request["inputs"]:
-                kwargs[name] = load_input(request["inputs"][name], name)
+                try:
+                    kwargs[name] = load_input(request["inputs"][name], name)
+                except (AttributeError, ImportError, pickle.UnpicklingError) as error:
+                    raise StepFailed(
+                        f"the output of step '{name}' cannot be read back ({type(error).__name__}: {error}): it holds "
+                        "an object of a class the job file no longer defines where it did (renamed or moved?); put "
+                        "the class back, or start a new run of the job") from None
             elif name == "params":
                 kwargs[name] = dict(request["params"])
             elif name == "context":
                 kwargs[name] = StepContext(**request["context"])
+        missing = [name for name in step_def.parameters if name in step_def.required and name not in kwargs]
+        if missing:
+            raise StepFailed(
+                f"step '{request['step']}' now takes {', '.join(repr(m) for m in missing)}, which it did not when "
+                f"run {request['context']['run_id']} started (a run keeps the steps and dependencies it started "
+                "with); start a new run of the job, or give the parameter a default")
         value = step_def.func(**kwargs)
+    except StepFailed as error:
+        return fail(str(error), "")
     except LookupError as error:
         return fail(str(error), "")
     except SystemExit as error:
@@ -283,6 +306,10 @@ def input_variables(inputs: dict[str, str | bytes], plain_only: bool = False) ->
     variables = {}
     for name, source in inputs.items():
         text = as_env_text(load_input(source, name, plain_only))
+        if "\0" in text:
+            raise StepFailed(f"output of step '{name}' holds a NUL character, which no environment variable can "
+                             f"(STEPLINE_IN_{env_key(name)}); have '{name}' write its data to a file and return "
+                             "the file's path")
         if len(text) > MAX_ENV_INPUT:
             raise StepFailed(f"output of step '{name}' is {len(text)} characters, too large for the environment "
                              f"variable STEPLINE_IN_{env_key(name)}; have '{name}' return a file path instead")

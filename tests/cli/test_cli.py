@@ -238,6 +238,31 @@ def test_run_says_when_a_failed_step_is_retried_and_why(harness):
                for line in result.stdout.splitlines()), result.stdout
 
 
+def test_show_gives_a_shell_steps_peak_memory_only_when_it_is_known(harness):
+    # A shell step's process inherits the engine's own high-water mark of memory (vfork + exec): `echo`
+    # must not be shown with the engine's 30-odd MB, while a step that uses more shows what it used.
+    harness.write_job("j.py", """
+        small = shell("small", "echo hi")
+        big = shell("big", "python3 -c 'data = bytearray(b\\"x\\" * 150_000_000)'")
+        j = job("j", [small, big])
+    """)
+    harness.cli("run", "j", check=True)
+    shown = json.loads(harness.cli("show", "1", "--json", check=True).stdout)
+    peaks = {step["name"]: step["attempts"][0]["peak_rss_bytes"] for step in shown["steps"]}
+    assert peaks["small"] is None
+    assert peaks["big"] > 150_000_000
+
+
+@pytest.mark.parametrize("command", ["up", "tui"])
+def test_the_console_without_a_terminal_says_it_needs_one(harness, command):
+    # A pipe, a cron job or `ssh host stepline up` without -t: escape codes into the pipe, running for ever.
+    result = harness.cli(command, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"stepline: `stepline {command}` is a full-screen console and needs a terminal "
+                                    "(stdin and stdout); over SSH use `ssh -t`; ")
+
+
 def test_logs_of_a_step_that_never_ran_says_so(harness):
     harness.write_job("j.py", FAILING)
     harness.cli("run", "j")

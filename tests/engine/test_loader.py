@@ -541,6 +541,19 @@ def test_a_step_named_like_a_reserved_parameter_is_reported(harness, write_job, 
                                  f"name receives {given}, not a step's output; rename the step"]
 
 
+def test_a_job_or_step_without_a_name_leaves_the_files_other_jobs_loading(harness, write_job):
+    write_job("j.py", """\
+        a = job("", [shell("s1", "true")])
+        b = job("b", [shell("", "true")])
+        good = job("good", [shell("s2", "true")])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == [
+        "jobs/j.py:2: job '<job at line 2>': job() needs a name as its first argument, got ''",
+        "jobs/j.py:3: step '<shell step at line 3>': shell() needs a step name as its first argument, got ''"]
+    assert list(result.jobs) == ["good"]
+
+
 def test_every_bad_option_of_a_shell_step_is_reported(harness, write_job):
     write_job("j.py", """\
         a = shell("a", "true", retries=-1, timeout=0)

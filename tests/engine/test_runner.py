@@ -356,9 +356,26 @@ def test_shell_steps_see_every_kind_of_upstream_output_as_text(home, write_job):
     """)
     run = home.run_now("j")
     assert run.state == "succeeded", run.reason
-    # Other values than text arrive as JSON; an object JSON cannot encode, as the JSON string of its str().
-    assert run.step("show").output_preview == """'"Point(x=3)"|{"rows": 2, "ok": true}|null|line one'"""
+    # Other values than text arrive as JSON, a dataclass as its fields.
+    assert run.step("show").output_preview == """'{"x": 3}|{"rows": 2, "ok": true}|null|line one'"""
     assert run.step("plain").output_preview == "'line one!'"
+
+
+def test_an_output_with_a_nul_character_fails_the_shell_step_that_reads_it_saying_why(home, write_job):
+    # No environment variable can hold a NUL: this failed with a traceback of stepline's own.
+    write_job("j.py", """
+        @step
+        def raw():
+            return b"a\\0b"
+
+        use = shell("use", "echo $STEPLINE_IN_RAW", after=["raw"])
+        j = job("j", [raw, use])
+    """)
+    run = home.run_now("j")
+    assert run.step("use").state == "failed"
+    assert run.step("use").reason.summary == (
+        "output of step 'raw' holds a NUL character, which no environment variable can (STEPLINE_IN_RAW); have "
+        "'raw' write its data to a file and return the file's path")
 
 
 def test_a_shell_step_that_writes_no_output_passes_none_downstream(home, write_job):

@@ -1,6 +1,7 @@
 """The long-running engine: one per home, commands round-trip, graceful stop, recovery after kill -9."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -243,7 +244,15 @@ def test_run_hands_the_run_to_a_running_daemon_and_wait_follows_it(harness):
         owner, _ = query.run_owner(query.list_runs(limit=1)[0].id)
         assert owner == daemon.pid
         quick = harness.cli("run", "j")
-        assert quick.returncode == 0 and "by the engine (pid" in quick.stdout
+        run_id = query.list_runs(limit=1)[0].id
+        assert quick.returncode == 0 and quick.stdout.startswith(
+            f"run {run_id} of j started by the engine (pid {daemon.pid}); follow it with `stepline logs {run_id} "
+            "--follow`")
+        # A script asking for JSON gets JSON, whether or not a daemon takes the run: the run as it is now.
+        as_json = harness.cli("run", "j", "--json")
+        assert as_json.returncode == 0, as_json.stderr
+        document = json.loads(as_json.stdout)
+        assert document["run"]["id"] == run_id + 1 and document["run"]["job"] == "j"
     finally:
         stop_daemon(daemon)
 
