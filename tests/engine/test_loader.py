@@ -541,6 +541,27 @@ def test_a_step_named_like_a_reserved_parameter_is_reported(harness, write_job, 
                                  f"name receives {given}, not a step's output; rename the step"]
 
 
+def test_a_step_reused_from_another_job_file_is_not_a_duplicate_job(harness, write_job):
+    # b.py imports a.py to reuse its step: a.py's job must load from a.py alone, not once more from b.py.
+    write_job("a.py", """\
+        @step
+        def shared():
+            return 1
+
+        ja = job("ja", [shared])
+    """)
+    write_job("b.py", """\
+        from a import shared
+
+        jb = job("jb", [shared, shell("t", "true", after=["shared"])])
+    """)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == []
+    assert sorted(result.jobs) == ["ja", "jb"]
+    run = harness.run_now("jb")
+    assert run.state == "succeeded" and run.step("shared").output_preview == "1"
+
+
 def test_a_job_or_step_without_a_name_leaves_the_files_other_jobs_loading(harness, write_job):
     write_job("j.py", """\
         a = job("", [shell("s1", "true")])
