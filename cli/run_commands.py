@@ -15,18 +15,26 @@ from engine import query, store
 from engine.errors import NotApplicableError, UnknownJobError, UsageError
 from engine.home import Home
 from engine.states import GLYPHS, Change, drawn_state
+from engine.worker import env_key
 
 if TYPE_CHECKING:
     from engine.runner import Engine
 
 
 def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
-    params = {}
+    params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"-p {pair!r}: write parameters as key=value, e.g. -p day=2026-11-27")
-        params[key.strip()] = value
+        key = key.strip()
+        same = next((k for k in params if env_key(k) == env_key(key)), None)
+        if same == key:
+            raise UsageError(f"-p {key} is given twice; give each parameter once")
+        if same is not None:
+            raise UsageError(f"-p {same} and -p {key} both reach shell steps as $STEPLINE_PARAM_{env_key(key)}; "
+                             "give one of them another name")
+        params[key] = value
     return params
 
 

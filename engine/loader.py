@@ -20,6 +20,7 @@ from pathlib import Path
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
 from engine.jobfile import ImportTimedOut, import_job_file, import_timeout_s, is_from
+from engine.worker import env_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,14 @@ def validate_job(job_def: JobDef) -> list[Problem]:
                 report(step_def, f"step '{step_def.name}' takes a parameter '{parameter}', which is not a step "
                                  f"of job '{job_def.name}'{_did_you_mean(parameter, names)}; a parameter "
                                  "names an upstream step, or is `params` or `context`, or has a default")
+        if step_def.command is not None:  # a shell step reads its upstream outputs as STEPLINE_IN_<STEP>
+            seen: dict[str, str] = {}
+            for upstream in step_def.after:
+                earlier = seen.setdefault(env_key(upstream), upstream)
+                if earlier != upstream:
+                    report(step_def, f"steps '{earlier}' and '{upstream}' both reach shell step '{step_def.name}' as "
+                                     f"$STEPLINE_IN_{env_key(upstream)}, so one output would hide the other; "
+                                     "rename one of them")
         for upstream in step_def.after:
             if upstream == step_def.name:
                 report(step_def, f"step '{step_def.name}' waits on itself; remove '{upstream}' from its after=")

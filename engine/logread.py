@@ -6,6 +6,7 @@ so a multi-gigabyte log costs the same as a small one.
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 BLOCK = 1 << 16
 MAX_LINE_CHARS = 10_000
@@ -45,18 +46,51 @@ def read_from(path: str | os.PathLike[str], offset: int, max_bytes: int = 1 << 2
     with handle:
         handle.seek(offset)
         data = handle.read(max_bytes)
-    cut = data.rfind(b"\n")
-    if cut < 0:
-        if len(data) < max_bytes:
-            return [], offset
-        return [decode_line(data)], offset + len(data)  # one enormous line: show what we have
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) < max_bytes:
+                return [], offset
+            # One enormous line: shown once, cut, rather than as a cut piece per read of max_bytes.
+            end = _line_end(handle)
+            if end is None:  # still being written: show what there is
+                return [decode_line(data)], offset + len(data)
+            return [decode_line(data, total_bytes=end - offset)], end + 1
     lines = data[:cut + 1].split(b"\n")[:-1]
     return [decode_line(line) for line in lines], offset + cut + 1
 
 
-def decode_line(line: bytes) -> str:
+def _line_end(handle: BinaryIO) -> int | None:
+    """The offset of the next newline from the handle's position on, or None if the file ends first."""
+    while True:
+        position = handle.tell()
+        block = handle.read(BLOCK * 16)
+        if not block:
+            return None
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found
+
+
+def decode_line(line: bytes, total_bytes: int | None = None) -> str:
+    """A line for the screen: decoded leniently, control characters shown as \ufffd, cut to MAX_LINE_CHARS.
+    `total_bytes`: the whole line's length, when `line` is only its start."""
     text = line.decode("utf-8", "replace")
+    if "\r" in text:
+        text = _redrawn(text)
     text = "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text) if not text.isprintable() else text
+    if total_bytes is not None and total_bytes > len(line):
+        return text[:MAX_LINE_CHARS] + f" … [a line of {total_bytes:,} bytes, cut]"
     if len(text) > MAX_LINE_CHARS:
         text = text[:MAX_LINE_CHARS] + f" … [{len(text) - MAX_LINE_CHARS} more characters]"
     return text
+
+
+STAMP_WIDTH = 25
+"""The arrival time the log pump puts before each line (logpump.STAMP_WIDTH)."""
+
+
+def _redrawn(text: str) -> str:
+    """A line redrawn with carriage returns (a progress bar: `\\rdone 10%\\rdone 20%`) as a terminal leaves it:
+    its stamp and its last version, instead of every version run together."""
+    versions = [part for part in text[STAMP_WIDTH:].split("\r") if part]
+    return text[:STAMP_WIDTH] + (versions[-1] if versions else "")

@@ -263,6 +263,19 @@ def test_the_console_without_a_terminal_says_it_needs_one(harness, command):
                                     "(stdin and stdout); over SSH use `ssh -t`; ")
 
 
+@pytest.mark.parametrize("given, said", [
+    (["-p", "day=1", "-p", "day=2"], "stepline: -p day is given twice; give each parameter once"),
+    (["-p", "my-key=1", "-p", "my_key=2"],
+     "stepline: -p my-key and -p my_key both reach shell steps as $STEPLINE_PARAM_MY_KEY; give one of them "
+     "another name"),
+])
+def test_run_params_that_would_hide_one_another_are_refused(harness, given, said):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    result = harness.cli("run", "j", *given)
+    assert result.returncode == 2 and result.stderr.strip() == said
+    assert query.list_runs() == []
+
+
 def test_logs_of_a_step_that_never_ran_says_so(harness):
     harness.write_job("j.py", FAILING)
     harness.cli("run", "j")

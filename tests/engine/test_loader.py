@@ -562,6 +562,18 @@ def test_a_step_reused_from_another_job_file_is_not_a_duplicate_job(harness, wri
     assert run.state == "succeeded" and run.step("shared").output_preview == "1"
 
 
+def test_two_upstream_steps_a_shell_step_would_read_as_one_variable_are_reported(harness, write_job):
+    write_job("j.py", """\
+        a1 = shell("a-b", "true")
+        a2 = shell("a_b", "true")
+        use = shell("use", "echo $STEPLINE_IN_A_B", after=["a-b", "a_b"])
+        j = job("j", [a1, a2, use])
+    """)
+    assert problems(harness) == [
+        "jobs/j.py:4: steps 'a-b' and 'a_b' both reach shell step 'use' as $STEPLINE_IN_A_B, so one output would "
+        "hide the other; rename one of them"]
+
+
 def test_a_job_or_step_without_a_name_leaves_the_files_other_jobs_loading(harness, write_job):
     write_job("j.py", """\
         a = job("", [shell("s1", "true")])

@@ -201,15 +201,31 @@ def test_read_from_returns_complete_lines_and_the_next_offset(tmp_path):
     assert logread.read_from(tmp_path / "missing.log", 7) == ([], 7)
 
 
-def test_read_from_shows_a_line_longer_than_its_budget(tmp_path):
+def test_read_from_shows_a_line_longer_than_its_budget_once_cut(tmp_path):
+    # A 10 MB line used to come out as ten cut pieces, nine of them without a time stamp.
     path = tmp_path / "wide.log"
     path.write_bytes(b"w" * 3000 + b"\nnext\n")
     lines, offset = logread.read_from(path, 0, max_bytes=1000)
-    assert len(lines) == 1 and lines[0] == "w" * 1000
-    assert offset == 1000
+    assert lines == ["w" * 1000 + " … [a line of 3,000 bytes, cut]"]
+    assert offset == 3001
     rest, offset = logread.read_from(path, offset, max_bytes=10_000)
-    assert rest == ["w" * 2000, "next"]
+    assert rest == ["next"]
     assert offset == path.stat().st_size
+
+
+def test_read_from_shows_a_long_line_still_being_written(tmp_path):
+    path = tmp_path / "growing.log"
+    path.write_bytes(b"w" * 3000)
+    lines, offset = logread.read_from(path, 0, max_bytes=1000)
+    assert lines == ["w" * 1000] and offset == 1000
+
+
+def test_a_line_redrawn_with_carriage_returns_reads_as_its_last_version(tmp_path):
+    # A progress bar (tqdm, curl): shown as a terminal leaves it, not as every version run together.
+    path = tmp_path / "progress.log"
+    path.write_bytes(b"2026-11-27T03:12:40.123Z \rcopied 10%\rcopied 55%\rcopied 100%\r\n"
+                     b"2026-11-27T03:12:41.000Z done\n")
+    assert logread.tail_lines(path, 2) == ["2026-11-27T03:12:40.123Z copied 100%", "2026-11-27T03:12:41.000Z done"]
 
 
 def test_decoded_lines_replace_invalid_bytes_and_control_characters(tmp_path):
