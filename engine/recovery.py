@@ -75,18 +75,25 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
     running = list(store.Attempt.select(store.Attempt, store.StepRun.name)
                    .join(store.StepRun).where((store.Attempt.run_id == run_id) & (store.Attempt.state == "running")))
     home = os.path.dirname(store.db.database)
+    engine_seen = _engine_last_seen(run_id)
+    ends: dict[int, float] = {}
     for attempt in running:
         cookie = attempt_cookie(home, run_id, attempt.step_run.name, attempt.number)
         if attempt.pid is not None and is_alive(attempt.pid, attempt.pid_started):
             kill_tree(attempt.pid, kill_grace_s, cookie)
+            ends[attempt.id] = clock()  # it ran until now
         else:  # its process is gone; what it left running in the background need not be
             end_escaped(cookie, kill_grace_s)
+            ends[attempt.id] = _last_seen(attempt, engine_seen)
     now = clock()
+    # The run ended when its last step did: not now, which may be hours after its engine died.
+    ended = min(now, max(ends.values(), default=engine_seen or now))
     cut_short = []
     step_state = StepState.CANCELLED if cancelled else StepState.FAILED
     with store.write():
         for attempt in running:
-            store.Attempt.update(state=AttemptState.CANCELLED if cancelled else AttemptState.FAILED, ended_at=now,
+            store.Attempt.update(state=AttemptState.CANCELLED if cancelled else AttemptState.FAILED,
+                                 ended_at=min(now, ends[attempt.id]),
                                  reason=reason).where(store.Attempt.id == attempt.id).execute()
         steps = list(store.StepRun.select().where(store.StepRun.run == run_id))
         events = []
@@ -97,7 +104,7 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
             new_state = step_state if state == StepState.RUNNING else StepState.CANCELLED
             if state == StepState.RUNNING:
                 cut_short.append(step_run.name)
-            store.StepRun.update(state=new_state, reason=reason, waiting_for=None, ended_at=now).where(
+            store.StepRun.update(state=new_state, reason=reason, waiting_for=None, ended_at=ended).where(
                 store.StepRun.id == step_run.id).execute()
             step_run.state = new_state
             events.append({"at": now, "run_id": run_id, "step": step_run.name, "kind": "step",
@@ -111,11 +118,33 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
             run_state = RunState.CANCELLED
         else:
             run_state = RunState.SUCCEEDED
-        store.Run.update(state=run_state, reason=reason, ended_at=now).where(store.Run.id == run_id).execute()
+        store.Run.update(state=run_state, reason=reason, ended_at=ended).where(store.Run.id == run_id).execute()
         events.append({"at": now, "run_id": run_id, "step": None, "kind": "run", "state": run_state.value,
                        "message": reason})
         store.Event.insert_many(events).execute()
     return cut_short
+
+
+def _engine_last_seen(run_id: int) -> float | None:
+    """The last heartbeat of the run's engine if it was the home's daemon (`stepline run` engines write none)."""
+    from engine import query
+
+    pid, _ = query.run_owner(run_id)
+    row = store.EngineState.get_or_none(store.EngineState.id == 1)
+    return row.heartbeat_at if row is not None and pid is not None and row.pid == pid else None
+
+
+def _last_seen(attempt: store.Attempt, engine_seen: float | None) -> float:
+    """When an attempt whose process is gone was last known to run: its log's last write, or its engine's last
+    heartbeat (a silent step ran at least as long as its engine lived), or else its start."""
+    seen = [attempt.started_at]
+    try:
+        seen.append(os.path.getmtime(attempt.log_path))
+    except OSError:
+        pass
+    if engine_seen is not None:
+        seen.append(engine_seen)
+    return max(seen)
 
 
 def close_if_abandoned(run_id: int, clock: Callable[[], float] = time.time) -> None:

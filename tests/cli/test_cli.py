@@ -7,6 +7,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 
 import psutil
 import pytest
@@ -365,6 +366,25 @@ def test_killing_stepline_run_ends_its_steps_and_their_daemons_at_once(harness):
     for pid in step_pids + daemon_pids:
         wait_until(lambda: not _still_running(pid))
     assert query.run_summary(1).state == "running"  # the next engine to start closes it
+
+
+def test_a_run_closed_long_after_its_engine_died_does_not_count_the_time_between(harness):
+    # Closed an hour later (the clock below), the run must not say it took an hour: its step's process died
+    # with the engine (ended by the watchdog), after its last line of output.
+    from engine.recovery import close_abandoned_run
+
+    harness.write_job("j.py", 'j = job("j", [shell("slow", "echo started; sleep 300")])\n')
+    killed = harness.cli_process("run", "j")
+    step_pid = wait_until(lambda: query.list_runs() and query.attempts(1, "slow")
+                          and os.path.exists(query.attempts(1, "slow")[0].log_path) and query.attempts(1, "slow")[0].pid)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    wait_until(lambda: not _still_running(step_pid))
+    died_by = time.time()
+    close_abandoned_run(1, clock=lambda: died_by + 3600)
+    run, attempt = query.get_run(1), query.attempts(1, "slow")[0]
+    assert run.state == "failed" and attempt.reason.summary == "engine stopped while running"
+    assert attempt.ended_at.timestamp() <= died_by and run.run.ended_at.timestamp() <= died_by
 
 
 def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
