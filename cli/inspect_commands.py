@@ -34,6 +34,10 @@ def check(settings: Settings) -> None:
         click.echo(f"{len(result.problems)} problem{'s' if len(result.problems) != 1 else ''} in "
                    f"{settings.jobs_dir}; {count} job{'s' if count != 1 else ''} OK", err=True)
         raise SystemExit(1)
+    if not files:  # a CI gate pointed at the wrong folder must not pass
+        click.echo(f"no job files in {settings.jobs_dir}: nothing to check; pass --jobs DIR (or set STEPLINE_JOBS) "
+                   "to the folder of your job files", err=True)
+        raise SystemExit(1)
     click.echo(f"{count} job{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''}: OK")
 
 

@@ -46,7 +46,7 @@ def echo_or_mute(text: str, err: bool = False) -> bool:
 
 
 def use_color(stream: TextIO | None = None) -> bool:
-    if "NO_COLOR" in os.environ:
+    if os.environ.get("NO_COLOR"):  # set and not empty, as no-color.org defines it
         return False
     stream = stream or sys.stdout
     return hasattr(stream, "isatty") and stream.isatty()

@@ -289,6 +289,10 @@ def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
     result = load_job_files(settings)
     if job_name not in result.jobs:
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}; `stepline jobs` lists them")
+    job_def = result.jobs[job_name]
+    if job_def.schedule is None and job_def.every is None:
+        raise NotApplicableError(f"job '{job_name}' has no schedule to {'pause' if pause else 'resume'}; it runs "
+                                 "only when triggered")
     home = settings.open_home()
     pid = remote.engine_holder(home)
     if pid is not None:

@@ -96,6 +96,34 @@ def test_retry_reruns_the_failed_steps_in_the_same_run_reusing_outputs(harness):
     assert run.step("check").output_preview == "6"
 
 
+def test_check_of_a_folder_without_job_files_fails(harness):
+    # `stepline check` as a CI gate pointed at the wrong folder must not pass.
+    result = harness.cli("check")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"no job files in {harness.jobs_dir}: nothing to check; pass --jobs DIR (or set "
+                                     "STEPLINE_JOBS) to the folder of your job files")
+
+
+@pytest.mark.parametrize("value, colored", [("1", False), ("", True)])
+def test_no_color_counts_only_when_set_to_something(monkeypatch, value, colored):
+    # no-color.org: "when present and not an empty string".
+    from cli import render
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("NO_COLOR", value)
+    assert render.use_color(Terminal()) is colored  # type: ignore[arg-type]
+
+
+def test_pause_of_a_job_without_a_schedule_says_there_is_nothing_to_pause(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    result = harness.cli("pause", "j")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "stepline: job 'j' has no schedule to pause; it runs only when triggered"
+
+
 def test_check_lists_every_problem_and_exits_1(harness, monkeypatch):
     harness.write_job("good.py", 'good = job("good", [shell("a", "true")])\n')
     harness.write_job("bad.py", 'a = shell("a", "true", after=["nope"])\nbad = job("bad", [a])\n')
