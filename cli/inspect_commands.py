@@ -269,6 +269,10 @@ def _print_logs(run_id: int, chosen: list[str], step: str | None, attempt: int |
                 found = picked
             elif found and not follow:
                 found = found[-1:]
+            elif not found and multiple and not follow:  # say so, rather than leave the step out
+                never = query.get_run(run_id).step(name)
+                why = f": {never.reason.summary}" if never.reason else ""
+                click.echo(f"== {name} (never ran, {never.state.replace('_', ' ')}{why}) ==")
             for item in found:
                 _print_new_lines(item, name, offsets, prefix=f"{name} | " if multiple and follow else "",
                                  header=None if follow or not multiple else f"== {name} (attempt {item.number}) ==")

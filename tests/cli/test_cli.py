@@ -312,6 +312,8 @@ def test_logs_of_a_step_that_never_ran_says_so(harness):
     assert result.returncode == 1
     assert result.stderr.strip() == ("stepline: step 'report' of run 1 has no log: it never ran, it is upstream "
                                      "failed (upstream step 'check' did not succeed)")
+    every = harness.cli("logs", "1", check=True).stdout.splitlines()
+    assert every[-1] == "== report (never ran, upstream failed: upstream step 'check' did not succeed) =="
 
 
 def test_cancel_from_another_terminal_stops_the_run_and_its_processes(harness):

@@ -101,7 +101,8 @@ class CommandActions:
                     # simply never have been read.
                     return (f"no engine is running on this home to load job '{job}': start one "
                             "(`stepline daemon`, or quit and run `stepline up`)")
-                return f"job '{job}' is not loaded now (its file is gone or broken); see the job file problems"
+                return (f"job '{job}' is not loaded now: its file was removed, or has a problem (listed at the top "
+                        "of the tree when it has)")
             if action == "toggle_pause":
                 summary = self.jobs[job]
                 if not summary.schedule and not summary.every:
