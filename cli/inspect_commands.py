@@ -14,7 +14,7 @@ from cli.remote import stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
 from engine.loader import LoadResult
-from engine.states import GLYPHS, drawn_state
+from engine.states import GLYPHS, drawn_state, waiting_note
 
 
 def load_or_report(settings: Settings) -> LoadResult:
@@ -194,11 +194,9 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         if last is not None:
             exit_text = (f"signal {last.signal}" if last.signal else
                          str(last.exit_code) if last.exit_code is not None else "-")
-        note = (f"waiting for {step.waiting_for}" if step.state == "waiting" and step.waiting_for else
-                step.reason.summary if step.reason else
-                f"→ {_cut(step.output_preview, 60)}" if step.output_preview else "")
-        if step.state == "waiting" and step.waiting_for and step.reason:
-            note += f" after {step.reason.summary}"
+        reason = step.reason.summary if step.reason else None
+        note = (f"waiting for {waiting_note(step.waiting_for, reason)}" if step.state == "waiting" and step.waiting_for
+                else reason or (f"→ {_cut(step.output_preview, 60)}" if step.output_preview else ""))
         rows.append([f"{GLYPHS.get(drawn_state(step.state, step.waiting_for), ' ')} {step.name}", step.state,
                      str(step.attempts),
                      render.duration(step.duration_s(now)), exit_text,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.errors import SteplineError, UsageError
-from engine.home import Home, is_damaged_database, is_disk_full, prepare_home, resolve_home
+from engine.home import (DATABASE_NAME, Home, is_damaged_database, is_disk_full, prepare_home, resolve_home,
+                         unusable_database)
 
 if TYPE_CHECKING:
     from engine.loader import LoadResult
@@ -96,17 +97,12 @@ class SteplineGroup(click.Group):
             sys.exit(141)  # what a shell reports for a command ended by SIGPIPE, as `cat big | head` does
         except Exception as error:
             if is_disk_full(error):  # no bug, and no room to write its traceback either
-                settings = ctx.find_object(Settings)
-                home = resolve_home(settings.home_path if settings else None)
-                click.echo(f"stepline: the disk holding {home} is full, so what happened could not be recorded; "
-                           "free some space, then `stepline runs` shows what to retry (the next engine to start "
-                           "closes runs it left running)", err=True)
+                click.echo(f"stepline: the disk holding {_home_of(ctx)} is full, so what happened could not be "
+                           "recorded; free some space, then `stepline runs` shows what to retry (the next engine to "
+                           "start closes runs it left running)", err=True)
                 sys.exit(1)
             if is_damaged_database(error):  # found only when a damaged page is read, not when it is opened
-                settings = ctx.find_object(Settings)
-                home = resolve_home(settings.home_path if settings else None)
-                click.echo(f"stepline: {home / 'stepline.db'} is not a usable stepline database ({error}); move it "
-                           "aside and stepline will start a new one", err=True)
+                click.echo(f"stepline: {unusable_database(_home_of(ctx) / DATABASE_NAME, str(error))}", err=True)
                 sys.exit(1)
             # a bug: keep the traceback, show one line
             where = _log_bug(ctx)
@@ -115,10 +111,15 @@ class SteplineGroup(click.Group):
             sys.exit(70)
 
 
-def _log_bug(ctx: click.Context) -> str:
+def _home_of(ctx: click.Context) -> Path:
+    """The command's home, also when the failure came before its settings were made."""
     settings = ctx.find_object(Settings)
+    return resolve_home(settings.home_path if settings else None)
+
+
+def _log_bug(ctx: click.Context) -> str:
     try:
-        path = resolve_home(settings.home_path if settings else None) / "engine.log"
+        path = _home_of(ctx) / "engine.log"
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(traceback.format_exc())
         return str(path)

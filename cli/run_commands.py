@@ -115,13 +115,16 @@ def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
         raise failure[0]
 
 
+def _run_and_attempts(run_id: int) -> tuple[query.RunView, dict[str, list[query.AttemptView]]]:
+    run = query.get_run(run_id)
+    return run, {s.name: query.attempts(run_id, s.name) for s in run.steps}
+
+
 def handed_off(what: str, run_id: int, pid: int, as_json: bool) -> None:
     """Say that the engine holding the home took the run; with --json, the run as it is now (the shape of
     `stepline show --json`), so a script gets JSON whether or not a daemon runs."""
     if as_json:
-        run = query.get_run(run_id)
-        render.echo_or_mute(render.json_text(run_document(run, {s.name: query.attempts(run_id, s.name)
-                                                                for s in run.steps})))
+        render.echo_or_mute(render.json_text(run_document(*_run_and_attempts(run_id))))
         return
     click.echo(f"{what} by the engine (pid {pid}); follow it with `stepline logs {run_id} --follow` or "
                f"`stepline show {run_id}`")
@@ -129,8 +132,7 @@ def handed_off(what: str, run_id: int, pid: int, as_json: bool) -> None:
 
 def finish(home: Home, run_id: int, as_json: bool) -> None:
     """Print the finished run and exit by its outcome, whether or not anybody still reads the output."""
-    run = query.get_run(run_id)
-    attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
+    run, attempts = _run_and_attempts(run_id)
     if as_json:
         render.echo_or_mute(render.json_text(run_document(run, attempts)))
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,30 +72,32 @@ class Home:
         return os.path.join(self.root, OUTPUTS_FOLDER, str(run_id), f"{step}.{attempt}.out")
 
 
-def is_disk_full(error: BaseException | None) -> bool:
-    """Whether `error`, or an error it arose from, says the disk is full: SQLite's "database or disk is
-    full" (SQLITE_FULL) or a write's ENOSPC."""
+def _arising_from(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then each error it arose from (its cause, or the one being handled when it was raised)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "database or disk is full" in str(error):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it arose from, says the disk is full: SQLite's "database or disk is
+    full" (SQLITE_FULL) or a write's ENOSPC."""
+    return any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or "database or disk is full" in str(e)
+               for e in _arising_from(error))
 
 
 def is_damaged_database(error: BaseException | None) -> bool:
     """Whether `error`, or an error it arose from, is SQLite finding the database file damaged (a page
     overwritten, a file cut short): "database disk image is malformed" (SQLITE_CORRUPT)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if "database disk image is malformed" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any("database disk image is malformed" in str(e) for e in _arising_from(error))
+
+
+def unusable_database(path: str | os.PathLike[str], reason: str) -> StateDirError:
+    """The error for a database file stepline cannot use, found when it is opened or when a page is read."""
+    return StateDirError(f"{path} is not a usable stepline database ({reason}); move it aside and stepline will "
+                         "start a new one")
 
 
 def resolve_home(path: str | os.PathLike[str] | None) -> Path:

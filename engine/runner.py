@@ -30,7 +30,7 @@ from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
 from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, LogClosed, Result, Started
 from engine.home import Home
 from engine.plan import JobPlan, StepPlan, plan_job
-from engine.states import AttemptState, Change, FailureReason, RunState, StepState
+from engine.states import AttemptState, Change, FailureReason, RunState, StepState, waiting_note
 from engine.worker import INLINE_OUTPUT_MAX
 from engine.worker import preview as preview_of
 
@@ -732,7 +732,7 @@ class Engine:
     def _write_steps(self, run: ActiveRun, changes: list[tuple[int, str, str, dict[str, Any]]], now: float) -> None:
         store.set_step_states(run.id, changes, now)
         for _, name, state, extra in changes:
-            self._announce(Change(run.id, name, state, extra.get("reason") or extra.get("waiting_for"), now))
+            self._announce(Change(run.id, name, state, _said(state, extra), now))
 
     def _announce(self, change: Change) -> None:
         if self._listener is not None:
@@ -769,8 +769,8 @@ def read_shell_output(path: str) -> bytes:
 
 def _said(state: str, values: dict[str, Any]) -> str | None:
     """What a change says: a step waiting for its retry says when, then why its attempt failed."""
-    if state == StepState.WAITING and values.get("waiting_for") and values.get("reason"):
-        return f"{values['waiting_for']} after {values['reason']}"
+    if state == StepState.WAITING and values.get("waiting_for"):
+        return waiting_note(values["waiting_for"], values.get("reason"))
     return values.get("reason") or values.get("waiting_for")
 
 

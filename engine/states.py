@@ -104,3 +104,8 @@ class Change:
     message: str | None
     at: float
     attempt: int | None = None
+
+
+def waiting_note(waiting_for: str, reason: str | None) -> str:
+    """What a waiting step waits for; a step waiting for its retry also says why its attempt failed."""
+    return f"{waiting_for} after {reason}" if reason else waiting_for

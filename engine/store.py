@@ -22,7 +22,7 @@ from peewee import (AutoField, BlobField, BooleanField, CharField, FloatField, F
                     Model, SqliteDatabase, TextField)
 
 from engine.errors import StateDirError
-from engine.home import Home
+from engine.home import Home, unusable_database
 
 SCHEMA_VERSION = 2
 AUTOCHECKPOINT_PAGES = 10_000
@@ -212,8 +212,7 @@ def open_database(home: Home) -> SqliteDatabase:
         if "readonly" in message or "unable to open" in message:
             raise StateDirError(f"cannot write the database {path}: {message}; fix the permissions of "
                                 "the state directory or pass --home DIR to a writable place") from None
-        raise StateDirError(f"{path} is not a usable stepline database ({message}); move it aside "
-                            "and stepline will start a new one") from None
+        raise unusable_database(path, message) from None
     return db
 
 

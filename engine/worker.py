@@ -236,9 +236,7 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
                 f"run {request['context']['run_id']} started (a run keeps the steps and dependencies it started "
                 "with); start a new run of the job, or give the parameter a default")
         value = step_def.func(**kwargs)
-    except StepFailed as error:
-        return fail(str(error), "")
-    except LookupError as error:
+    except (StepFailed, LookupError) as error:
         return fail(str(error), "")
     except SystemExit as error:
         code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)

@@ -214,11 +214,8 @@ async def test_a_cancel_confirmed_after_the_run_ended_says_so_and_sends_nothing(
     app = make_app(harness, mode="embedded")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        select(app, is_job("gated"))
-        await pilot.press("R")
+        await run_first_run_of(pilot, app, "gated")
         await settle_until(pilot, lambda: "● #1" in tree_text(app))
-        select(app, is_run(1))
-        await settle(pilot)
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
         (harness.jobs_dir / "go").touch()  # the run ends while the question is open

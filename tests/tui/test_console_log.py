@@ -97,51 +97,37 @@ async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness,
         assert rows[0][9:] + "".join(row[2:] for row in rows[1:]) == words
 
 
-async def test_q_in_up_with_active_runs_says_what_happens_and_asks(harness, engine):
+@pytest.mark.parametrize("way", ["q", "ctrl+q", "palette"])
+async def test_every_way_to_quit_up_with_active_runs_says_what_happens_and_asks(harness, engine, way):
+    # ctrl+q (Textual's own) and the palette's "Quit" used to skip the question q asks.
     harness.write_job("slow.py", """
         a = shell("nap", "sleep 30")
         slow = job("slow", [a])
     """)
     engine.start()
     app = make_app(harness, mode="embedded")
+
+    async def quit_the_way() -> None:
+        if way == "palette":
+            await app.run_action("quit")  # what the command palette's "Quit" runs
+        else:
+            await pilot.press(way)
+        await pilot.pause()
+
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         select(app, is_job("slow"))
         await pilot.press("R")
         await settle_until(pilot, lambda: app.main_screen.counts.get("running"))
-        await pilot.press("q")
+        await quit_the_way()
         assert isinstance(app.screen, ConfirmScreen)
         assert "1 run is active" in app.screen.question and "cancelled" in app.screen.question
         await pilot.press("n")
         assert app.is_running
-        await pilot.press("q")
+        await quit_the_way()
         await pilot.press("y")
         await pilot.pause()
         assert not app.is_running
-
-
-@pytest.mark.parametrize("way", ["ctrl+q", "palette"])
-async def test_every_way_to_quit_up_with_active_runs_asks_first(harness, engine, way):
-    harness.write_job("slow.py", """
-        a = shell("nap", "sleep 30")
-        slow = job("slow", [a])
-    """)
-    engine.start()
-    app = make_app(harness, mode="embedded")
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        select(app, is_job("slow"))
-        await pilot.press("R")
-        await settle_until(pilot, lambda: app.main_screen.counts.get("running"))
-        if way == "ctrl+q":
-            await pilot.press("ctrl+q")
-        else:
-            await app.run_action("quit")  # what the command palette's "Quit" runs
-        await pilot.pause()
-        assert isinstance(app.screen, ConfirmScreen)
-        assert "1 run is active" in app.screen.question
-        await pilot.press("n")
-        assert app.is_running
 
 
 async def test_another_log_opens_following_its_end_with_no_search(harness):

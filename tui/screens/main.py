@@ -321,7 +321,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
             return
         previous = self.selected
         self.selected = message.data
-        if not _same_target(previous, message.data):
+        if _node_key(previous) != _node_key(message.data):
             self.pinned_attempt = None
             self.selected_attempts = []
             self.selected_view = None
@@ -330,7 +330,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
         if (preloaded is not None and isinstance(message.data, StepNode)
                 and (message.data.run_id, message.data.step.name) == (preloaded[0].id, preloaded[1])):
             self._preloaded = None
-            if not _same_target(previous, message.data):  # else shown at start already
+            if _node_key(previous) != _node_key(message.data):  # else shown at start already
                 self._selection_token += 1  # a read still under way for an earlier selection is void
                 self._apply_selection(*preloaded)  # read at start a moment ago: no second read
         else:
@@ -551,11 +551,3 @@ def _node_key(node: NodeData) -> tuple[object, ...]:
     if isinstance(node, StepNode):
         return ("step", node.run_id, node.step.name)
     return (type(node).__name__, id(node))
-
-
-def _same_target(a: NodeData, b: NodeData) -> bool:
-    if isinstance(a, StepNode) and isinstance(b, StepNode):
-        return (a.run_id, a.step.name) == (b.run_id, b.step.name)
-    if isinstance(a, RunNode) and isinstance(b, RunNode):
-        return a.summary.id == b.summary.id
-    return False
