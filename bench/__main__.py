@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -56,6 +58,29 @@ def fork_floor_ms(count: int) -> float:
             os._exit(0)
         os.waitpid(pid, 0)
     return (time.perf_counter() - started) * 1000 / count
+
+
+def page_copy_us(pages: int = 2000, count: int = 5) -> float:
+    """CPU microseconds per copy-on-write fault: a forked child writes `pages` pages it shares with this
+    process, against one that writes none. Forked attempts cost mostly such faults, so this is the unit
+    that moves per-step costs most from one machine to another (it is several times dearer in a VM)."""
+    shared = bytearray(pages * mmap.PAGESIZE)
+    shared[::mmap.PAGESIZE] = b"\1" * pages  # backed by pages of its own before any fork
+
+    def children_cpu_s(write: bool) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                if write:
+                    shared[::mmap.PAGESIZE] = b"\2" * pages
+                os._exit(0)
+            os.waitpid(pid, 0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+    idle_s, writing_s = children_cpu_s(False), children_cpu_s(True)
+    return max(0.0, writing_s - idle_s) * 1e6 / (count * pages)
 
 
 def chatty_own_s(lines: int) -> float:
@@ -112,6 +137,7 @@ def run_repeated(workload: Workload, size: int, repeat: int, parallel: int | Non
     cpus = [r["engine_cpu_s"] for r in runs if r.get("engine_cpu_s") is not None]
     result["engine_cpu_s"] = statistics.median(cpus) if cpus else None
     result["all_cpu_s"] = _median_all_cpu_s(runs)
+    result["all_faults"] = _median_all_faults(runs)
     for key in ("engine_peak_rss_bytes", "worker_peak_rss_bytes"):
         values = [r[key] for r in runs if r.get(key) is not None]
         result[key] = max(values) if values else None
@@ -126,11 +152,18 @@ def _median_all_cpu_s(runs: list[dict[str, Any]]) -> float | None:
     return statistics.median(totals) if totals else None
 
 
+def _median_all_faults(runs: list[dict[str, Any]]) -> float | None:
+    """Median minor page faults of every process of a run (as _median_all_cpu_s)."""
+    totals = [r["all_faults"] for r in runs if r["check"]["ok"] and r.get("all_faults") is not None]
+    return statistics.median(totals) if totals else None
+
+
 # --- verdicts and the table -------------------------------------------------------------------------------
 
 
 def judge(name: str, result: dict[str, Any], startup_s: dict[str, float | None], floors: dict[str, float],
-          own_s: float | None, startup_cpu_s: dict[str, tuple[float | None, float | None]]) -> dict[str, Any]:
+          own_s: float | None, startup_cpu_s: dict[str, tuple[float | None, float | None, float | None]]
+          ) -> dict[str, Any]:
     """Per-step cost and the time/RSS verdicts of one workload result."""
     workload = WORKLOADS[name]
     wall, units = result["wall_s"], result["units"]
@@ -138,10 +171,13 @@ def judge(name: str, result: dict[str, Any], startup_s: dict[str, float | None],
     per_step_ms = None
     if wall is not None and start is not None and units > 1:
         per_step_ms = (wall - start) * 1000 / (units - 1)
-    start_cpu, start_all_cpu = startup_cpu_s[workload.kind]
+    start_cpu, start_all_cpu, start_faults = startup_cpu_s[workload.kind]
+    faults = result.get("all_faults")
     verdict: dict[str, Any] = {"startup_s": start, "per_step_ms": per_step_ms,
                                "engine_cpu_per_step_ms": _per_step_ms(result.get("engine_cpu_s"), start_cpu, units),
-                               "all_cpu_per_step_ms": _per_step_ms(result.get("all_cpu_s"), start_all_cpu, units)}
+                               "all_cpu_per_step_ms": _per_step_ms(result.get("all_cpu_s"), start_all_cpu, units),
+                               "faults_per_step": (None if faults is None or start_faults is None or units <= 1
+                                                   else (faults - start_faults) / (units - 1))}
     if name in ("W1", "W2"):
         verdict["floor"] = f"fork {floors['fork_ms']:.2f} ms"
         verdict["target"] = f"<= {PER_STEP_TARGET_MS:g} ms/step"
@@ -204,13 +240,14 @@ def render(report: dict[str, Any]) -> str:
            f"floors (ms per call): python -c pass {floors['python_ms']:.2f} (x{floors['count_python']})   "
            f"sh -c 'echo hi' {floors['sh_ms']:.2f} (x{floors['count_sh']})   "
            f"bash -c 'echo hi' {floors['bash_ms']:.2f} (x{floors['count_sh']})   "
-           f"fork+_exit+wait {floors['fork_ms']:.2f} (x{floors['count_fork']})",
+           f"fork+_exit+wait {floors['fork_ms']:.2f} (x{floors['count_fork']})   "
+           f"page copy (copy-on-write fault) {floors['page_copy_us']:.1f} us",
            f"start-up (1-step job, submit to run end, median of {startup['repeat']}): "
            f"python {_ms(_scale(startup['python_s']), 1)} (engine CPU {_ms(_scale(startup['python_engine_cpu_s']), 1)})"
            f"   shell {_ms(_scale(startup['shell_s']), 1)} (engine CPU {_ms(_scale(startup['shell_engine_cpu_s']), 1)})",
            ""]
     header = ["workload", "steps", "wall", "start-up", "per-step", "floor", "target", "time",
-              "engine CPU/step", "all CPU/step", "engine RSS", "worker RSS", "RSS<100MB", "checks"]
+              "engine CPU/step", "all CPU/step", "faults/step", "engine RSS", "worker RSS", "RSS<100MB", "checks"]
     rows = []
     for item in report["workloads"]:
         result, verdict = item["result"], item["verdict"]
@@ -225,11 +262,11 @@ def render(report: dict[str, Any]) -> str:
         rows.append([f"{item['name']} {item['label']}", steps, _seconds(result["wall_s"]),
                      _ms(_scale(verdict["startup_s"]), 1), per_step, verdict["floor"], verdict["target"],
                      _flag(verdict["time_ok"]), _ms_or_noise(verdict["engine_cpu_per_step_ms"]),
-                     _ms_or_noise(verdict.get("all_cpu_per_step_ms")),
+                     _ms_or_noise(verdict.get("all_cpu_per_step_ms")), _count(verdict.get("faults_per_step")),
                      _mb(result.get("engine_peak_rss_bytes")),
                      _mb(result.get("worker_peak_rss_bytes")), _flag(verdict["rss_ok"]),
                      "ok" if result["check"]["ok"] else "FAILED"])
-    out.append(table(rows, header, right={1, 2, 3, 4, 8, 9, 10, 11}))
+    out.append(table(rows, header, right={1, 2, 3, 4, 8, 9, 10, 11, 12}))
     notes = [f"  {item['name']}: {item['result']['check']['detail']}" for item in report["workloads"]
              if not item["result"]["check"]["ok"]]
     w5 = next((item for item in report["workloads"] if item["name"] == "W5"), None)
@@ -246,13 +283,19 @@ def render(report: dict[str, Any]) -> str:
             "engine CPU/step = the same formula over the engine process's CPU time (all its threads): "
             "the orchestrator's own cost, steadier than wall time on a busy machine.",
             "all CPU/step = the same over every process of the run (engine, worker, attempts: fork, copy-on-write "
-            "faults, exit); per-step wall cannot be less than it divided by the CPU count."]
+            "faults, exit); per-step wall cannot be less than it divided by the CPU count.",
+            "faults/step = the same over every process's minor page faults: most are the copies a fork's "
+            "copy-on-write makes, so faults/step x page copy is most of the all-CPU figure of a Python step."]
     return "\n".join(out)
 
 
 def _ms_or_noise(value: float | None) -> str:
     """A per-step CPU figure; below zero (a few units that cost less than the probe's median) it is noise."""
     return "~0 (noise)" if value is not None and value < 0 else _ms(value)
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else ("~0 (noise)" if value < 0 else f"{value:.0f}")
 
 
 def _per_step_ms(total_s: float | None, startup_s: float | None, units: int) -> float | None:
@@ -301,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
               "sh_ms": floor_ms(["sh", "-c", "echo hi"], counts["count_sh"]),
               # Shell steps run through bash (the job API's contract); W3's target is over sh.
               "bash_ms": floor_ms(["bash", "-c", "echo hi"], counts["count_sh"]),
-              "fork_ms": fork_floor_ms(counts["count_fork"]), **counts}
+              "fork_ms": fork_floor_ms(counts["count_fork"]), "page_copy_us": page_copy_us(), **counts}
     startup_repeat = 1 if quick else 3
     startup_runs = {kind: [run_child(probe, 1, args.parallel, None, i) for i in range(startup_repeat)]
                     for kind, probe in PROBES.items()}
@@ -314,8 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         cpus = [r["engine_cpu_s"] for r in runs if r["check"]["ok"] and r.get("engine_cpu_s") is not None]
         startup[f"{kind}_engine_cpu_s"] = statistics.median(cpus) if cpus else None
         startup[f"{kind}_all_cpu_s"] = _median_all_cpu_s(runs)
+        startup[f"{kind}_all_faults"] = _median_all_faults(runs)
     startup_s = {kind: startup[f"{kind}_s"] for kind in PROBES}
-    startup_cpu_s = {kind: (startup[f"{kind}_engine_cpu_s"], startup[f"{kind}_all_cpu_s"]) for kind in PROBES}
+    startup_cpu_s = {kind: (startup[f"{kind}_engine_cpu_s"], startup[f"{kind}_all_cpu_s"], startup[f"{kind}_all_faults"])
+                     for kind in PROBES}
     w5_size = WORKLOADS["W5"].quick_size if quick else WORKLOADS["W5"].size
     own_s = chatty_own_s(w5_size) if "W5" in names else None
     workloads = []

@@ -45,6 +45,11 @@ def _cpu_s(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _faults(who: int) -> int:
+    """Minor page faults: after a fork, each page either process first writes is one (its copy)."""
+    return resource.getrusage(who).ru_minflt
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     workload = by_name(spec["workload"])
     size = spec["size"]
@@ -68,11 +73,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             if profiler is not None:
                 profiler.enable()
             cpu_before = _cpu_s(resource.RUSAGE_SELF)
+            faults_before = _faults(resource.RUSAGE_SELF)
             started = time.perf_counter()
             run_id = engine.submit(job_def, {})
             engine.run_until_done([run_id])
             wall_s = time.perf_counter() - started
             engine_cpu_s = _cpu_s(resource.RUSAGE_SELF) - cpu_before
+            engine_faults = _faults(resource.RUSAGE_SELF) - faults_before
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(spec["profile"])
@@ -82,11 +89,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         engine_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         # The worker has been waited for by now; it waited for every attempt it forked.
         children_cpu_s = _cpu_s(resource.RUSAGE_CHILDREN)
+        children_faults = _faults(resource.RUSAGE_CHILDREN)
         summary = query.run_summary(run_id)
         check = workload.check(home, run_id, size)
         return {"workload": workload.name, "size": size, "units": workload.units(size),
                 "parallel": engine.parallel, "wall_s": wall_s, "engine_cpu_s": engine_cpu_s,
                 "worker_and_attempts_cpu_s": children_cpu_s,
+                "all_faults": engine_faults + children_faults,
                 "run_state": summary.state, "run_duration_s": summary.duration_s(),
                 "engine_peak_rss_bytes": engine_rss, "worker_peak_rss_bytes": worker_rss, "check": check}
     finally:
