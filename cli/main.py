@@ -5,7 +5,6 @@ else is a bug: its traceback goes to the home's engine.log and one line says whe
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
@@ -57,12 +56,11 @@ pass_settings = click.make_pass_decorator(Settings)
 
 
 def load_job_files(settings: Settings) -> LoadResult:
-    """The jobs of the jobs folder. What the files print while they are imported goes to stderr: stdout
-    carries the command's own output, which `--json` and pipes must get unmixed."""
+    """The jobs of the jobs folder. What the files print while they are imported goes to stderr (see
+    engine/reader.py): stdout carries the command's own output, which `--json` and pipes must get unmixed."""
     from engine.loader import load_jobs
 
-    with contextlib.redirect_stdout(sys.stderr):
-        return load_jobs(settings.jobs_dir)
+    return load_jobs(settings.jobs_dir)
 
 
 class SteplineGroup(click.Group):

@@ -106,6 +106,10 @@ class StepDef:
     def with_name(self, name: str) -> StepDef:
         return _replace(self, name=name)
 
+    def without_function(self) -> StepDef:
+        """The step as the engine needs it: its function stays in the process that imported the job file."""
+        return self if self.func is None else _replace(self, func=runs_in_its_worker)
+
 
 @dataclass(frozen=True, slots=True)
 class JobDef:
@@ -137,6 +141,10 @@ class JobDef:
     overlap: str = "queue"
     """A fire while max_active_runs runs are active: "queue" it or "skip" it."""
 
+    def without_functions(self) -> JobDef:
+        """The job as the loader's reader sends it: data only (see StepDef.without_function)."""
+        return _replace(self, steps=tuple(step_def.without_function() for step_def in self.steps))
+
     def step(self, name: str) -> StepDef:
         for step_def in self.steps:
             if step_def.name == name:
@@ -159,6 +167,12 @@ class JobDef:
         from_parameters = set(deps)
         deps += [a for a in step_def.after if a not in from_parameters]
         return tuple(deps)
+
+
+def runs_in_its_worker(*args: Any, **kwargs: Any) -> Any:
+    """Stands for a Python step's function outside the processes that import its job file (the loader's
+    reader and the preloaded worker): the engine itself never calls a step."""
+    raise RuntimeError("a Python step runs in the preloaded worker of its job file, not in the engine")
 
 
 def _replace(obj: Any, **changes: Any) -> Any:

@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from engine.jobfile import engine_path
 from engine.logpump import LogPump
 from engine.worker import (boot_ticks, decode, encode, env_key, input_variables, receive, send_with_fds,
                            start_ticks)
@@ -182,7 +183,7 @@ class Worker:
         engine_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = engine_end
         self._send_lock = threading.Lock()
-        self.environ = {**_current_environ(), "PYTHONPATH": _engine_path()}
+        self.environ = {**_current_environ(), "PYTHONPATH": engine_path()}
         """The worker's own environment: each attempt request carries only its differences from it."""
         self._changes_from: tuple[dict[str, str], tuple[dict[str, str], list[str]]] | None = None
         # What the job file prints or warns while the worker imports it (attempts have their own logs) goes
@@ -798,12 +799,6 @@ def _signal_group(pgid: int, number: int) -> None:
         os.killpg(pgid, number)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _engine_path() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    existing = os.environ.get("PYTHONPATH")
-    return root + (os.pathsep + existing if existing else "")
 
 
 def _mtime(path: str) -> float:

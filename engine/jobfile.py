@@ -39,6 +39,23 @@ class ImportTimedOut(BaseException):
                          "step, not at import")
 
 
+class ExitAtImport(BaseException):
+    """Raised by os._exit called while the loader's reader imports a job file: the call would end the
+    reader without a word about where."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the file calls os._exit({code}) at import, which would end the process that imports it; "
+                         "move the call into a step, or under `if __name__ == \"__main__\":`")
+
+
+def engine_path() -> str:
+    """PYTHONPATH for a process of stepline's own (`python -m engine.…`): this checkout first, wherever the
+    process starts."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    existing = os.environ.get("PYTHONPATH")
+    return root + (os.pathsep + existing if existing else "")
+
+
 def module_name(path: str | os.PathLike[str]) -> str:
     """The job file's module name: its stem and a digest of its real path (pickled outputs name it)."""
     real = os.path.realpath(path)

@@ -1,17 +1,16 @@
 """Import job files one by one, validate each job's DAG and collect every problem.
 
 A broken file (syntax error, import error, bad job) is reported with file:line
-and a sentence saying what to do; it never stops the other files from loading. Nor
-does a file whose import never ends (a loop, a connection made at import time that
-hangs): each file gets IMPORT_TIMEOUT_S, as Airflow's DAG files get theirs.
+and a sentence saying what to do; it never stops the other files from loading. The
+files are imported in a reader process (engine/reader.py), so neither a file whose
+import crashes or exits the process nor one whose import never ends (each gets
+IMPORT_TIMEOUT_S, as Airflow's DAG files get theirs) takes the caller down.
 """
 from __future__ import annotations
 
 import difflib
 import heapq
 import os
-import sys
-import threading
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
-from engine.jobfile import ImportTimedOut, import_job_file, import_timeout_s, is_from
+from engine.jobfile import ExitAtImport, import_job_file, import_timeout_s, is_from
 from engine.worker import env_key
 
 
@@ -56,18 +55,14 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return text if relative.startswith("..") else relative
 
 
-_stuck: dict[str, tuple[tuple[int, int], Problem]] = {}
-"""Job files whose import timed out, by path: (mtime_ns, size) and the problem. Until the file changes it
-is not imported again: an import blocked in a system call cannot be stopped, and each retry would leave
-one more thread waiting there."""
-
-
 def job_files(jobs_dir: Path) -> list[Path]:
     return sorted(p for p in jobs_dir.glob("*.py") if not p.name.startswith(("_", ".")))
 
 
-def load_jobs(jobs_dir: str | os.PathLike[str]) -> LoadResult:
-    """Load every job file in `jobs_dir` (not recursive; files starting with _ are helpers)."""
+def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None) -> LoadResult:
+    """Load every job file in `jobs_dir` (not recursive; files starting with _ are helpers), each imported in
+    the reader process (engine/reader.py). `output`: a file for what job files print at import (default:
+    stderr)."""
     folder = Path(jobs_dir)
     if not folder.is_dir():
         problem = Problem(display_path(folder), 0,
@@ -75,10 +70,10 @@ def load_jobs(jobs_dir: str | os.PathLike[str]) -> LoadResult:
         return LoadResult(problems=(problem,))
     jobs: dict[str, JobDef] = {}
     problems: list[Problem] = []
+    from engine.reader import read_job_files  # imports this module: loaded on first use
+
     files = job_files(folder)
-    timeout_s = import_timeout_s()
-    for path in files:
-        file_jobs, file_problems = load_file_in_time(path, timeout_s)
+    for file_jobs, file_problems in read_job_files(files, import_timeout_s(), output):
         problems += file_problems
         for job_def in file_jobs:
             if job_def.name in jobs:
@@ -89,56 +84,6 @@ def load_jobs(jobs_dir: str | os.PathLike[str]) -> LoadResult:
                 continue
             jobs[job_def.name] = job_def
     return LoadResult(jobs=jobs, problems=tuple(problems), files=tuple(display_path(p) for p in files))
-
-
-def load_file_in_time(path: Path, timeout_s: float) -> tuple[list[JobDef], list[Problem]]:
-    """load_file on a thread of its own, given up after `timeout_s`: the file is then reported at the line its
-    import was stuck on, and the other files load. Works from any thread (no SIGALRM)."""
-    try:
-        stat = path.stat()
-        version = (stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        version = (0, 0)
-    key = os.fspath(path)
-    if key in _stuck and _stuck[key][0] == version:
-        return [], [_stuck[key][1]]
-    outcome: list[tuple[list[JobDef], list[Problem]] | BaseException] = []
-
-    def load() -> None:
-        try:
-            outcome.append(load_file(path))
-        except BaseException as error:  # handed to the caller below
-            outcome.append(error)
-
-    thread = threading.Thread(target=load, name=f"stepline-load-{path.name}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if outcome:
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        _stuck.pop(key, None)
-        return outcome[0]
-    line = _line_running(thread, path)
-    _interrupt(thread)
-    problem = Problem(display_path(path), line, f"{ImportTimedOut(timeout_s)}; the file is tried again when it "
-                      "changes (STEPLINE_IMPORT_TIMEOUT sets the limit)")
-    _stuck[key] = (version, problem)
-    return [], [problem]
-
-
-def _line_running(thread: threading.Thread, path: Path) -> int:
-    """The deepest line of `path` that `thread` is executing now (0 if none)."""
-    frame = sys._current_frames().get(thread.ident or 0)
-    return 0 if frame is None else _deepest_line(traceback.extract_stack(frame), path)
-
-
-def _interrupt(thread: threading.Thread) -> None:
-    """Raise ImportTimedOut in `thread` at its next Python instruction: stops a loop; a thread blocked in a
-    system call stops only when the call returns."""
-    import ctypes  # only when a file timed out
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident or 0), ctypes.py_object(ImportTimedOut))
-    # (raised as the class, without arguments: its message does not matter to the abandoned import)
 
 
 def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
@@ -361,6 +306,8 @@ def _import_failure(error: BaseException) -> str:
         return (f"the file imports '{error.name}', which is not installed; install the package that provides "
                 "it into the Python environment stepline runs in, or fix the import")
     what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, ExitAtImport):
+        return str(error)
     if isinstance(error, ImportError):
         return f"importing the file failed with {what}; check the import and the installed package's version"
     return f"importing the file failed with {what}; fix the file (other job files still load)"

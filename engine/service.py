@@ -250,7 +250,7 @@ class EngineService:
     def reload_jobs(self) -> LoadResult:
         """Load the job files; jobs of a file that is now broken keep their last good definition."""
         assert self.engine is not None
-        fresh = load_jobs(self.jobs_dir)
+        fresh = load_jobs(self.jobs_dir, output=str(self.home.engine_log))  # not onto a console's screen
         broken = {os.path.abspath(p.file) for p in fresh.problems}
         jobs = dict(fresh.jobs)
         for name, job_def in self.jobs.jobs.items():

@@ -136,6 +136,19 @@ def test_check_lists_every_problem_and_exits_1(harness, monkeypatch):
     assert errors[-1].startswith("2 problems in ") and errors[-1].endswith("1 job OK")
 
 
+def test_check_survives_a_job_file_that_crashes_or_exits_at_import(harness):
+    harness.write_job("a_crash.py", "import ctypes\nctypes.string_at(0)\n", header=False)
+    harness.write_job("b_exit.py", "import os\nos._exit(0)\n", header=False)
+    harness.write_job("c_good.py", 'good = job("good", [shell("a", "true")])\n')
+    result = harness.cli("check")
+    assert result.returncode == 1
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith("jobs/a_crash.py:2: importing the file crashed the process importing it (SIGSEGV")
+    assert errors[1].startswith("jobs/b_exit.py:2: the file calls os._exit(0) at import")
+    assert errors[-1].startswith("2 problems in ") and errors[-1].endswith("1 job OK")
+    assert [j["name"] for j in json.loads(harness.cli("jobs", "--json").stdout)["jobs"]] == ["good"]
+
+
 def test_jobs_still_lists_the_good_jobs_when_a_file_is_broken(harness):
     harness.write_job("j.py", FAILING)
     harness.write_job("syntax.py", "def broken(:\n", header=False)

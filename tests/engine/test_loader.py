@@ -5,13 +5,16 @@ so the first line of each body below is line 2.
 """
 from __future__ import annotations
 
-import threading
+import os
+import signal
+import sys
 
+import psutil
 import pytest
 
 from engine.definition import JobDef
 from engine.loader import find_cycle, topological_order
-from tests.conftest import HEADER, wait_until
+from tests.conftest import HEADER
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +76,92 @@ def test_system_exit_in_a_job_file_is_a_problem_not_an_exit(harness, write_job):
         "jobs/j.py:3: importing the file failed with SystemExit: 3; fix the file (other job files still load)"]
 
 
+# --- files whose import ends or crashes the process importing them --------------------------------------------
+
+def test_os_exit_at_import_is_a_problem_at_its_line_and_the_next_file_loads(harness, write_job):
+    write_job("a_exits.py", """\
+        import os
+        os._exit(0)
+    """)
+    write_job("b_good.py", 'g = job("g", [shell("a", "true")])\n')
+    result = harness.load()
+    assert list(result.jobs) == ["g"]
+    assert [str(p) for p in result.problems] == [
+        "jobs/a_exits.py:3: the file calls os._exit(0) at import, which would end the process that imports it; "
+        'move the call into a step, or under `if __name__ == "__main__":`']
+
+
+def test_a_crash_at_import_names_the_signal_and_the_line_and_the_next_file_loads(harness, write_job):
+    # A C extension that segfaults when imported, as a broken build of a native package does.
+    write_job("a_crash.py", """\
+        import ctypes
+
+        def connect():
+            ctypes.string_at(0)
+
+        connect()
+    """)
+    write_job("b_good.py", 'g = job("g", [shell("a", "true")])\n')
+    result = harness.load()
+    assert list(result.jobs) == ["g"]
+    assert [str(p) for p in result.problems] == [
+        "jobs/a_crash.py:5: importing the file crashed the process importing it (SIGSEGV, in a C extension?); "
+        "other job files still load: fix the file or the package it imports there, and check it with `python FILE`"]
+
+
+def test_a_file_killed_at_import_is_reported_as_killed_and_the_next_file_loads(harness, write_job):
+    # What the out-of-memory killer does to a file that loads a huge table at import.
+    write_job("a_killed.py", """\
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    write_job("b_good.py", 'g = job("g", [shell("a", "true")])\n')
+    result = harness.load()
+    assert list(result.jobs) == ["g"]
+    assert [str(p) for p in result.problems] == [
+        "jobs/a_killed.py: importing the file crashed the process importing it (SIGKILL: out of memory?); "
+        "other job files still load: fix the file or the package it imports there, and check it with `python FILE`"]
+
+
+def test_the_loading_process_never_runs_a_job_file(harness, write_job):
+    # What a file does at import (imports, environment, working directory, signal handlers) stays out of
+    # the engine, the daemon and the console that load it.
+    write_job("a_side_effects.py", """\
+        import os, signal
+        os.environ["STEPLINE_TEST_IMPORTED"] = "yes"
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.chdir("/")
+        a = job("a", [shell("s", "true")])
+    """)
+    write_job("b_bad.py", 'b = job("b", [shell("s", "true", after=["nope"])])\n')
+    before = os.getcwd()
+    result = harness.load()
+    assert list(result.jobs) == ["a"]
+    assert [p.file for p in result.problems] == ["jobs/b_bad.py"]  # named from where stepline started, not "/"
+    assert os.getcwd() == before and "STEPLINE_TEST_IMPORTED" not in os.environ
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert not [name for name in sys.modules if name.startswith("stepline_job_")]
+
+
+def test_a_python_step_comes_back_without_its_function_and_keeps_its_shape(harness, write_job):
+    write_job("j.py", """\
+        @step(retries=2)
+        def extract(params):
+            return 1
+
+        @step
+        def load(extract):
+            return extract
+
+        j = job("j", [extract, load])
+    """)
+    job_def = harness.load().jobs["j"]
+    assert [(s.name, s.kind, s.parameters, s.retries) for s in job_def.steps] == [
+        ("extract", "python", ("params",), 2), ("load", "python", ("extract",), 0)]
+    with pytest.raises(RuntimeError, match="runs in the preloaded worker"):
+        job_def.steps[0].func()
+
+
 def test_a_broken_file_does_not_stop_a_good_file_from_loading(harness, write_job):
     write_job("a_broken.py", """\
         j = job("broken", [shell("a", "true")]
@@ -119,7 +208,7 @@ def test_a_file_whose_import_loops_is_stopped_and_reported_at_its_line_and_other
     result = harness.load()
     assert [str(p) for p in result.problems] == [f"jobs/spin.py:2: {TIMED_OUT}"]
     assert list(result.jobs) == ["g"]
-    wait_until(lambda: not any(t.name == "stepline-load-spin.py" for t in threading.enumerate()))  # stopped
+    assert psutil.Process().children(recursive=True) == []  # its reader was stopped, not left spinning
 
 
 def test_a_file_blocked_at_import_is_reported_and_not_imported_again_until_it_changes(harness, write_job,
