@@ -12,7 +12,7 @@ When the reader dies inside a file, that file gets a problem saying how, at the 
 shows, and a new reader goes on with the next file. A file whose import outlasts the import timeout
 is shown where it is stuck (SIGUSR1 makes faulthandler dump the stack), then its reader is killed.
 
-Run as `python -m engine.reader RESULT_FD DUMP_FD FILE...`.
+Run as `python -m engine.reader CALLER_PID RESULT_FD DUMP_FD FILE...`.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class _Reader:
         sink = open(output, "ab") if output else None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.reader", str(result_w), str(dump_w)] + [os.fspath(p) for p in paths],
+                [sys.executable, "-m", "engine.reader", str(os.getpid()), str(result_w), str(dump_w)] + [os.fspath(p) for p in paths],
                 pass_fds=[result_w, dump_w], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                 env={**os.environ, "PYTHONPATH": engine_path()})
         finally:
@@ -210,13 +210,27 @@ def _send(fd: int, result: Any) -> None:
         view = view[os.write(fd, view):]
 
 
+def _end_with_parent(parent: int) -> None:
+    """A reader whose caller died (a daemon killed while a file's import waits) ends instead of waiting on.
+    `parent`: the caller's pid, as it passed it: one that died before this runs is already not the parent."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stepline-reader-parent", daemon=True).start()
+
+
 def main() -> None:
     import faulthandler
 
-    result_fd, dump_fd, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    parent, result_fd, dump_fd, paths = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     faulthandler.enable(file=dump_fd, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
     os.dup2(2, 1)  # what a file prints at import goes where the caller said (stdout may carry --json)
+    _end_with_parent(parent)
     folder = os.getcwd()
     exit_process = os._exit
     for path in paths:

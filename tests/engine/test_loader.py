@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
 
 from engine.definition import JobDef
 from engine.loader import find_cycle, topological_order
-from tests.conftest import HEADER
+from tests.conftest import HEADER, wait_until
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(autouse=True)
@@ -757,3 +761,22 @@ def test_topological_order_moves_a_step_only_as_far_as_its_dependencies_need():
 
 def test_topological_order_keeps_file_order_for_independent_steps():
     assert topological_order(_job(z=(), y=(), x=())) == ["z", "y", "x"]
+
+
+def test_a_reader_stuck_in_a_file_ends_when_the_process_loading_dies(harness, write_job):
+    # A daemon killed with `kill -9` while a file's import waits must not leave the import waiting for ever.
+    write_job("wait.py", """\
+        import time
+        time.sleep(3600)
+    """)
+    loading = subprocess.Popen([sys.executable, "-c", "import sys; from engine.loader import load_jobs; "
+                                f"load_jobs({str(harness.jobs_dir)!r})"],
+                               env={**os.environ, "PYTHONPATH": ROOT}, start_new_session=True)
+    try:
+        wait_until(lambda: [p for p in psutil.Process(loading.pid).children() if "engine.reader" in p.cmdline()])
+        (reader,) = psutil.Process(loading.pid).children()
+        loading.kill()
+        loading.wait()
+        wait_until(lambda: not reader.is_running() or reader.status() == psutil.STATUS_ZOMBIE)
+    finally:
+        loading.kill()
