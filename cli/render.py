@@ -86,18 +86,31 @@ def _coarse(seconds: float) -> str:
     return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
+def cell_width(text: str) -> int:
+    """Columns `text` takes on a terminal: East Asian wide characters take two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata  # only for text that needs it
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - cell_width(text))
+
+
 def table(headers: list[str], rows: list[list[str]], states: Sequence[str | None] | None = None,
           state_column: int | None = None, color: bool = False) -> str:
-    """Left-aligned columns; the state column painted when `color`."""
+    """Left-aligned columns (by terminal cells, so names in CJK line up); the state column painted when `color`."""
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+            widths[i] = max(widths[i], cell_width(cell))
+    lines = ["  ".join(_pad(h.upper(), widths[i]) for i, h in enumerate(headers)).rstrip()]
     for index, row in enumerate(rows):
         cells = []
         for i, cell in enumerate(row):
-            text = cell.ljust(widths[i]) if i < len(row) - 1 else cell
+            text = _pad(cell, widths[i]) if i < len(row) - 1 else cell
             if color and state_column == i and states is not None:
                 text = paint(text, states[index], color)
             cells.append(text)

@@ -18,6 +18,7 @@ from engine.states import GLYPHS, Change, drawn_state
 from engine.worker import env_key
 
 if TYPE_CHECKING:
+    from engine.definition import JobDef
     from engine.runner import Engine
 
 
@@ -140,6 +141,24 @@ def finish(home: Home, run_id: int, as_json: bool) -> None:
     raise SystemExit(0 if run.state == "succeeded" else 1)
 
 
+def refuse_unknown_params(job_def: JobDef, params: dict[str, str]) -> None:
+    """A job that declares its params= takes those keys only: a mistyped -p key would otherwise run the job
+    with the default, unnoticed. A job that declares none takes any key (its steps read what they need)."""
+    if not job_def.params:
+        return
+    for key in params:
+        if key not in job_def.params:
+            import difflib
+
+            from engine.loader import display_path
+
+            close = difflib.get_close_matches(key, list(job_def.params), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(f"-p {key}: job '{job_def.name}' has no parameter '{key}'{hint}; its parameters are "
+                             f"{', '.join(job_def.params)} (declared by params= at "
+                             f"{display_path(job_def.file)}:{job_def.line})")
+
+
 @group.command(epilog="""
 \b
 Examples:
@@ -175,6 +194,7 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         close = difflib.get_close_matches(job_name, list(result.jobs), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}{hint}; `stepline jobs` lists them")
+    refuse_unknown_params(result.jobs[job_name], parsed)
     home = settings.open_home()
     pid = remote.engine_holder(home)
     if pid is not None:

@@ -160,9 +160,26 @@ def as_env_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     try:
-        return json.dumps(value, default=_as_json)
-    except (TypeError, ValueError):
+        return json.dumps(value, default=_as_json, allow_nan=False)
+    except ValueError:  # NaN or an infinity, which JSON has no word for: null, as JavaScript writes them
+        try:
+            return json.dumps(_finite(value), default=_as_json, allow_nan=False)
+        except (TypeError, ValueError):
+            return str(value)
+    except TypeError:
         return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN and infinity inside lists, tuples and dicts as None (dataclasses as their fields)."""
+    if isinstance(value, float):
+        return value if value - value == 0 else None  # inf - inf and nan - nan are nan
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    as_json = _as_json(value) if not isinstance(value, (str, int, type(None))) else value
+    return value if as_json is value or isinstance(as_json, str) else _finite(as_json)
 
 
 def _as_json(value: Any) -> Any:

@@ -48,6 +48,25 @@ def stamp_text(at: datetime | None) -> str:
     return shown.strftime("%Y-%m-%d %H:%M:%S") if shown else "—"
 
 
+def stamp_in_zone_text(at: datetime | None, zone_name: str | None) -> str:
+    """stamp_text, followed by the time in a schedule's own zone when it reads differently there:
+    "2026-11-28 05:00:00 (06:00 CET in Europe/Paris)", so the time matches the cron line."""
+    text = stamp_text(at)
+    if at is None or not zone_name:
+        return text
+    try:
+        from zoneinfo import ZoneInfo
+
+        there = at.astimezone(ZoneInfo(zone_name))
+    except (ValueError, KeyError, OSError):
+        return text
+    here = at.astimezone()
+    if there.utcoffset() == here.utcoffset():
+        return text
+    day = "" if there.date() == here.date() else there.strftime("%m-%d ")
+    return f"{text} ({day}{there.strftime('%H:%M %Z')} in {zone_name})"
+
+
 def duration_text(seconds: float | None, live: bool = False) -> str:
     """As people read them, exactly like the CLI: 850ms, 12.3s, 4m05s, 2h03m, 3d04h ("" when unknown).
 
@@ -117,7 +136,7 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
             shown = relative_text(job.next_fire_at, now) if compact else f"next {when_text(job.next_fire_at, now)}"
             text.append(f"  {shown}", style="bright_black")
     if last_run is None:
-        text.append("  no runs" if compact else "  no runs yet", style="italic bright_black")
+        text.append("  no runs", style="italic bright_black")
     return text
 
 

@@ -7,7 +7,9 @@ MAIN_KEYS: list[tuple[str, str, str]] = [
     ("R", "rerun_job", "Re-run job now"),
     ("c", "cancel_run", "Cancel run"),
     ("t", "trigger", "Trigger with params"),
-    ("p", "toggle_pause", "Pause/resume schedule"),
+    # One key, two actions: the footer then says which one p does for the selected job.
+    ("p", "pause_schedule", "Pause schedule"),
+    ("p", "resume_schedule", "Resume schedule"),
     ("f", "cycle_filter", "Filter all/failed/running"),
     ("slash", "search_tree", "Search tree"),
     ("n", "search_next", "Next match"),
@@ -22,7 +24,8 @@ MAIN_KEYS: list[tuple[str, str, str]] = [
 FOOTER_LABELS: dict[str, str] = {
     # Short footer labels, in the order the footer shows them: at 80 columns the first ones stay visible.
     "retry": "Retry", "cancel_run": "Cancel", "rerun_job": "Run now", "focus_log": "Log",
-    "help": "Help", "quit_console": "Quit", "trigger": "Trigger", "toggle_pause": "Pause", "timeline": "Timeline",
+    "help": "Help", "quit_console": "Quit", "trigger": "Trigger", "pause_schedule": "Pause",
+    "resume_schedule": "Resume", "timeline": "Timeline",
     "graph": "Graph", "cycle_filter": "Filter", "search_tree": "Search",
 }
 """The footer's label of each action (the palette and help keep the long descriptions)."""
@@ -35,7 +38,7 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("shift+↑↓", "previous / next sibling"),
         ("/  n  N", "search the loaded jobs and runs, and their steps; next / previous match"),
         ("f", "filter runs: all → failed → running"),
-        ("tab", "move focus: tree → details → log"),
+        ("tab  escape", "focus: tree → details → log; escape: back to the tree"),
     ]),
     ("Actions", [
         ("r", "retry the selected failed step, or the failed steps of the selected run"),

@@ -117,6 +117,28 @@ def test_no_color_counts_only_when_set_to_something(monkeypatch, value, colored)
     assert render.use_color(Terminal()) is colored  # type: ignore[arg-type]
 
 
+def test_a_mistyped_param_of_a_job_that_declares_its_params_is_refused(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo $STEPLINE_PARAM_REGION")], params={"region": "emea"})\n'
+                              'free = job("free", [shell("a", "echo $STEPLINE_PARAM_ANY")])\n')
+    result = harness.cli("run", "j", "-p", "regoin=apac")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("stepline: -p regoin: job 'j' has no parameter 'regoin' (did you mean 'region'?); "
+                                     "its parameters are region (declared by params= at jobs/j.py:2)")
+    assert json.loads(harness.cli("runs", "--json").stdout)["runs"] == []  # nothing ran
+    assert harness.cli("run", "j", "-p", "region=apac").returncode == 0
+    assert harness.cli("run", "free", "-p", "any=1").returncode == 0  # declares none: takes any key
+
+
+def test_tables_line_up_by_terminal_cells_with_wide_and_combining_characters():
+    # A step named 集計 takes four columns on a terminal, not two; é written as e + a combining accent, one.
+    from cli import render
+
+    text = render.table(["step", "state"], [["集計", "succeeded"], ["load", "failed"], ["re\u0301sume\u0301", "ok"]])
+    lines = text.splitlines()
+    assert lines == ["STEP    STATE", "集計    succeeded", "load    failed", "re\u0301sume\u0301  ok"]
+    assert {render.cell_width(line[:line.rindex(" ") + 1]) for line in lines} == {8}
+
+
 def test_pause_of_a_job_without_a_schedule_says_there_is_nothing_to_pause(harness):
     harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
     result = harness.cli("pause", "j")

@@ -341,7 +341,7 @@ def test_shell_steps_see_every_kind_of_upstream_output_as_text(home, write_job):
 
         @step
         def table():
-            return {"rows": 2, "ok": True}
+            return {"rows": 2, "ok": True, "mean": float("nan"), "max": float("inf")}
 
         @step
         def nothing():
@@ -356,8 +356,10 @@ def test_shell_steps_see_every_kind_of_upstream_output_as_text(home, write_job):
     """)
     run = home.run_now("j")
     assert run.state == "succeeded", run.reason
-    # Other values than text arrive as JSON, a dataclass as its fields.
-    assert run.step("show").output_preview == """'{"x": 3}|{"rows": 2, "ok": true}|null|line one'"""
+    # Other values than text arrive as JSON, a dataclass as its fields; NaN and infinities (which JSON has
+    # no word for, and `jq` refuses as written by Python) as null.
+    assert run.step("show").output_preview == (
+        """'{"x": 3}|{"rows": 2, "ok": true, "mean": null, "max": null}|null|line one'""")
     assert run.step("plain").output_preview == "'line one!'"
 
 

@@ -318,6 +318,12 @@ async def test_t_prompts_for_params_and_triggers_with_them(harness, engine):
         await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
 
 
+def footer_labels(app) -> list[str]:  # type: ignore[no-untyped-def]
+    from textual.widgets._footer import FooterKey
+
+    return [key.description for key in app.screen.query(FooterKey)]
+
+
 async def test_p_pauses_and_resumes_the_schedule(harness, engine):
     harness.write_job("hourly.py", """
         a = shell("a", "true")
@@ -328,10 +334,14 @@ async def test_p_pauses_and_resumes_the_schedule(harness, engine):
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         select(app, is_job("hourly"))
+        await settle_until(pilot, lambda: "Pause" in footer_labels(app))
+        assert "Resume" not in footer_labels(app)
         await pilot.press("p")
         await settle(pilot, rounds=1)
         assert "pause requested for the schedule of 'hourly'" in notifications(app)
         await settle_until(pilot, lambda: "hourly  every 1h  paused" in tree_text(app))
+        await settle_until(pilot, lambda: "Resume" in footer_labels(app))  # the footer says what p does now
+        assert "Pause" not in footer_labels(app)
         await pilot.press("p")
         await settle_until(pilot, lambda: "paused" not in tree_text(app))
         assert "resume requested" in notifications(app)
@@ -434,3 +444,22 @@ async def test_enter_expands_and_collapses_runs_lazily(harness):
         assert "✓ a" in tree_text(app)
         await pilot.press("enter")
         assert "✓ a" not in tree_text(app)
+
+
+async def test_escape_in_the_details_or_the_log_goes_back_to_the_tree(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo ok")])\n')
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = app.main_screen.run_tree
+        assert tree.has_focus
+        await pilot.press("tab")
+        assert app.main_screen.details.has_focus
+        await pilot.press("escape")
+        assert tree.has_focus
+        await pilot.press("l")
+        await settle(pilot, rounds=1)
+        assert not tree.has_focus
+        await pilot.press("escape")
+        assert tree.has_focus

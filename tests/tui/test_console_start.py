@@ -61,7 +61,7 @@ async def test_broken_job_files_are_listed_with_file_and_line_and_the_rest_works
         tree = tree_text(app)
         assert "1 job file problem" in tree
         assert "broken.py:" in tree
-        assert "fine" in tree and "no runs yet" in tree
+        assert "fine" in tree and "no runs" in tree
         app.main_screen.run_tree.move_cursor(app.main_screen.run_tree.root.children[0].children[0])
         await settle(pilot)
         assert "broken.py" in details_text(app) and "syntax" in details_text(app)

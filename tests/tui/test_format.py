@@ -36,7 +36,7 @@ def test_a_compact_job_line_keeps_name_and_next_fire_and_drops_the_schedule():
                      timezone=None, paused=False, next_fire_at=now + timedelta(hours=4), last_fire_at=None, plan=plan)
     full = fmt.job_label("etl_orders", job, None, now).plain
     compact = fmt.job_label("etl_orders", job, None, now, compact=True).plain
-    assert "0 6 * * *" in full and "no runs yet" in full
+    assert "0 6 * * *" in full and "no runs" in full
     assert compact == "  etl_orders  in 4h  no runs"
 
 
@@ -56,3 +56,14 @@ def test_a_running_run_whose_engine_is_gone_reads_so_and_stops_counting():
     finished = RunSummary(id=13, job="etl", state="failed", trigger="manual", created_at=started, scheduled_for=None,
                           started_at=started, ended_at=now, reason=None, params={})
     assert fmt.run_label(finished, now, abandoned=True).plain.startswith("✗ #13")  # only a running run is drawn so
+
+
+def test_a_next_fire_also_reads_in_the_schedule_zone_when_that_differs(utc_zone):
+    # The cron line says 06:00 in Paris; a console in UTC shows 05:00, and the 06:00 the user wrote.
+    at = datetime(2026, 11, 28, 5, 0, tzinfo=timezone.utc)
+    assert fmt.stamp_in_zone_text(at, "Europe/Paris") == "2026-11-28 05:00:00 (06:00 CET in Europe/Paris)"
+    assert fmt.stamp_in_zone_text(at, "Asia/Tokyo") == "2026-11-28 05:00:00 (14:00 JST in Asia/Tokyo)"
+    late = datetime(2026, 11, 28, 23, 30, tzinfo=timezone.utc)
+    assert fmt.stamp_in_zone_text(late, "Asia/Tokyo") == "2026-11-28 23:30:00 (11-29 08:30 JST in Asia/Tokyo)"
+    assert fmt.stamp_in_zone_text(at, "UTC") == "2026-11-28 05:00:00"  # same as here: said once
+    assert fmt.stamp_in_zone_text(at, None) == "2026-11-28 05:00:00"

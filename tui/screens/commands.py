@@ -92,7 +92,7 @@ class CommandActions:
             if view is None and run.state == "succeeded":
                 return f"run #{run.id} succeeded; it has no failed steps to retry"
             return None
-        if action in ("rerun_job", "trigger", "toggle_pause"):
+        if action in ("rerun_job", "trigger", "pause_schedule", "resume_schedule"):
             if job is None:
                 return "select a job (or one of its runs) first"
             if job not in self.jobs:
@@ -103,10 +103,14 @@ class CommandActions:
                             "(`stepline daemon`, or quit and run `stepline up`)")
                 return (f"job '{job}' is not loaded now: its file was removed, or has a problem (listed at the top "
                         "of the tree when it has)")
-            if action == "toggle_pause":
+            if action in ("pause_schedule", "resume_schedule"):
                 summary = self.jobs[job]
                 if not summary.schedule and not summary.every:
                     return f"job '{job}' has no schedule to pause; it runs only when triggered"
+                if action == "pause_schedule" and summary.paused:
+                    return f"the schedule of '{job}' is paused already"
+                if action == "resume_schedule" and not summary.paused:
+                    return f"the schedule of '{job}' is not paused"
             return None
         if action == "cancel_run":
             if run is None:
@@ -271,15 +275,15 @@ class CommandActions:
                                   "leftover step processes ended)")
         self.app.call_from_thread(self.poll_now)
 
-    def action_toggle_pause(self: MainScreen) -> None:
-        if not self._guard("toggle_pause"):
-            return
-        job, _, _ = self._selection()
-        summary = self.jobs[job]  # type: ignore[index]
-        if summary.paused:
-            self.send_command(f"resume requested for the schedule of '{job}'", "resume", job=job)
-        else:
+    def action_pause_schedule(self: MainScreen) -> None:
+        if self._guard("pause_schedule"):
+            job, _, _ = self._selection()
             self.send_command(f"pause requested for the schedule of '{job}' (running runs go on)", "pause", job=job)
+
+    def action_resume_schedule(self: MainScreen) -> None:
+        if self._guard("resume_schedule"):
+            job, _, _ = self._selection()
+            self.send_command(f"resume requested for the schedule of '{job}'", "resume", job=job)
 
     def action_quit_console(self: MainScreen) -> None:
         from tui.screens.confirm import ConfirmScreen

@@ -447,7 +447,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.log_pane.log_widget.focus()
 
     @on(LogTail.Left)
-    def _log_left(self) -> None:
+    @on(DetailsPane.Left)
+    def _pane_left(self) -> None:
         self.run_tree.focus()
 
     @on(LogTail.AttemptWanted)

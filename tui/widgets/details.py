@@ -16,7 +16,9 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.widgets import Static
 
 from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, RunView, StepView
@@ -117,6 +119,10 @@ class DetailsPane(VerticalScroll):
     DetailsPane > Static { width: 100%; }
     """
     can_focus = True
+    BINDINGS = [Binding("escape", "leave", "Back to tree", show=False)]
+
+    class Left(Message):
+        """The user left the details (escape), as from the log."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -130,6 +136,9 @@ class DetailsPane(VerticalScroll):
 
     def compose(self):  # type: ignore[no-untyped-def]
         yield self._body
+
+    def action_leave(self) -> None:
+        self.post_message(self.Left())
 
     def tick(self, now: datetime) -> None:
         """Advance the duration of a running run or step from the clock (no I/O, no scroll jump)."""
@@ -194,7 +203,8 @@ class DetailsPane(VerticalScroll):
             ("file", job.file), ("schedule", schedule + (f"  ({job.timezone})" if job.timezone else ""))]
         if job.schedule or job.every:
             rows.append(("paused", Text("yes (p resumes)", style="bold magenta") if job.paused else "no"))
-            rows.append(("next fire", fmt.stamp_text(job.next_fire_at) if not job.paused else "— (paused)"))
+            rows.append(("next fire", fmt.stamp_in_zone_text(job.next_fire_at, job.timezone) if not job.paused
+                         else "— (paused)"))
             rows.append(("last fire", fmt.stamp_text(job.last_fire_at)))
         if job.plan.params:
             rows.append(("params", ", ".join(f"{k}={v}" for k, v in job.plan.params.items())))

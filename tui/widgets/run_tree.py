@@ -211,7 +211,7 @@ class RunTree(Tree[NodeData]):
                 data.oldest_id, *(r.id for r in runs))
         if has_more and data.oldest_id is not None:
             node.add_leaf(Text("… more runs (enter)", style="italic bright_black"), MoreNode(job, data.oldest_id))
-        # A job without runs says "no runs yet" on its own line; only a filter that hides runs needs a child.
+        # A job without runs says "no runs" on its own line; only a filter that hides runs needs a child.
         if not node.children and self.run_filter != "all":
             empty = f"no {self.run_filter} runs (f changes the filter)"
             node.add_leaf(Text(empty, style="italic bright_black"), InfoNode(empty))
