@@ -1,7 +1,10 @@
 """The log pane: follows a growing log, searches, jumps, wraps and switches attempts; and quit, T, D."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from textual import events
 
 from tests.tui.conftest import (is_job, is_step, log_lines, make_app, notifications, run_first_run_of, select, settle,
                                 settle_until)
@@ -77,7 +80,7 @@ async def test_log_keys_search_jump_wrap_and_pick_an_attempt(harness):
 
 
 async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness, engine):
-    words = " ".join(f"w{i:02d}" for i in range(60))  # 239 characters, each one findable
+    words = " ".join(f"word{i:02d}" for i in range(40))  # 279 characters, each one findable
     harness.write_job("long.py", f"""
         a = shell("long", "echo '{words}'")
         long = job("long", [a])
@@ -87,7 +90,7 @@ async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness,
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await run_first_run_of(pilot, app, "long")
-        await settle_until(pilot, lambda: any("w59" in line for line in log_lines(app)))
+        await settle_until(pilot, lambda: any("word39" in line for line in log_lines(app)))
         await pilot.press("l", "w")
         await settle(pilot)
         rows = log_lines(app)
@@ -95,6 +98,12 @@ async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness,
         assert len(rows) > 1 and all(len(row) <= view for row in rows), (view, rows)
         # The first row starts with the HH:MM:SS stamp; the rest are indented continuations.
         assert rows[0][9:] + "".join(row[2:] for row in rows[1:]) == words
+        # Search finds every word, those the wrap cut in two included, and goes to the line's first row.
+        cut = [w for w in words.split() if not any(w in row for row in rows)]
+        assert cut, "the layout no longer cuts a word: the check below would prove nothing"
+        for word in cut + ["word00", "word39"]:
+            await pilot.press("slash", *word, "enter")
+            assert f"/{word} 1/1" in str(log_pane(app).query_one("#log-status").render()), word
 
 
 @pytest.mark.parametrize("way", ["q", "ctrl+q", "palette"])
@@ -205,3 +214,28 @@ async def test_the_header_names_the_daemon_the_console_is_attached_to(harness):
             assert f"attached to daemon pid {os.getpid()}" in app.main_screen.header.render().plain
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("key", ["T", "D"])
+async def test_escape_straight_after_T_or_D_closes_the_view_and_the_console_goes_on(harness, key):
+    # A reflex `T escape` removed the view while its footer was still being built: the console crashed
+    # (and stopped the engine it embedded).
+    fill(harness)
+    app = make_app(harness, clock=lambda: T0 + NOW_S)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for _ in range(3):
+            # escape right behind the key, as a terminal delivers both in one read: the view is on
+            # screen, its footer not built yet.
+            app.post_message(events.Key(key, key))
+            for _ in range(10_000):
+                if app.screen is not app.main_screen:
+                    break
+                await asyncio.sleep(0)
+            app.post_message(events.Key("escape", None))
+            await settle(pilot)
+            assert app.screen is app.main_screen
+        await pilot.press(key)
+        await settle(pilot)
+        assert app.screen is not app.main_screen  # still works
+    assert app.return_code in (None, 0)

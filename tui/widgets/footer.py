@@ -30,6 +30,8 @@ class KeyFooter(Footer):
         return (keys, self.show_command_palette, self.app.ENABLE_COMMAND_PALETTE, self.app.COMMAND_PALETTE_BINDING)
 
     async def recompose(self) -> None:
+        if not self.is_attached or self._pruning:
+            return  # its screen was closed meanwhile (`T escape` typed at once), as Widget.recompose checks
         shown = self._keys_shown()
         if shown is not None and shown == self._shown:
             return  # the same keys: nothing to rebuild

@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from rich.cells import cell_len
@@ -327,13 +327,16 @@ class LogTail(Vertical):
 
     # --- display -------------------------------------------------------------------------------------------------
 
-    def _display(self, lines: list[str]) -> list[str]:
-        if not self.wrap:
-            return lines
+    def _wrap_width(self) -> int:
         # The vertical scrollbar takes its columns from the width whether or not it is shown yet:
         # a character under it would be hidden, not wrapped.
         log = self.log_widget
-        width = max(20, log.size.width - log.styles.scrollbar_size_vertical)
+        return max(20, log.size.width - log.styles.scrollbar_size_vertical)
+
+    def _display(self, lines: list[str]) -> list[str]:
+        if not self.wrap:
+            return lines
+        width = self._wrap_width()
         shown: list[str] = []
         for line in lines:
             if len(line) <= width:
@@ -341,6 +344,21 @@ class LogTail(Vertical):
             else:
                 shown += [("  " if i else "") + line[i:i + width - 2] for i in range(0, len(line), width - 2)]
         return shown
+
+    def _rows_where(self, matches: Callable[[str], object]) -> list[int]:
+        """The screen rows of the loaded lines that `matches`: with wrap on, the first row of each such line,
+        so a word the wrap cut in two is still found."""
+        if not self.wrap:
+            return [i for i, line in enumerate(self.log_widget.lines) if matches(line)]
+        width = self._wrap_width()
+        counts = [1 if len(line) <= width else -(-len(line) // (width - 2)) for line in self._raw]
+        row = len(self.log_widget.lines) - sum(counts)  # rows of lines no longer loaded come first
+        rows = []
+        for line, count in zip(self._raw, counts):
+            if row >= 0 and matches(line):
+                rows.append(row)
+            row += count
+        return rows
 
     def _rewrite(self) -> None:
         log = self.log_widget
@@ -432,7 +450,7 @@ class LogTail(Vertical):
             self._matches = []
             return
         needle = self._term.lower()
-        self._matches = [i for i, line in enumerate(self.log_widget.lines) if needle in line.lower()]
+        self._matches = self._rows_where(lambda line: needle in line.lower())
         self._match = min(self._match, len(self._matches) - 1)
 
     def _go(self, line: int) -> None:
@@ -475,11 +493,10 @@ class LogTail(Vertical):
         self._update_title()
 
     def action_first_error(self) -> None:
-        for index, line in enumerate(self.log_widget.lines):
-            if ERROR.search(line):
-                self._go(index)
-                self._update_title()
-                return
+        for index in self._rows_where(ERROR.search)[:1]:
+            self._go(index)
+            self._update_title()
+            return
         loaded = len(self._raw)
         self.app.notify(f"no error line in the {'line' if loaded == 1 else f'last {loaded:,} lines'} loaded")
 
