@@ -272,9 +272,15 @@ async def test_the_keys_follow_the_cursor_through_a_filter_change(harness, engin
         await settle(pilot)
         await run_first_run_of(pilot, app, "j")
         await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
-        for _ in data_filters():
+        await pilot.press("f")  # failed runs only: #1 (succeeded) leaves the tree, the cursor goes to its job
+        await settle(pilot)
+        cursor = app.main_screen.run_tree.cursor_node
+        assert cursor is not None and is_job("j")(cursor.data)
+        await settle_until(pilot, lambda: "job j" in details_text(app))  # not run #1, no longer shown
+        for _ in data_filters()[1:]:  # and back to all: the cursor finds run #1 again
             await pilot.press("f")
             await settle(pilot)
+        await settle_until(pilot, lambda: is_run(1)(app.main_screen.run_tree.cursor_node.data))
         cursor = app.main_screen.run_tree.cursor_node
         assert cursor is not None and is_run(1)(cursor.data)
         await settle_until(pilot, lambda: "run #1 of j" in details_text(app))  # what the cursor is on
@@ -444,6 +450,26 @@ async def test_enter_expands_and_collapses_runs_lazily(harness):
         assert "✓ a" in tree_text(app)
         await pilot.press("enter")
         assert "✓ a" not in tree_text(app)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_tab_walks_tree_details_log_and_shift_tab_walks_back(harness, size):
+    # At 80 columns the right column shows only the pane that has focus: tab must still reach the log.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo ok")])\n')
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        screen = app.main_screen
+        for pane in (screen.details, screen.log_pane, screen.run_tree, screen.details):
+            await pilot.press("tab")
+            await settle(pilot, rounds=1)
+            assert pane.has_focus_within, pane
+            assert pane.display and pane.region.height > 0  # shown, not focused behind the scenes
+        for pane in (screen.run_tree, screen.log_pane):
+            await pilot.press("shift+tab")
+            await settle(pilot, rounds=1)
+            assert pane.has_focus_within, pane
 
 
 async def test_escape_in_the_details_or_the_log_goes_back_to_the_tree(harness):

@@ -1,9 +1,12 @@
 """What the operator sees on opening the console: the newest failure, its reason, traceback and log."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.tui.conftest import details_text, log_lines, make_app, publish_catalog, settle, tree_text
+from tests.tui.conftest import details_text, log_lines, make_app, publish_catalog, settle, settle_until, tree_text
+from tui.widgets.run_tree import ProblemNode
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
 
@@ -65,6 +68,35 @@ async def test_broken_job_files_are_listed_with_file_and_line_and_the_rest_works
         app.main_screen.run_tree.move_cursor(app.main_screen.run_tree.root.children[0].children[0])
         await settle(pilot)
         assert "broken.py" in details_text(app) and "syntax" in details_text(app)
+
+
+async def test_the_details_follow_the_problem_line_under_the_cursor_as_job_files_change(harness):
+    harness.write_job("ok.py", 'fine = job("fine", [shell("a", "true")])\n')
+    harness.write_job("b_broken.py", "x = = 1\n")
+    publish_catalog(harness)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = app.main_screen.run_tree
+        tree.root.children[0].expand()
+        await settle(pilot)
+        tree.move_cursor(tree.root.children[0].children[0])
+        await settle_until(pilot, lambda: "b_broken.py" in details_text(app))
+        harness.write_job("a_broken.py", "import surely_not_installed_pkg\n")  # listed first: slides under the cursor
+        publish_catalog(harness)
+        app.main_screen.poll_now()
+        await settle_until(pilot, lambda: "2 job file problems" in tree_text(app))
+
+        def details_show_the_cursor_line() -> bool:
+            line = tree.cursor_node.data  # type: ignore[union-attr]
+            if isinstance(line, ProblemNode):
+                shown = os.path.basename(line.file)
+                other = {"a_broken.py", "b_broken.py"} - {shown}
+                return shown in details_text(app) and not any(name in details_text(app) for name in other)
+            return "b_broken.py" not in details_text(app)
+
+        await settle_until(pilot, details_show_the_cursor_line)
+        assert tree.cursor_node is tree.get_node_at_line(tree.cursor_line)  # what keys act on: the same line
 
 
 async def test_job_lines_show_schedule_and_the_header_counts_runs(harness):

@@ -51,6 +51,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
     BINDINGS = sorted((Binding(key, action, FOOTER_LABELS.get(action, text), show=action in FOOTER_LABELS,
                                tooltip=text) for key, action, text in MAIN_KEYS),
                       key=lambda b: list(FOOTER_LABELS).index(b.action) if b.action in FOOTER_LABELS else 99)  # type: ignore[union-attr]
+    BINDINGS += [Binding("tab", "cycle_focus(1)", "Next pane", show=False),
+                 Binding("shift+tab", "cycle_focus(-1)", "Previous pane", show=False)]
 
     class Started(Message):
         def __init__(self, start: data.Start) -> None:
@@ -112,6 +114,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
         """Set by `quit`: no more ticks, polls or footer refreshes while the app shuts down."""
         self._focus_run: int | None = None
         self._focus_step: tuple[int, str] | None = None
+        self._refind: tuple[str, int, str | None] | None = None
+        """(job, run id, step) selected when the filter changed: selected again once a filter shows it, unless
+        the user moved off its job meanwhile."""
         """A step a search found in a run whose steps were not loaded yet: selected once they are."""
         self._preloaded: tuple[RunView, str | None, list[AttemptView]] | None = None
         """The run, step and attempts the console opens on, read at start (used by the first selection)."""
@@ -239,6 +244,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
         if delta.catalog is not None:
             self.jobs = {j.name: j for j in delta.catalog.jobs}
             self.run_tree.set_catalog(delta.catalog.jobs, delta.catalog.last_runs, delta.catalog.problems)
+            self.call_after_refresh(self._follow_cursor)  # problem lines come and go under the cursor
         for run in delta.runs.values():
             self.run_tree.upsert_run(run)
         for view in delta.views.values():
@@ -287,6 +293,14 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.run_tree.add_runs(message.job, message.runs, message.has_more)
         if self._focus_run is not None and self._focus_run in self.run_tree.runs:
             self.run_tree.runs[self._focus_run].expand()
+        if self._refind is not None and self._refind[0] == message.job and self._refind[1] in self.run_tree.runs:
+            _, run_id, step = self._refind  # the new filter shows it: back on it
+            self._refind = None
+            if step is not None:
+                self._focus_step = (run_id, step)
+                self.run_tree.runs[run_id].expand()
+            else:
+                self.run_tree.select_run_step(run_id, None)
         self.call_after_refresh(self._follow_cursor)  # the new lines may have slid under the cursor
 
     @on(RunTree.StepsWanted)
@@ -321,6 +335,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
             return
         previous = self.selected
         self.selected = message.data
+        if self._refind is not None and _node_key(message.data) != ("job", self._refind[0]):
+            self._refind = None  # the user went elsewhere: a later filter change must not pull them back
         if _node_key(previous) != _node_key(message.data):
             self.pinned_attempt = None
             self.selected_attempts = []
@@ -444,7 +460,20 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self.right.set_class(self.details.has_focus, "-details-focus")
 
     def action_focus_log(self) -> None:
-        self.log_pane.log_widget.focus()
+        # A narrow console shows one pane of the right column while it has focus: show the log first,
+        # or it cannot take the focus.
+        self.right.set_class(False, "-details-focus")
+        self.call_after_refresh(self.log_pane.log_widget.focus)
+
+    def action_cycle_focus(self, step: int = 1) -> None:
+        """tab / shift+tab: tree → details → log, whichever of them a narrow console shows now."""
+        panes = [self.run_tree, self.details, self.log_pane]
+        here = next((i for i, pane in enumerate(panes) if pane.has_focus_within), 0)
+        target = panes[(here + step) % len(panes)]
+        if target is self.log_pane:
+            self.action_focus_log()
+        else:
+            target.focus()
 
     @on(LogTail.Left)
     @on(DetailsPane.Left)
@@ -526,13 +555,18 @@ class MainScreen(commands.CommandActions, Screen[None]):
         filters = data.FILTERS
         self.run_tree.run_filter = filters[(filters.index(self.run_tree.run_filter) + 1) % len(filters)]
         self.header.set_state(run_filter=self.run_tree.run_filter)
+        selected = self.selected
+        if isinstance(selected, RunNode):
+            self._refind = (selected.summary.job, selected.summary.id, None)
+        elif isinstance(selected, StepNode):
+            self._refind = (selected.job, selected.run_id, selected.step.name)
         self.run_tree.clear_runs()
         self.app.notify(f"showing {self.run_tree.run_filter} runs" if self.run_tree.run_filter != "all" else "showing all runs")
         self.call_after_refresh(self._follow_cursor)
 
     def _follow_cursor(self) -> None:
         """After the tree changed under the cursor without announcing a move (a filter), show what it is on."""
-        cursor = self.run_tree.cursor_node
+        cursor = self.run_tree.cursor_line_node()
         data = cursor.data if cursor is not None else None
         if data is not None and _node_key(data) != _node_key(self.selected):
             self._selection_changed(RunTree.SelectionChanged(data))
@@ -551,4 +585,6 @@ def _node_key(node: NodeData) -> tuple[object, ...]:
         return ("run", node.summary.id)
     if isinstance(node, StepNode):
         return ("step", node.run_id, node.step.name)
+    if isinstance(node, ProblemNode):
+        return ("problem", node.file, node.line, node.message)
     return (type(node).__name__, id(node))

@@ -213,7 +213,7 @@ class RunTree(Tree[NodeData]):
             node.add_leaf(Text("… more runs (enter)", style="italic bright_black"), MoreNode(job, data.oldest_id))
         # A job without runs says "no runs" on its own line; only a filter that hides runs needs a child.
         if not node.children and self.run_filter != "all":
-            empty = f"no {self.run_filter} runs (f changes the filter)"
+            empty = f"no {self.run_filter} runs (f: filter)"
             node.add_leaf(Text(empty, style="italic bright_black"), InfoNode(empty))
         node.allow_expand = bool(node.children)  # no ▼ over nothing
 
@@ -256,8 +256,26 @@ class RunTree(Tree[NodeData]):
         job_node.allow_expand = True
         self.runs[run.id] = job_node.add(self._run_label(run), RunNode(run), before=first)
 
+    def cursor_line_node(self) -> TreeNode[NodeData] | None:
+        """The node the cursor's line shows now. Tree.cursor_node can still name a node removed under the
+        cursor (the problem lines are rebuilt when job files change) until the cursor moves."""
+        if self.cursor_line < 0:
+            return None
+        node = self.get_node_at_line(self.cursor_line)
+        if node is not None and node is not self.cursor_node:
+            line = self.cursor_line
+            self.cursor_line = -1  # setting the same line again would not announce the node
+            self.cursor_line = line
+        return node
+
     def clear_runs(self) -> None:
-        """Forget every loaded run (the filter changed); expanded jobs ask for their first page again."""
+        """Forget every loaded run (the filter changed); expanded jobs ask for their first page again.
+        The cursor goes to the job line of what it was on: the lines under it are gone."""
+        cursor = self.cursor_node
+        while cursor is not None and cursor.parent is not None and not isinstance(cursor.data, JobNode):
+            cursor = cursor.parent
+        if cursor is not None and isinstance(cursor.data, JobNode):
+            self.move_cursor(cursor)
         for node in self.jobs.values():
             data = node.data
             assert isinstance(data, JobNode)
