@@ -115,7 +115,12 @@ class Scheduler:
                     del self._entries[name]
                     self._unschedule(name)
             for name, job_def in scheduled.items():
-                paused, last_fire_at = rows.get(name, (False, None))
+                paused, last_fire_at, next_fire_at = rows.get(name, (False, None, None))
+                if (last_fire_at is None and next_fire_at is not None and job_def.every and not self._synced
+                        and not paused):
+                    # An interval that has not fired yet keeps the phase an earlier engine gave it: counted
+                    # from each start instead, it would never fire under an engine restarted more often.
+                    last_fire_at = next_fire_at - _interval_s(job_def.every)
                 key = (job_def.schedule, job_def.every, job_def.timezone)
                 entry = self._entries.get(name)
                 if entry is not None and entry.key == key and entry.paused == paused:
@@ -265,6 +270,13 @@ def _trigger(job_def: JobDef, anchor: float) -> BaseTrigger:
     return interval_trigger(job_def.every, job_def.timezone, start=_utc(anchor))
 
 
+def _interval_s(every: str) -> float:
+    try:
+        return parse_every(every)
+    except ScheduleError:
+        return 0.0  # reported by the loader; _trigger refuses it below
+
+
 def _walk(trigger: BaseTrigger, after: float, upto: float) -> list[float]:
     """Every fire time in (after, upto], oldest first."""
     found: list[float] = []
@@ -341,10 +353,11 @@ def _when(seconds: float) -> str:
 # --- schedule record (one IMMEDIATE transaction each; candidates for store.py) -------------------------------
 
 
-def _schedule_rows() -> dict[str, tuple[bool, float | None]]:
-    """(paused, last_fire_at) by job."""
-    query = store.Schedule.select(store.Schedule.job, store.Schedule.paused, store.Schedule.last_fire_at)
-    return {row.job: (bool(row.paused), row.last_fire_at) for row in query}
+def _schedule_rows() -> dict[str, tuple[bool, float | None, float | None]]:
+    """(paused, last_fire_at, next_fire_at) by job."""
+    query = store.Schedule.select(store.Schedule.job, store.Schedule.paused, store.Schedule.last_fire_at,
+                                  store.Schedule.next_fire_at)
+    return {row.job: (bool(row.paused), row.last_fire_at, row.next_fire_at) for row in query}
 
 
 def _upsert(job: str, values: dict[str, Any]) -> None:

@@ -177,6 +177,20 @@ def test_an_interval_keeps_its_phase_across_restarts(harness):
     assert scheduler.next_fire("j") == datetime(2026, 1, 7, 12, 30, tzinfo=UTC).timestamp()
 
 
+def test_an_interval_that_never_fired_keeps_its_phase_across_restarts(harness):
+    # Counted from each start, a 15-minute job under an engine restarted every 10 minutes never fired.
+    first, _ = restart([a_job(every="15m")], datetime(2026, 1, 7, 12, 0, tzinfo=UTC))
+    assert schedule_row("j").next_fire_at == datetime(2026, 1, 7, 12, 15, tzinfo=UTC).timestamp()
+    first.shutdown()
+    second, dues = restart([a_job(every="15m")], datetime(2026, 1, 7, 12, 10, tzinfo=UTC))
+    assert dues == [] and second.next_fire("j") == datetime(2026, 1, 7, 12, 15, tzinfo=UTC).timestamp()
+    second.shutdown()
+    # Down across the fire it was due for: that is a misfire, caught up as the job's policy says.
+    third, dues = restart([a_job(every="15m")], datetime(2026, 1, 7, 12, 20, tzinfo=UTC))
+    assert dues == [Due("j", datetime(2026, 1, 7, 12, 15, tzinfo=UTC).timestamp(), catch_up=True)]
+    assert third.next_fire("j") == datetime(2026, 1, 7, 12, 30, tzinfo=UTC).timestamp()
+
+
 def test_fires_coalesced_by_a_stall_are_misfires_too(harness):
     # APScheduler hands over only the newest of the fires it missed (coalesce); the rest are counted here.
     scheduler, dues = restart([a_job(every="1m", misfire="all", misfire_grace=5)],
