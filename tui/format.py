@@ -111,10 +111,12 @@ def utc_now(clock_s: float) -> datetime:
 
 
 def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
-              catalog_known: bool = True, compact: bool = False, abandoned: bool = False) -> Text:
+              catalog_known: bool = True, compact: bool = False, abandoned: bool = False,
+              file_broken: bool = False) -> Text:
     """A job's tree line; `compact` (narrow tree) keeps name, glyph and the next fire as "in 4h".
 
-    `abandoned`: the last run's engine is gone (see run_label)."""
+    `abandoned`: the last run's engine is gone (see run_label). `file_broken`: its job file has a problem
+    now, and the engine runs the job's last good version."""
     text = Text()
     if last_run is not None:
         text.append_text(glyph(last_run.state, engine_gone=abandoned))
@@ -126,6 +128,8 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
         if catalog_known:
             text.append("  not loaded", style="italic bright_black")
         return text
+    if file_broken:
+        text.append("  ⚠" if compact else "  ⚠ file broken", style="bold yellow")
     schedule = job.schedule or (f"every {job.every}" if job.every else None)
     if schedule:
         if not compact:

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from tests.tui.conftest import details_text, log_lines, make_app, publish_catalog, settle, settle_until, tree_text
+from tests.tui.conftest import (details_text, is_job, log_lines, make_app, publish_catalog, select, settle, settle_until,
+                                tree_text)
 from tui.widgets.run_tree import ProblemNode
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
@@ -117,3 +118,25 @@ async def test_job_lines_show_schedule_and_the_header_counts_runs(harness):
         header = app.main_screen.header.render().plain
         assert "1 failed" in header and "0 running" in header
         assert "engine not running" in header
+
+
+async def test_a_job_whose_file_broke_says_so_and_that_its_last_good_version_runs(harness, engine):
+    path = harness.write_job("flaky.py", 'flaky = job("flaky", [shell("a", "true")])\n')
+    harness.write_job("other.py", 'other = job("other", [shell("a", "true")])\n')
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle_until(pilot, lambda: "flaky" in tree_text(app) and "other" in tree_text(app))
+        assert "file broken" not in tree_text(app)
+        path.write_text(path.read_text() + "def broken(:\n")
+        await settle_until(pilot, lambda: "1 job file problem" in tree_text(app))
+        lines = tree_text(app).splitlines()
+        assert any("flaky" in line and "⚠ file broken" in line for line in lines)
+        assert not any("other" in line and "⚠" in line for line in lines)
+        select(app, is_job("flaky"))
+
+        def details() -> str:
+            return " ".join(details_text(app).split())  # as read, across the pane's wrapped lines
+
+        await settle_until(pilot, lambda: "Runs and schedules use the file's last good version" in details())
+        assert "flaky.py:3 syntax error" in details()

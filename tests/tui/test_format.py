@@ -67,3 +67,14 @@ def test_a_next_fire_also_reads_in_the_schedule_zone_when_that_differs(utc_zone)
     assert fmt.stamp_in_zone_text(late, "Asia/Tokyo") == "2026-11-28 23:30:00 (11-29 08:30 JST in Asia/Tokyo)"
     assert fmt.stamp_in_zone_text(at, "UTC") == "2026-11-28 05:00:00"  # same as here: said once
     assert fmt.stamp_in_zone_text(at, None) == "2026-11-28 05:00:00"
+
+
+def test_the_trigger_prompt_reads_params_as_a_shell_would():
+    from tui.screens.trigger import parse_params
+
+    assert parse_params("""day=2026-11-27 note='two words' say="it's" empty=""") == {
+        "day": "2026-11-27", "note": "two words", "say": "it's", "empty": ""}
+    with pytest.raises(ValueError, match="'oops' is not key=value"):
+        parse_params("a=1 oops")
+    with pytest.raises(ValueError, match="No closing quotation"):
+        parse_params("note='unclosed")

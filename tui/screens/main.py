@@ -358,8 +358,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
         """Show what is known now; the worker fills in fresh attempts and steps."""
         node, now = self.selected, self.now()
         if isinstance(node, JobNode):
-            self.details.show_job(node.name, self.jobs.get(node.name, node.job), node.last_run, now,
-                                  self.run_tree.catalog_known)
+            job = self.jobs.get(node.name, node.job)
+            self.details.show_job(node.name, job, node.last_run, now, self.run_tree.catalog_known,
+                                  self.run_tree.file_problem(job))
             self.log_pane.show(None, "select a step (or a run) to read its log")
         elif isinstance(node, RunNode):
             self.details.show_run(node.summary, self.selected_view or node.view, now, self.selected_engine_gone)

@@ -9,9 +9,15 @@ from textual.widgets import Input, Label, Static
 
 
 def parse_params(text: str) -> dict[str, str]:
-    """"a=1 b=two" as a dict; raises ValueError naming the bad piece."""
+    """"a=1 b=two note='two words'" as a dict, quoted as a shell would; raises ValueError naming the bad piece."""
+    import shlex
+
     params: dict[str, str] = {}
-    for piece in text.split():
+    try:
+        pieces = shlex.split(text)
+    except ValueError as error:  # an unclosed quote
+        raise ValueError(f"{error} in {text!r}") from None
+    for piece in pieces:
         key, sep, value = piece.partition("=")
         if not sep or not key:
             raise ValueError(f"'{piece}' is not key=value")
@@ -42,7 +48,7 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
             for index, (key, value) in enumerate(self.defaults.items()):
                 yield Label(f"{key}  (default {value!r})")
                 yield Input(value, id=f"param-{index}", classes="param")
-            yield Label("more params: key=value key2=value2" if self.defaults else "params: key=value key2=value2")
+            yield Label("more params: key=value key2='two words'" if self.defaults else "params: key=value key2='two words'")
             yield Input(placeholder="date=2026-11-27", id="param-extra")
             yield Static("", id="trigger-error")
 

@@ -181,14 +181,15 @@ class DetailsPane(VerticalScroll):
         self._show(title, Text(text))
 
     def show_problem(self, file: str, line: int, message: str) -> None:
-        self._show("job file problem", _fields([("file", f"{file}:{line}")]), Text(""),
+        self._show("job file problem", _fields([("file", f"{file}:{line}" if line else file)]), Text(""),
                    Text(message, style="red"), Text(""),
                    Text("The other job files still load. Fix this one; `stepline check` re-checks every file, "
                         "and a running engine reloads the file as soon as it is saved.", style="italic"))
 
     def show_job(self, name: str, job: JobSummary | None, last_run: RunSummary | None, now: datetime,
-                 catalog_known: bool = True) -> None:
-        """`catalog_known`: an engine has published the home's jobs (`stepline run` alone does not)."""
+                 catalog_known: bool = True, file_problem: tuple[str, int, str] | None = None) -> None:
+        """`catalog_known`: an engine has published the home's jobs (`stepline run` alone does not).
+        `file_problem`: (file, line, message) when the job's file is broken now."""
         if job is None and not catalog_known:
             self._show(f"job {name}", Text(f"No engine has loaded this home's job files yet, so job '{name}' is known "
                                            "by its runs only. Start one (`stepline daemon`, or quit and run "
@@ -199,8 +200,13 @@ class DetailsPane(VerticalScroll):
                                            "(its file was removed or failed to load)."))
             return
         schedule = job.schedule or (f"every {job.every}" if job.every else "none (runs only when triggered)")
-        rows: list[tuple[str, Text | str]] = [
-            ("file", job.file), ("schedule", schedule + (f"  ({job.timezone})" if job.timezone else ""))]
+        rows: list[tuple[str, Text | str]] = [("file", job.file)]
+        if file_problem is not None:
+            file, line, message = file_problem
+            where = f"{file}:{line}" if line else file
+            rows.append(("⚠ broken", Text(f"{where} {message}. Runs and schedules use the file's last good "
+                                          "version until it is fixed.", style="yellow")))
+        rows.append(("schedule", schedule + (f"  ({job.timezone})" if job.timezone else "")))
         if job.schedule or job.every:
             rows.append(("paused", Text("yes (p resumes)", style="bold magenta") if job.paused else "no"))
             rows.append(("next fire", fmt.stamp_in_zone_text(job.next_fire_at, job.timezone) if not job.paused

@@ -7,6 +7,7 @@ methods; it does no I/O itself.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -116,6 +117,8 @@ class RunTree(Tree[NodeData]):
         self.run_filter = "all"
         self.catalog_known = False
         """False until an engine has published its job catalogue (jobs then show as "not loaded")."""
+        self.problems_by_file: dict[str, tuple[int, str]] = {}
+        """The first problem of each broken job file, by the file as the engine names it."""
 
     # --- jobs and problems ---------------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class RunTree(Tree[NodeData]):
         """Add or relabel job nodes and the problems node; returns the names of jobs added."""
         by_name = {j.name: j for j in jobs}
         self.catalog_known = bool(jobs)
+        self.problems_by_file = {file: (line, message) for file, line, message in reversed(problems)}
         names = sorted(set(by_name) | set(last_runs))
         added = []
         for name in names:
@@ -158,7 +162,7 @@ class RunTree(Tree[NodeData]):
         first = next(iter(self.root.children), None)
         node = self.root.add(label, InfoNode("problems"), before=first, expand=True)
         for file, line, message in problems:
-            text = Text(f"✗ {_short_path(file)}:{line} ", style="red")
+            text = Text(f"✗ {_short_path(file)}{f':{line}' if line else ''} ", style="red")
             text.append(message.splitlines()[0] if message else "", style="")
             node.add_leaf(text, ProblemNode(file, line, message))
         self._problems = node
@@ -170,14 +174,26 @@ class RunTree(Tree[NodeData]):
         if text:
             self._info = self.root.add_leaf(Text(text, style="italic"), InfoNode(text))
 
+    def file_problem(self, job: JobSummary | None) -> tuple[str, int, str] | None:
+        """The problem of the job's file, when the file is broken now (the engine runs its last good version)."""
+        if job is None:
+            return None
+        for file, (line, message) in self.problems_by_file.items():
+            # The engine names files as it was started (relative to its folder); the catalogue, absolutely.
+            if job.file == file or job.file.endswith(os.sep + file):
+                return file, line, message
+        return None
+
     def _job_label(self, data: JobNode) -> Text:
         """The full job line, or the compact one when the full one does not fit the tree's width."""
         gone = data.last_run is not None and data.last_run.id in self.abandoned
-        full = fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, abandoned=gone)
+        broken = self.file_problem(data.job) is not None
+        full = fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, abandoned=gone,
+                             file_broken=broken)
         if not self.size.width or full.cell_len + JOB_LINE_INDENT <= self.size.width:
             return full
         return fmt.job_label(data.name, data.job, data.last_run, self.now, self.catalog_known, compact=True,
-                             abandoned=gone)
+                             abandoned=gone, file_broken=broken)
 
     def relabel_jobs(self) -> None:
         """Relabel job lines whose text changed (width or the relative next fire); no I/O."""
