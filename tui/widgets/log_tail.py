@@ -388,7 +388,9 @@ class LogTail(Vertical):
             title = f"log · {source.step} · attempt {source.number}/{len(source.attempts)} · {state}"
         if title != self.border_title:  # setting a title repaints the pane, even the same title
             self.border_title = title
-        flags = ["follow" if self.follow else "follow off (F)"]
+        # Following matters only while the log can grow: not for a finished attempt, nor without a log.
+        growing = source is not None and not self._done
+        flags = ["follow" if self.follow else "follow off (F)"] if growing else []
         if self.wrap:
             flags.append("wrap")
         if self._term:
