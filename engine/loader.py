@@ -56,7 +56,7 @@ def display_path(path: str | os.PathLike[str]) -> str:
 
 
 def job_files(jobs_dir: Path) -> list[Path]:
-    return sorted(p for p in jobs_dir.glob("*.py") if not p.name.startswith(("_", ".")))
+    return sorted(p for p in jobs_dir.glob("*.py") if not p.name.startswith(("_", ".")) and p.is_file())
 
 
 def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None) -> LoadResult:

@@ -79,7 +79,11 @@ class _Reader:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "engine.reader", str(os.getpid()), str(result_w), str(dump_w)] + [os.fspath(p) for p in paths],
                 pass_fds=[result_w, dump_w], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                env={**os.environ, "PYTHONPATH": engine_path()})
+                env={**os.environ, "PYTHONPATH": engine_path()},
+                # Its own process group: what the files start at import (a subprocess, a pool) is ended
+                # with it, instead of holding the caller's pipes open; a terminal's Ctrl-C reaches the
+                # caller, which ends the reader.
+                start_new_session=True)
         finally:
             os.close(result_w)
             os.close(dump_w)
@@ -106,6 +110,10 @@ class _Reader:
             if self.process.poll() is None and len(results) < len(self.paths):
                 self.process.kill()
             self.process.wait()
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # what the imports left running
+            except (ProcessLookupError, PermissionError):
+                pass
             os.close(self.dump_r)
         return results
 
@@ -145,8 +153,12 @@ class _Reader:
         dump = self._dump(time.monotonic())
         if code < 0:
             name = _signal_name(-code)
-            how = f"crashed the process importing it ({name}"
-            how += ": out of memory?)" if -code == signal.SIGKILL else ", in a C extension?)"
+            if -code == signal.SIGKILL:
+                how = f"got the process importing it killed ({name}: out of memory?)"
+            elif -code in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT):
+                how = f"crashed the process importing it ({name}, in a C extension?)"
+            else:
+                how = f"ended the process importing it with {name} (sent by the file, or from outside)"
         else:
             how = f"ended the process importing it (exit status {code})"
         return Problem(display_path(path), _line_in_dump(dump, path),
@@ -199,7 +211,15 @@ def _version(path: Path) -> tuple[int, int]:
 # --- the reader process -------------------------------------------------------------------------------------
 
 
+_reader_pid = 0
+_exit_process = os._exit
+
+
 def _refuse_exit(status: int) -> NoReturn:
+    """os._exit while a file is imported: in the reader itself, the file's problem. A process the file forked
+    (a multiprocessing pool's worker) exits as it asked."""
+    if os.getpid() != _reader_pid:
+        _exit_process(status)
     raise ExitAtImport(status)
 
 
@@ -223,26 +243,45 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="stepline-reader-parent", daemon=True).start()
 
 
+def _import(path: Path) -> FileResult:
+    """load_file, with what a file may do to the reader at import made its problem."""
+    os._exit = _refuse_exit  # a file's os._exit at import becomes its problem, not the reader's end
+    try:
+        return load_file(path)
+    except KeyboardInterrupt as error:  # the reader has a session of its own: no terminal sends it this
+        from engine.loader import _line_in
+
+        return [], [Problem(display_path(path), _line_in(path, error), "importing the file raised "
+                            "KeyboardInterrupt; fix the file (other job files still load)")]
+    finally:
+        os._exit = _exit_process
+
+
 def main() -> None:
     import faulthandler
 
+    global _reader_pid
+    _reader_pid = os.getpid()
     parent, result_fd, dump_fd, paths = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     faulthandler.enable(file=dump_fd, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=dump_fd, all_threads=True)
     os.dup2(2, 1)  # what a file prints at import goes where the caller said (stdout may carry --json)
     _end_with_parent(parent)
     folder = os.getcwd()
-    exit_process = os._exit
+    environment = dict(os.environ)
     for path in paths:
-        os._exit = _refuse_exit  # a file's os._exit at import becomes its problem, not the reader's end
+        jobs, problems = _import(Path(path))
+        if os.getpid() != _reader_pid:
+            _exit_process(0)  # a copy of the reader the file forked at import: only the reader answers
+        # Each file starts from the reader's own state, as it would alone: what one file changed at import
+        # (working directory, environment) must not break the files after it.
         try:
-            jobs, problems = load_file(Path(path))
-        finally:
-            os._exit = exit_process
-        try:
-            os.chdir(folder)  # a file that changed directory at import: the next file, and display paths, start here
+            os.chdir(folder)
         except OSError:
             pass
+        if os.environ != environment:
+            os.environ.clear()
+            os.environ.update(environment)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -254,7 +293,7 @@ def main() -> None:
         except (pickle.PicklingError, TypeError, AttributeError) as error:
             _send(result_fd, ([], [Problem(display_path(path), 0, f"the file's jobs cannot be read: {error}")]))
     # Not the interpreter's exit: threads a job file started and its modules' exit handlers would hold it.
-    exit_process(0)
+    _exit_process(0)
 
 
 if __name__ == "__main__":

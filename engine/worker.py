@@ -748,6 +748,9 @@ def main() -> None:
         serve(sock, spare_count, spare_idle_s, job_file, source_file)
     finally:
         sock.close()
+    # Not the interpreter's exit, which waits for every thread: one the job file started at import would
+    # keep the worker (and the engine stopping it) waiting.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -477,3 +477,33 @@ def test_a_worker_that_learns_of_its_engines_death_by_a_failed_send_still_ends_i
     finally:
         worker.kill()
         worker.wait(timeout=10)
+
+
+def test_a_worker_stops_when_asked_even_if_its_job_file_started_a_thread_at_import(harness, write_job):
+    # The interpreter's exit waits for such a thread: the worker then ignored the engine's stop, and the
+    # engine waited for it (10 s per job file, on every `stepline run`) before killing it.
+    write_job("j.py", """
+        import threading, time
+
+        def spin():
+            while True:
+                time.sleep(0.1)
+
+        threading.Thread(target=spin).start()
+
+        @step
+        def t1():
+            return "ok"
+
+        j = job("j", [t1])
+    """)
+    result = harness.load()
+    engine = harness.engine()
+    try:
+        run_id = engine.submit(result.jobs["j"], {})
+        engine.run_until_done([run_id])
+        workers = list(engine._executor._workers.values())
+    finally:
+        engine.close()
+    assert query.get_run(run_id).state == "succeeded"
+    assert [worker.process.returncode for worker in workers] == [0]  # exited as asked, not killed

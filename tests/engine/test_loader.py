@@ -123,8 +123,63 @@ def test_a_file_killed_at_import_is_reported_as_killed_and_the_next_file_loads(h
     result = harness.load()
     assert list(result.jobs) == ["g"]
     assert [str(p) for p in result.problems] == [
-        "jobs/a_killed.py: importing the file crashed the process importing it (SIGKILL: out of memory?); "
+        "jobs/a_killed.py: importing the file got the process importing it killed (SIGKILL: out of memory?); "
         "other job files still load: fix the file or the package it imports there, and check it with `python FILE`"]
+
+
+def test_a_file_that_forks_or_starts_processes_at_import_disturbs_no_other_file(harness, write_job):
+    # A fork at import (multiprocessing does this) used to leave a second reader answering for the files
+    # after it; a process started at import outlived the load and held the caller's pipes open.
+    write_job("a_forks.py", """\
+        import os
+        if os.fork() == 0:
+            pass  # the copy goes on importing, as the parent does
+        a = job("a", [shell("s", "true")])
+    """)
+    write_job("b_pool.py", """\
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            squares = pool.map(abs, [-1, -2, -3])
+        b = job("b", [shell("s", "true")])
+    """)
+    write_job("c_starts.py", """\
+        import subprocess
+        subprocess.Popen(["sleep", "600"])
+        c = job("c", [shell("s", "true")])
+    """)
+    write_job("d_path.py", """\
+        import os
+        os.environ["PATH"] = "/nonexistent"
+        d = job("d", [shell("s", "true")])
+    """)
+    write_job("e_uses_path.py", """\
+        import subprocess
+        subprocess.run(["true"], check=True)
+        e = job("e", [shell("s", "true")])
+    """)
+    for _ in range(3):  # the fork used to make results differ from one load to the next
+        result = harness.load()
+        assert [str(p) for p in result.problems] == []
+        assert sorted(result.jobs) == ["a", "b", "c", "d", "e"]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "600"]]
+
+
+def test_keyboard_interrupt_at_import_is_a_problem_at_its_line(harness, write_job):
+    write_job("a.py", """\
+        raise KeyboardInterrupt
+    """)
+    write_job("b.py", 'b = job("b", [shell("s", "true")])\n')
+    result = harness.load()
+    assert list(result.jobs) == ["b"]
+    assert [str(p) for p in result.problems] == [
+        "jobs/a.py:2: importing the file raised KeyboardInterrupt; fix the file (other job files still load)"]
+
+
+def test_a_folder_named_like_a_job_file_is_not_a_job_file(harness, write_job):
+    (harness.jobs_dir / "archive.py").mkdir(parents=True)
+    write_job("b.py", 'b = job("b", [shell("s", "true")])\n')
+    result = harness.load()
+    assert list(result.jobs) == ["b"] and result.problems == ()
 
 
 def test_the_loading_process_never_runs_a_job_file(harness, write_job):
