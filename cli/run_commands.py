@@ -279,14 +279,15 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
     """Cancel a running run: its step processes are stopped and its steps say why."""
     from engine.recovery import cancel_if_abandoned
 
-    settings.open_home()
+    home = settings.open_home()
     summary = query.run_summary(run_id)
     if summary.state not in ("running", "queued"):
         raise NotApplicableError(f"run {run_id} already {summary.state}; nothing to cancel")
-    if cancel_if_abandoned(run_id):
+    holder = remote.engine_holder(home)
+    if cancel_if_abandoned(run_id, home_engine=holder):
         click.echo(f"run {run_id} cancelled (the engine that ran it had stopped; leftover step processes ended)")
         return
-    pid, _ = query.run_owner(run_id)
+    pid = query.run_owner(run_id)[0] or holder
     store.add_command("cancel", run_id=run_id, payload={"reason": "cancelled by user"})
     click.echo(f"cancel requested for run {run_id} (engine pid {pid})")
     if not wait:
@@ -297,7 +298,7 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
         if current.state not in ("running", "queued"):
             click.echo(f"run {run_id} {current.state}" + (f": {current.reason}" if current.reason else ""))
             return
-        if cancel_if_abandoned(run_id, "cancelled by user (its engine stopped)"):
+        if cancel_if_abandoned(run_id, "cancelled by user (its engine stopped)", remote.engine_holder(home)):
             click.echo(f"run {run_id} cancelled (its engine stopped meanwhile)")
             return
         time.sleep(0.1)

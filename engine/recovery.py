@@ -155,11 +155,20 @@ def close_if_abandoned(run_id: int, clock: Callable[[], float] = time.time) -> N
         close_abandoned_run(run_id, clock=clock)
 
 
-def cancel_if_abandoned(run_id: int, reason: str = "cancelled by user (its engine had stopped)") -> bool:
+def cancel_if_abandoned(run_id: int, reason: str = "cancelled by user (its engine had stopped)",
+                        home_engine: int | None = None) -> bool:
     """Cancel a run at once when no engine would act on a cancel command: its engine is gone (or it never
-    had one). Leftover step processes are ended. False, doing nothing, when its engine is alive."""
+    had one). Leftover step processes are ended. False, doing nothing, when its engine is alive.
+
+    `home_engine`: the pid of the engine holding the home (daemon or console), if any. A queued run that never
+    started has no engine of its own yet: it waits in that engine's queue, which must take the command."""
     if _has_live_engine(run_id):
         return False
+    if home_engine is not None:
+        from engine import query
+
+        if query.run_summary(run_id).state == "queued" and query.run_owner(run_id)[0] is None:
+            return False
     close_abandoned_run(run_id, reason, cancelled=True)
     return True
 

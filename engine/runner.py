@@ -204,6 +204,8 @@ class Engine:
             run, max_active = entry
             if sum(1 for r in self._runs.values() if r.plan.job == run.plan.job) < max_active:
                 self._queued.remove(entry)
+                if store.Run.select(store.Run.state).where(store.Run.id == run.id).scalar() != "queued":
+                    continue  # ended meanwhile from outside (a cancel): its end stands
                 self._activate(run, set(run.states))
 
     def retry(self, run_id: int, step: str | None = None, new_budget: bool = True) -> list[str]:

@@ -421,3 +421,29 @@ def test_a_paused_schedule_stays_paused_across_a_real_restart(harness):
     finally:
         again.send_signal(signal.SIGTERM)
         again.wait(timeout=30)
+
+
+def test_stepline_cancel_of_a_queued_run_goes_to_the_engine_whose_queue_holds_it(harness, service):
+    # A queued run has no engine of its own yet: `stepline cancel` took it for abandoned, closed it in the
+    # database ("its engine had stopped"), and the daemon ran it anyway, turning cancelled into succeeded.
+    harness.write_job("j.py", """
+        a = shell("a", "sleep 60")
+        j = job("j", [a], every="1s")  # fires pile up behind the running one (max_active_runs=1)
+    """)
+    service(kill_grace_s=0.5)
+
+    def queued() -> list[int]:
+        return [r.id for r in query.list_runs(job="j", state="queued")]
+
+    second = wait_until(queued)[-1]
+    store.add_command("pause", job="j")
+    [first] = [r.id for r in query.list_runs(job="j", state="running")]
+    result = harness.cli("cancel", str(second), "--wait")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"cancel requested for run {second} (engine pid {os.getpid()})"
+    assert query.run_summary(second).state == "cancelled"
+    for run_id in [first] + queued():  # the runs before it in the queue end: its turn would come now
+        store.add_command("cancel", run_id=run_id)
+    wait_until(lambda: not query.list_runs(job="j", state="running") and not queued())
+    assert query.attempts(second, "a") == []  # never ran
+    assert query.run_summary(second).state == "cancelled"
