@@ -34,6 +34,8 @@ from engine.loader import Problem, display_path, load_file
 FileResult = tuple[list[JobDef], list[Problem]]
 """A file's valid jobs (without their Python functions) and its problems."""
 
+SLOW_NOTICE_S = 3.0
+"""A file still importing after this long is named on stderr (a command would otherwise wait in silence)."""
 DUMP_WAIT_S = 2.0
 """How long a stuck reader gets to write its stack after SIGUSR1 before it is killed."""
 
@@ -58,7 +60,7 @@ def read_job_files(paths: list[Path], timeout_s: float, output: str | None = Non
             todo.append(index)
     while todo:
         batch = [paths[i] for i in todo]
-        read = _Reader(batch, timeout_s, output).read()
+        read = _Reader(batch, timeout_s, output).read(notice=output is None)
         for offset, result in enumerate(read):
             results[todo[offset]] = result
         todo = todo[len(read):]
@@ -92,12 +94,19 @@ class _Reader:
         self.result_r, self.dump_r = result_r, dump_r
         self.buffer = b""
 
-    def read(self) -> list[FileResult]:
+    def read(self, notice: bool = False) -> list[FileResult]:
+        """`notice`: name a file that takes long to import on stderr, once."""
         results: list[FileResult] = []
         try:
             while len(results) < len(self.paths):
                 path = self.paths[len(results)]
-                message = self._next_message(time.monotonic() + self.timeout_s)
+                deadline = time.monotonic() + self.timeout_s
+                message = self._next_message(min(deadline, time.monotonic() + SLOW_NOTICE_S) if notice else deadline)
+                if message is None and notice and time.monotonic() < deadline:
+                    print(f"stepline: importing {display_path(path)} is taking long; waiting up to "
+                          f"{self.timeout_s:g}s for it (STEPLINE_IMPORT_TIMEOUT)", file=sys.stderr, flush=True)
+                    notice = False
+                    message = self._next_message(deadline)
                 if message is None:  # the file's import timed out: the reader is gone now
                     results.append(([], [self._timed_out(path)]))
                     break

@@ -100,6 +100,10 @@ class EngineService:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._jobs_changed = threading.Event()
+        self._loading: threading.Thread | None = None
+        """The reload under way after a change of the job files, if any."""
+        self._loaded: LoadResult | None = None
+        """What that reload found, for the engine's thread to apply."""
         self._good_sources: dict[str, str] = {}
         self._watching = threading.Event()
         self.watch_files = watch_files
@@ -178,11 +182,7 @@ class EngineService:
             with store.batch():
                 self._start_due_runs()
             if now >= next_poll:
-                if self._jobs_changed.is_set():
-                    self._jobs_changed.clear()
-                    self.reload_jobs()
-                    log.info("job files reloaded: %d jobs, %d problems", len(self.jobs.jobs),
-                             len(self.jobs.problems))
+                self._reload_changed_jobs()
                 self.consume_commands()
                 next_poll = now + self.command_poll_s
             self.engine.step(timeout_s=min(self.command_poll_s, self.heartbeat_s), consume_commands=False)
@@ -247,10 +247,41 @@ class EngineService:
         run = query.get_run(run_id)
         return any(run.step(name).attempts <= run.plan.step(name).retries for name in steps)
 
+    def _reload_changed_jobs(self) -> None:
+        """Reload the job files after a change, on a thread of its own: a file whose import hangs must not
+        hold the engine's turns (step timeouts, cancels, schedules) for the import timeout. The result is
+        applied on the engine's thread at a later turn."""
+        loading = self._loading
+        if loading is not None:
+            if loading.is_alive():
+                return
+            self._loading = None
+            if self._loaded is not None:
+                fresh, self._loaded = self._loaded, None
+                self.apply_jobs(fresh)
+                log.info("job files reloaded: %d jobs, %d problems", len(self.jobs.jobs), len(self.jobs.problems))
+        if self._jobs_changed.is_set():
+            self._jobs_changed.clear()
+
+            def load() -> None:
+                try:
+                    self._loaded = self._load()
+                except Exception:  # never expected: say so, and keep the jobs loaded before
+                    log.exception("reloading the job files failed")
+
+            self._loading = threading.Thread(target=load, name="stepline-reload", daemon=True)
+            self._loading.start()
+
+    def _load(self) -> LoadResult:
+        return load_jobs(self.jobs_dir, output=str(self.home.engine_log))  # not onto a console's screen
+
     def reload_jobs(self) -> LoadResult:
-        """Load the job files; jobs of a file that is now broken keep their last good definition."""
+        """Load the job files now and apply them (see apply_jobs)."""
+        return self.apply_jobs(self._load())
+
+    def apply_jobs(self, fresh: LoadResult) -> LoadResult:
+        """Use freshly loaded jobs; jobs of a file that is now broken keep their last good definition."""
         assert self.engine is not None
-        fresh = load_jobs(self.jobs_dir, output=str(self.home.engine_log))  # not onto a console's screen
         broken = {os.path.abspath(p.file) for p in fresh.problems}
         jobs = dict(fresh.jobs)
         for name, job_def in self.jobs.jobs.items():

@@ -171,6 +171,16 @@ def test_check_survives_a_job_file_that_crashes_or_exits_at_import(harness):
     assert [j["name"] for j in json.loads(harness.cli("jobs", "--json").stdout)["jobs"]] == ["good"]
 
 
+def test_a_command_waiting_on_a_slow_import_names_the_file(harness):
+    # Otherwise `stepline run hello` waits up to the import timeout in silence for an unrelated file.
+    harness.write_job("good.py", 'hello = job("hello", [shell("a", "true")])\n')
+    harness.write_job("slow.py", "import time\ntime.sleep(3600)\n")
+    result = harness.cli("run", "hello", env={"STEPLINE_IMPORT_TIMEOUT": "5"})
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[0] == ("stepline: importing jobs/slow.py is taking long; waiting up to 5s for "
+                                             "it (STEPLINE_IMPORT_TIMEOUT)")
+
+
 def test_jobs_still_lists_the_good_jobs_when_a_file_is_broken(harness):
     harness.write_job("j.py", FAILING)
     harness.write_job("syntax.py", "def broken(:\n", header=False)

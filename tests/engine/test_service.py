@@ -93,6 +93,26 @@ def test_a_stale_lock_file_from_a_dead_engine_is_taken_over(harness):
         lock.release()
 
 
+def test_the_engine_keeps_working_while_a_changed_job_file_is_stuck_at_import(harness, service):
+    # The reload ran on the engine's thread: one file stuck at import held every step timeout, cancel
+    # and schedule of the daemon for the whole import timeout (30 s).
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo ok")])\n')
+    service()
+    harness.write_job("hang.py", "import time\ntime.sleep(3600)\n")  # a change: the engine reloads
+
+    def stuck_reader() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children(recursive=True)
+                if "engine.reader" in p.cmdline() and any(a.endswith("hang.py") for a in p.cmdline())]
+
+    [reader] = wait_until(stuck_reader)
+    trigger = store.add_command("trigger", job="j")
+    run_id = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+    assert reader.is_running()  # all of it while the import was still stuck
+    reader.kill()  # the import times out: the reload finishes with the file's problem
+    wait_until(lambda: any("hang.py" in file for file, _, _ in query.load_problems()))
+
+
 def test_a_job_file_whose_import_never_ends_does_not_stop_the_engine(harness, service, monkeypatch):
     # A connection made at import time that hangs must not keep the daemon from loading, scheduling and
     # running every other job: the file is reported and the engine goes on.
