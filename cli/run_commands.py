@@ -309,6 +309,14 @@ def cancel(settings: Settings, run_id: int, wait: bool) -> None:
 def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
     from engine.scheduler import record_paused
 
+    home = settings.open_home()
+    pid = remote.engine_holder(home)
+    if pid is not None:
+        # The engine knows what it schedules, a job whose file is broken now (it keeps the last good
+        # version) included: it is the one to ask, not the files as they are.
+        answer = remote.send("pause" if pause else "resume", home, pid, job=job_name)
+        click.echo(answer.result or "")
+        return
     result = load_job_files(settings)
     if job_name not in result.jobs:
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}; `stepline jobs` lists them")
@@ -316,12 +324,6 @@ def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
     if job_def.schedule is None and job_def.every is None:
         raise NotApplicableError(f"job '{job_name}' has no schedule to {'pause' if pause else 'resume'}; it runs "
                                  "only when triggered")
-    home = settings.open_home()
-    pid = remote.engine_holder(home)
-    if pid is not None:
-        answer = remote.send("pause" if pause else "resume", home, pid, job=job_name)
-        click.echo(answer.result or "")
-        return
     record_paused(job_name, pause, None, time.time())
     click.echo(f"{job_name} {'paused' if pause else 'resumed'} (takes effect when an engine runs)")
 

@@ -402,7 +402,11 @@ class EngineService:
             return f"run {run_id} cancelled", run_id
         if kind in ("pause", "resume"):
             if job not in self.jobs.jobs:
-                raise UnknownJobError(f"no job '{job}' is loaded")
+                raise UnknownJobError(f"no job '{job}' is loaded by the engine (pid {os.getpid()}); `stepline jobs` "
+                                      "lists the jobs")
+            job_def = self.jobs.jobs[job]
+            if job_def.schedule is None and job_def.every is None:
+                raise NotApplicableError(f"job '{job}' has no schedule to {kind}; it runs only when triggered")
             if kind == "pause":
                 self.scheduler.pause(job)
             else:

@@ -467,3 +467,18 @@ def test_stepline_cancel_of_a_queued_run_goes_to_the_engine_whose_queue_holds_it
     wait_until(lambda: not query.list_runs(job="j", state="running") and not queued())
     assert query.attempts(second, "a") == []  # never ran
     assert query.run_summary(second).state == "cancelled"
+
+
+def test_stepline_pause_reaches_a_job_the_daemon_runs_from_its_last_good_version(harness, service):
+    # The file broke; the daemon keeps firing the job from its last good version. `stepline pause` read the
+    # files as they are now, found no such job, and so could not stop it.
+    path = harness.write_job("hb.py", 'hb = job("hb", [shell("a", "true")], every="1h")\n')
+    harness.write_job("manual.py", 'manual = job("manual", [shell("a", "true")])\n')
+    service()
+    path.write_text(path.read_text() + "def broken(:\n")
+    wait_until(lambda: any("hb.py" in file for file, _, _ in query.load_problems()))
+    result = harness.cli("pause", "hb")
+    assert (result.returncode, result.stdout.strip()) == (0, "hb paused"), result.stderr
+    refused = harness.cli("pause", "manual")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "stepline: job 'manual' has no schedule to pause; it runs only when triggered"
