@@ -356,8 +356,8 @@ def test_a_command_the_daemon_never_answered_is_withdrawn_and_never_carried_out_
     try:
         # The engine answers commands in the order they were written: once it has answered a later one,
         # it has passed the withdrawn trigger.
-        later = store.add_command("pause", job="j")
-        wait_until(lambda: query.command(later).state == "done")
+        later = store.add_command("pause", job="j")  # refused (j has no schedule), but answered
+        wait_until(lambda: query.command(later).state == "failed")
         assert query.list_runs() == []
     finally:
         again.send_signal(signal.SIGTERM)
