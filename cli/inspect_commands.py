@@ -120,7 +120,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, as
                    else "no runs match")
         return
     now = datetime.now(timezone.utc)
-    rows = [[str(r.id), r.job, r.state, r.trigger, render.local_time(r.started_at or r.created_at),
+    # A run that has not started (queued, or cancelled while queued) shows no start time, not its creation.
+    rows = [[str(r.id), r.job, r.state, r.trigger, render.local_time(r.started_at) if r.started_at else "-",
              render.duration(r.duration_s(now)), (_gone_note(r.id) if r.state == "running" else "") or r.reason or ""]
             for r in found]
     states: list[str | None] = [r.state for r in found]

@@ -137,9 +137,9 @@ class JobDef:
     misfire_grace_s: float = 60.0
     """A fire noticed later than this after its scheduled time is a misfire."""
     max_active_runs: int = 1
-    """Runs of this job that may be queued or running at once."""
+    """Runs of this job that may run at once; further runs wait, queued, for their turn."""
     overlap: str = "queue"
-    """A fire while max_active_runs runs are active: "queue" it or "skip" it."""
+    """A fire while max_active_runs runs are active (running or queued): "queue" it or "skip" it."""
 
     def without_functions(self) -> JobDef:
         """The job as the loader's reader sends it: data only (see StepDef.without_function)."""

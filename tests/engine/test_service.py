@@ -467,6 +467,8 @@ def test_stepline_cancel_of_a_queued_run_goes_to_the_engine_whose_queue_holds_it
     wait_until(lambda: not query.list_runs(job="j", state="running") and not queued())
     assert query.attempts(second, "a") == []  # never ran
     assert query.run_summary(second).state == "cancelled"
+    [row] = [line.split() for line in harness.cli("runs").stdout.splitlines() if line.startswith(f"{second} ")]
+    assert row[2:5] == ["cancelled", "schedule", "-"]  # no start time: it never started
 
 
 def test_stepline_pause_reaches_a_job_the_daemon_runs_from_its_last_good_version(harness, service):
