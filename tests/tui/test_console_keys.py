@@ -413,6 +413,35 @@ async def test_slash_searches_the_tree_and_n_finds_the_next_match(harness):
         assert second.data.run_id != first.data.run_id
 
 
+async def test_slash_and_n_reach_steps_inside_collapsed_runs_and_say_which_match(harness):
+    # The job line "j" matched nothing, but "/transform" used to stop at visible lines only: steps of a run
+    # collapsed again were never reached by n.
+    two_runs_of_extract_then_transform(harness)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for run_id in (1, 2):
+            select(app, is_run(run_id))
+            await pilot.press("enter")  # loads its steps
+            await settle(pilot)
+            await pilot.press("enter")  # and collapses it again
+            await settle(pilot)
+        assert "transform" not in tree_text(app)
+        select(app, is_job("j"))
+        await pilot.press("slash", *"transform", "enter")
+        await settle(pilot)
+        seen = []
+        for _ in range(3):
+            node = app.main_screen.run_tree.cursor_node
+            assert isinstance(node.data, StepNode) and node.data.step.name == "transform"
+            seen.append(node.data.run_id)
+            await pilot.press("n")
+            await settle(pilot)
+        assert sorted(seen[:2]) == [1, 2] and seen[2] == seen[0]  # both, then round again
+        assert "/transform: match 1 of 2 loaded" in notifications(app)
+        assert "/transform: match 2 of 2 loaded" in notifications(app)
+
+
 async def test_slash_finds_a_step_in_a_run_not_expanded_yet(harness):
     two_runs_of_extract_then_transform(harness)
     app = make_app(harness)

@@ -507,10 +507,18 @@ class MainScreen(commands.CommandActions, Screen[None]):
         event.input.remove_class("-open")
         self.run_tree.focus()
         self.search_term = event.value.strip() or None
-        if self.search_term and not self.run_tree.find(self.search_term):
-            # Not on screen: look among the steps of the runs the tree holds but has not expanded.
+        if self.search_term and not self._find(self.search_term):
+            # Not loaded: look among the steps of the runs the tree holds but whose steps it never loaded.
             self._search_steps(self.search_term, sorted(self.run_tree.runs, reverse=True))
         self.refresh_keys()
+
+    def _find(self, term: str, forward: bool = True) -> bool:
+        found = self.run_tree.find(term, forward)
+        if found is not None:
+            number, count = found
+            self.app.notify(f"/{term}: match {number} of {count} loaded" + (" (n / N: next / previous)"
+                                                                             if count > 1 else ""))
+        return found is not None
 
     @work(thread=True, group="search", exclusive=True)
     def _search_steps(self, term: str, run_ids: list[int]) -> None:
@@ -545,12 +553,12 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.run_tree.focus()
 
     def action_search_next(self) -> None:
-        if self.search_term:
-            self.run_tree.find(self.search_term)
+        if self.search_term and not self._find(self.search_term):
+            self.app.notify(f"'{self.search_term}' matches nothing loaded now", severity="warning")
 
     def action_search_previous(self) -> None:
-        if self.search_term:
-            self.run_tree.find(self.search_term, forward=False)
+        if self.search_term and not self._find(self.search_term, forward=False):
+            self.app.notify(f"'{self.search_term}' matches nothing loaded now", severity="warning")
 
     def action_cycle_filter(self) -> None:
         filters = data.FILTERS

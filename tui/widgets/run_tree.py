@@ -8,6 +8,7 @@ methods; it does no I/O itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -371,33 +372,33 @@ class RunTree(Tree[NodeData]):
 
     # --- navigation ------------------------------------------------------------------------------------------
 
-    def find(self, text: str, forward: bool = True) -> bool:
-        """Move to the next (or previous) loaded node whose line contains `text` (case-insensitive)."""
+    def find(self, text: str, forward: bool = True) -> tuple[int, int] | None:
+        """Move to the next (or previous) loaded node whose line contains `text` (case-insensitive), in
+        collapsed jobs and runs too (expanding the way to it); (its number, the count of matches), or None.
+        """
         needle = text.lower()
-        lines = [self.get_node_at_line(i) for i in range(self.last_line + 1)]
-        count = len(lines)
-        if not count:
-            return False
-        start = self.cursor_line
-        for offset in range(1, count + 1):
-            index = (start + offset) % count if forward else (start - offset) % count
-            node = lines[index]
-            if node is not None and needle in _plain(node.label).lower():
-                self.move_cursor(node)
-                return True
-        return self._find_collapsed(needle)
+        order = list(self._loaded_nodes(self.root))
+        matches = [node for node in order if needle in _plain(node.label).lower()]
+        if not matches:
+            return None
+        here = order.index(self.cursor_node) if self.cursor_node in order else -1
+        position = {id(node): index for index, node in enumerate(order)}
+        if forward:
+            target = next((n for n in matches if position[id(n)] > here), matches[0])
+        else:
+            target = next((n for n in reversed(matches) if position[id(n)] < here), matches[-1])
+        parent = target.parent
+        while parent is not None and parent is not self.root:
+            parent.expand()
+            parent = parent.parent
+        self.call_after_refresh(self.move_cursor, target)
+        return matches.index(target) + 1, len(matches)
 
-    def _find_collapsed(self, needle: str) -> bool:
-        """Look inside collapsed (but loaded) runs and jobs too, expanding the way to a match."""
-        for node in list(self.steps.values()) + list(self.runs.values()):
-            if needle in _plain(node.label).lower():
-                parent = node.parent
-                while parent is not None and parent is not self.root:
-                    parent.expand()
-                    parent = parent.parent
-                self.call_after_refresh(self.move_cursor, node)
-                return True
-        return False
+    def _loaded_nodes(self, node: TreeNode[NodeData]) -> Iterator[TreeNode[NodeData]]:
+        """Every node under `node` in the order the tree shows them, collapsed ones included."""
+        for child in node.children:
+            yield child
+            yield from self._loaded_nodes(child)
 
     def select_run_step(self, run_id: int, step: str | None) -> None:
         node = self.steps.get((run_id, step)) if step else None
