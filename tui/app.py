@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 
 from textual.app import App, SystemCommand
+from textual.notifications import Notify
 from textual.binding import Binding
 from textual.screen import Screen
 
@@ -24,6 +26,10 @@ FIRST_PAINT_WAIT_S = 1.0
 """The longest the console waits for its first read before it paints anyway."""
 FULL_COLLECTION_EVERY = 100
 """Middle-generation collections per full one while the console runs (Python's default is 10)."""
+
+
+MAX_TOASTS = 3
+"""Notices shown at once: more would cover the details and the log at 80x24 (the oldest goes first)."""
 
 
 class SteplineApp(App[None]):
@@ -45,6 +51,17 @@ class SteplineApp(App[None]):
         self._thresholds: tuple[int, int, int] = gc.get_threshold()
         self._collecting_paused = False
         self._holding_paint = False
+        self.notices: deque[tuple[str, str]] = deque(maxlen=200)
+        """(title, message) of every notice shown, newest last, those already gone from the screen included."""
+
+    def _on_notify(self, event: Notify) -> None:
+        self.notices.append((event.notification.title, event.notification.message))
+        super()._on_notify(event)
+        shown = list(self._notifications)
+        for old in shown[:-MAX_TOASTS]:
+            self._unnotify(old, refresh=False)
+        if len(shown) > MAX_TOASTS:
+            self._refresh_notifications()
 
     def on_load(self) -> None:
         # Before the terminal is set up and the screen built: the read overlaps with both.

@@ -91,7 +91,8 @@ def log_lines(app: SteplineApp) -> list[str]:
 
 
 def notifications(app: SteplineApp) -> str:
-    return "\n".join(n.message for n in app._notifications)
+    """Every notice the console showed (at most MAX_TOASTS stay on screen at once)."""
+    return "\n".join(message for _, message in app.notices)
 
 
 # --- a real engine and the tree's lines, for the key tests -------------------------------------------

@@ -286,7 +286,7 @@ async def test_the_keys_follow_the_cursor_through_a_filter_change(harness, engin
         await settle_until(pilot, lambda: "run #1 of j" in details_text(app))  # what the cursor is on
         await pilot.press("R")
         await settle(pilot, rounds=1)
-        assert "not applicable" not in "\n".join(n.title or "" for n in app._notifications)
+        assert "not applicable" not in [title for title, _ in app.notices]
         assert "run of 'j' requested" in notifications(app)
 
 
@@ -518,3 +518,17 @@ async def test_escape_in_the_details_or_the_log_goes_back_to_the_tree(harness):
         assert not tree.has_focus
         await pilot.press("escape")
         assert tree.has_focus
+
+
+async def test_at_most_three_notices_cover_the_screen_at_once(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        select(app, is_run(1))
+        for _ in range(6):
+            await pilot.press("c")  # "already succeeded; nothing to cancel", each time
+        await settle(pilot)
+        assert len(list(app._notifications)) == 3  # the oldest made way
+        assert notifications(app).count("nothing to cancel") == 6  # all of them were shown
