@@ -36,7 +36,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
     MainScreen #body { height: 1fr; }
     MainScreen RunTree { width: 44%; border: round $primary-darken-2; }
     MainScreen RunTree:focus { border: round $accent; }
-    MainScreen.-narrow RunTree { width: 38; }
+    MainScreen.-narrow RunTree { width: 48%; max-width: 38; }  /* 38 columns at 80; less below, so the right keeps room */
     MainScreen #right { width: 1fr; }
     MainScreen DetailsPane { height: 45%; }
     MainScreen LogTail { height: 1fr; }
