@@ -6,8 +6,8 @@ import asyncio
 import pytest
 from textual import events
 
-from tests.tui.conftest import (is_job, is_step, log_lines, make_app, notifications, run_first_run_of, select, settle,
-                                settle_until)
+from tests.tui.conftest import (is_job, is_run, is_step, log_lines, make_app, notifications, run_first_run_of, select,
+                                settle, settle_until)
 from tests.tui.console_data import NOW_S, T0, fill
 from tui.screens.attempts import AttemptScreen
 from tui.screens.confirm import ConfirmScreen
@@ -239,3 +239,36 @@ async def test_escape_straight_after_T_or_D_closes_the_view_and_the_console_goes
         await settle(pilot)
         assert app.screen is not app.main_screen  # still works
     assert app.return_code in (None, 0)
+
+
+async def test_a_runs_log_stays_on_the_step_being_read_while_the_run_moves_on(harness, engine, tmp_path):
+    # With a run selected the log shows its step that matters most; it switched to the next step while the
+    # user was reading (scrolled, searching) the previous one.
+    go = tmp_path / "go"
+    harness.write_job("two.py", f"""
+        a = shell("a", "echo first-step; while [ ! -e {go} ]; do sleep 0.05; done; echo a-done")
+        b = shell("b", "echo second-step; sleep 30", after=["a"])
+        two = job("two", [a, b])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "two")
+        select(app, is_run(1))
+        pane = log_pane(app)
+        await settle_until(pilot, lambda: "log · a ·" in str(pane.border_title))
+        await pilot.press("l", "g")  # reading it, from the top
+        go.touch()
+        screen = app.main_screen
+
+        def console_saw_b_running() -> bool:
+            view = screen.selected_view
+            return view is not None and view.step("b").state == "running"
+
+        await settle_until(pilot, console_saw_b_running)
+        await settle(pilot)
+        assert "log · a ·" in str(pane.border_title)  # still the step being read
+        await pilot.press("G", "escape")  # following again, back in the tree: the run's log moves on
+        screen.poll_now()
+        await settle_until(pilot, lambda: "log · b ·" in str(pane.border_title))

@@ -390,13 +390,20 @@ class MainScreen(commands.CommandActions, Screen[None]):
             return node.run_id
         return None
 
-    def _reload_selection(self) -> None:
+    def _reload_selection(self, log_left: bool = False) -> None:
+        """Read the selection afresh. `log_left`: the user just left the log (its focus is still moving)."""
         node = self.selected
         run_id = self._selected_run_id()
         self._selection_token += 1  # a read still under way for an earlier selection is void, even for a job's
         if run_id is None:
             return
         step = node.step.name if isinstance(node, StepNode) else None
+        source = self.log_pane.source
+        reading = self.log_pane.held if log_left else self.log_pane.reading
+        if step is None and source is not None and source.run_id == run_id and reading:
+            # A run's log shows the step that matters most, which moves as the run goes on; not while the
+            # user reads it (scrolled, searched or in the log): the text would change under their eyes.
+            step = source.step
         self._load_selection(self._selection_token, run_id, step)
 
     @work(thread=True, exclusive=True, group="selection")
@@ -480,6 +487,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
     @on(DetailsPane.Left)
     def _pane_left(self) -> None:
         self.run_tree.focus()
+        if isinstance(self.selected, RunNode) and not self.log_pane.held:
+            self._reload_selection(log_left=True)  # a run's log goes back to the step that matters most now
 
     @on(LogTail.AttemptWanted)
     def _attempt_wanted(self) -> None:

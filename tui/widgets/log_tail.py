@@ -260,6 +260,16 @@ class LogTail(Vertical):
         self._update_title()
         self.poll()
 
+    @property
+    def held(self) -> bool:
+        """The user holds a place in this log: follow is off (scrolled), or a search is on."""
+        return not self.follow or self._term is not None
+
+    @property
+    def reading(self) -> bool:
+        """Whether the user is reading this log: it has focus, or they hold a place in it."""
+        return self.has_focus_within or self.held
+
     def show_attempt(self, number: int) -> None:
         if self.source is not None:
             self.show(LogSource(self.source.run_id, self.source.step, self.source.attempts, number))
