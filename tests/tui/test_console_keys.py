@@ -510,3 +510,27 @@ async def test_at_most_three_notices_cover_the_screen_at_once(harness):
         await settle(pilot)
         assert len(list(app._notifications)) == 3  # the oldest made way
         assert notifications(app).count("nothing to cancel") == 6  # all of them were shown
+
+
+async def test_the_highlighted_line_stays_in_view_when_runs_arrive_above_it(harness):
+    harness.write_job("a.py", 'a = job("a", [shell("s", "true")])\n')
+    harness.write_job("z.py", 'z = job("z", [shell("s", "true")])\n')
+    harness.run_now("a")
+    harness.run_now("z")
+    app = make_app(harness)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        tree = app.main_screen.run_tree
+        for name in ("a", "z"):
+            tree.jobs[name].expand()
+        await settle_until(pilot, lambda: 1 in tree.runs and 2 in tree.runs)
+        select(app, is_run(2))  # z's run, at the bottom
+        await settle(pilot)
+        for _ in range(25):  # each lands above the highlighted line, in the expanded job a
+            harness.run_now("a")
+        app.main_screen.poll_now()
+        await settle_until(pilot, lambda: 27 in tree.runs)
+        await settle(pilot)
+        assert is_run(2)(tree.cursor_node.data)
+        top = tree.scroll_offset.y
+        assert top <= tree.cursor_line < top + tree.scrollable_content_region.height  # on screen

@@ -273,6 +273,18 @@ class RunTree(Tree[NodeData]):
         job_node.allow_expand = True
         self.runs[run.id] = job_node.add(self._run_label(run), RunNode(run), before=first)
 
+    def watch_cursor_line(self, previous_line: int, line: int) -> None:
+        super().watch_cursor_line(previous_line, line)
+        if line >= 0 and line != previous_line:
+            # Lines added or removed above the cursor (new runs, a job expanded, the filter) move it without
+            # a key press, and Tree scrolls only for keys: keep the highlighted line in view.
+            self.call_after_refresh(self._line_into_view, line)
+
+    def _line_into_view(self, line: int) -> None:
+        if line == self.cursor_line and not (self.scroll_offset.y <= line < self.scroll_offset.y
+                                             + self.scrollable_content_region.height):
+            self.scroll_to_line(line, animate=False)
+
     def cursor_line_node(self) -> TreeNode[NodeData] | None:
         """The node the cursor's line shows now. Tree.cursor_node can still name a node removed under the
         cursor (the problem lines are rebuilt when job files change) until the cursor moves."""
