@@ -6,6 +6,7 @@ dataclasses; no peewee row or open cursor leaves this module.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, overload
@@ -321,7 +322,7 @@ def load_problems() -> list[tuple[str, int, str]]:
 @dataclass(frozen=True, slots=True)
 class EngineStatus:
     state: str
-    """"running", "stopped", "not responding" or "never started"."""
+    """"running", "stopped", "not responding", "gone" (killed: its process no longer exists) or "never started"."""
     pid: int | None = None
     mode: str | None = None
     """"daemon" or "embedded"."""
@@ -329,15 +330,27 @@ class EngineStatus:
     started_at: datetime | None = None
 
 
+def _process_exists(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def engine_status(now: float) -> EngineStatus:
-    """Whether an engine runs this home, from its heartbeat (no process lookups)."""
+    """Whether an engine runs this home, from its heartbeat (a process lookup only when that is stale)."""
     row = EngineState.get_or_none(EngineState.id == 1)
     if row is None or row.started_at is None:
         return EngineStatus("never started")
     if row.stopped_at is not None:
         state = "stopped"
     elif row.heartbeat_at is None or now - row.heartbeat_at > STALE_AFTER_S:
-        state = "not responding"
+        state = "not responding" if _process_exists(row.pid) else "gone"
     else:
         state = "running"
     return EngineStatus(state, pid=row.pid, mode=row.mode, heartbeat_at=utc(row.heartbeat_at),

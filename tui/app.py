@@ -135,7 +135,10 @@ class SteplineApp(App[None]):
         await self.main_screen.run_action(action)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            if command.title == "Quit" and screen is self.main_screen:
+                continue  # ours (key q) says what quitting does to active runs; Textual's says it quits at once
+            yield command
         if screen is not self.main_screen:
             return
         for key, action, text in MAIN_KEYS:

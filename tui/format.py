@@ -235,6 +235,9 @@ def engine_text(status: EngineStatus, mode: str, compact: bool = False) -> Text:
         return Text(f"● attached to {kind} pid {status.pid}", style="green")
     if status.state == "not responding":
         return Text(f"✗ engine not responding since {clock_text(status.heartbeat_at)}", style="bold red")
+    if status.state == "gone":  # killed: its runs stay as they were until an engine starts and closes them
+        return Text(f"✗ engine gone{'' if compact else f' (pid {status.pid})'} since "
+                    f"{clock_text(status.heartbeat_at)}", style="bold red")
     if status.state == "stopped":
         return Text("⊘ engine not running" + ("" if compact else " (stopped)"), style="bold yellow")
     return Text("⊘ engine not running" + ("" if compact else " (never started here)"), style="bold yellow")

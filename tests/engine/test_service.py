@@ -484,3 +484,14 @@ def test_stepline_pause_reaches_a_job_the_daemon_runs_from_its_last_good_version
     refused = harness.cli("pause", "manual")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "stepline: job 'manual' has no schedule to pause; it runs only when triggered"
+
+
+def test_an_engine_killed_reads_as_gone_and_a_stuck_one_as_not_responding(harness):
+    # "not responding" for a daemon killed with kill -9 suggested a hang, and stayed so for good.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    store.heartbeat(dead.pid, 0.0, "daemon", 1000.0, starting=True)
+    assert query.engine_status(1001.0).state == "running"
+    assert query.engine_status(1100.0).state == "gone"
+    store.heartbeat(os.getpid(), 0.0, "daemon", 1000.0, starting=True)  # alive, but its heartbeat stopped
+    assert query.engine_status(1100.0).state == "not responding"

@@ -62,7 +62,7 @@ async def test_r_on_a_failed_run_retries_its_failed_steps(harness, engine):
         await settle(pilot)
         await pilot.press("r")
         await settle(pilot, rounds=1)
-        assert f"retry requested for the failed steps of run {run.id}" in notifications(app)
+        assert f"retry requested for the failed and cancelled steps of run {run.id}" in notifications(app)
         await settle_until(pilot, lambda: query.attempts(run.id, "a")[-1].number == 2
                            and query.get_run(run.id).state == "failed")
         await settle_until(pilot, lambda: "×2" in tree_text(app))

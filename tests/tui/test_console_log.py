@@ -199,6 +199,7 @@ async def test_the_command_palette_lists_every_action(harness):
         titles = [c.title for c in app.get_system_commands(app.main_screen)]
         for title in ("Retry failed step(s)", "Cancel run", "Trigger with params", "Timeline of run", "Help"):
             assert title in titles
+        assert titles.count("Quit") == 1  # ours, which asks when runs are active; not Textual's "at once"
 
 
 async def test_the_header_names_the_daemon_the_console_is_attached_to(harness):

@@ -78,3 +78,12 @@ def test_the_trigger_prompt_reads_params_as_a_shell_would():
         parse_params("a=1 oops")
     with pytest.raises(ValueError, match="No closing quotation"):
         parse_params("note='unclosed")
+
+
+def test_the_header_says_a_killed_engine_is_gone(utc_zone):
+    from engine.query import EngineStatus
+
+    status = EngineStatus("gone", pid=4242, mode="daemon",
+                          heartbeat_at=datetime(2026, 11, 27, 3, 12, 40, tzinfo=timezone.utc))
+    assert fmt.engine_text(status, "attached").plain == "✗ engine gone (pid 4242) since 03:12:40"
+    assert fmt.engine_text(status, "attached", compact=True).plain == "✗ engine gone since 03:12:40"

@@ -197,7 +197,8 @@ class CommandActions:
             self.send_command(f"retry requested for step '{step.name}' of run {run.id}", "retry",
                               run_id=run.id, step=step.name)
         else:
-            self.send_command(f"retry requested for the failed steps of run {run.id}", "retry", run_id=run.id,
+            self.send_command(f"retry requested for the failed and cancelled steps of run {run.id}", "retry",
+                              run_id=run.id,
                               step=None)
 
     def action_rerun_job(self: MainScreen) -> None:

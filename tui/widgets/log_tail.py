@@ -455,7 +455,9 @@ class LogTail(Vertical):
         else:
             self._update_title()
             if term:
-                self.app.notify(f"'{term}' is not in the last {len(self._raw)} lines loaded", severity="warning")
+                loaded = len(self._raw)
+                self.app.notify(f"'{term}' is not in the {'line' if loaded == 1 else f'last {loaded:,} lines'} "
+                                "loaded", severity="warning")
 
     def _find_matches(self) -> None:
         if not self._term:
