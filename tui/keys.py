@@ -23,7 +23,7 @@ MAIN_KEYS: list[tuple[str, str, str]] = [
 
 FOOTER_LABELS: dict[str, str] = {
     # Short footer labels, in the order the footer shows them: at 80 columns the first ones stay visible.
-    "retry": "Retry", "cancel_run": "Cancel", "rerun_job": "Run now", "focus_log": "Log",
+    "retry": "Retry", "cancel_run": "Cancel", "rerun_job": "Run", "focus_log": "Log",
     "help": "Help", "quit_console": "Quit", "trigger": "Trigger", "pause_schedule": "Pause",
     "resume_schedule": "Resume", "timeline": "Timeline",
     "graph": "Graph", "cycle_filter": "Filter", "search_tree": "Search",

@@ -136,7 +136,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
                 yield self.details
                 yield self.log_pane
         yield Input(placeholder="search loaded jobs, runs and steps · enter finds · escape closes", id="tree-search")
-        yield KeyFooter()
+        yield KeyFooter(show_command_palette=False)  # 80 columns then show every key; ? and the help list ctrl+p
 
     def on_mount(self) -> None:
         self.run_tree.focus()

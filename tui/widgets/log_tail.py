@@ -175,17 +175,18 @@ class LogTail(Vertical):
     LogTail > #log-search.-open { display: block; }
     LogTail > #log-status { height: 1; color: $text-muted; }
     """
+    # Short footer labels, the most used first, so 80 columns show them all; the tooltips and the help say more.
     BINDINGS = [
-        Binding("slash", "search", "Search log"),
-        Binding("n", "next_match", "Next match"),
-        Binding("N", "next_match(False)", "Previous match"),
+        Binding("slash", "search", "Search", tooltip="Search the loaded lines"),
+        Binding("n", "next_match", "Next", tooltip="Next match"),
+        Binding("N", "next_match(False)", "Prev", tooltip="Previous match"),
+        Binding("F", "toggle_follow", "Follow", tooltip="Follow the end on/off"),
+        Binding("w", "toggle_wrap", "Wrap", tooltip="Wrap long lines on/off"),
+        Binding("e", "first_error", "Error", tooltip="Jump to the first error line"),
+        Binding("a", "pick_attempt", "Attempt", tooltip="Pick another attempt"),
         Binding("g", "top", "Top"),
-        Binding("G", "bottom", "Bottom"),
-        Binding("F", "toggle_follow", "Follow on/off"),
-        Binding("w", "toggle_wrap", "Wrap"),
-        Binding("e", "first_error", "First error"),
-        Binding("a", "pick_attempt", "Attempt"),
-        Binding("escape", "leave", "Back to tree"),
+        Binding("G", "bottom", "End", tooltip="Bottom; follows again"),
+        Binding("escape", "leave", "Back to tree", show=False),
     ]
 
     class AttemptWanted(Message):
