@@ -101,8 +101,10 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
             state = StepState(step_run.state)
             if state.is_terminal:
                 continue
-            new_state = step_state if state == StepState.RUNNING else StepState.CANCELLED
-            if state == StepState.RUNNING:
+            # A step waiting for its retry was cut short too: its next attempt never came.
+            retrying = state == StepState.WAITING and (step_run.waiting_for or "").startswith("retry ")
+            new_state = step_state if state == StepState.RUNNING or retrying else StepState.CANCELLED
+            if state == StepState.RUNNING or retrying:
                 cut_short.append(step_run.name)
             store.StepRun.update(state=new_state, reason=reason, waiting_for=None, ended_at=ended).where(
                 store.StepRun.id == step_run.id).execute()

@@ -20,7 +20,7 @@ import queue
 import random
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,12 +208,13 @@ class Engine:
                     continue  # ended meanwhile from outside (a cancel): its end stands
                 self._activate(run, set(run.states))
 
-    def retry(self, run_id: int, step: str | None = None, new_budget: bool = True) -> list[str]:
+    def retry(self, run_id: int, step: str | None = None, new_budget: bool = True,
+              steps: Sequence[str] | None = None) -> list[str]:
         """Re-run the failed steps of a finished run (or `step` and what waits on it) in the same run.
 
         Steps that succeeded keep their persisted outputs; returns the step names that will run again.
         A manual retry gives each step a `new_budget` of automatic retries; recovery after a crash
-        continues the old one.
+        continues the old one, for the `steps` it chose (and what waits on them) only.
         """
         row = store.Run.get_or_none(store.Run.id == run_id)
         if row is None:
@@ -238,6 +239,16 @@ class Engine:
                 raise NotApplicableError(f"step '{step}' of run {run_id} {states[step]}; only failed, "
                                          "upstream_failed or cancelled steps can be retried")
             again = [step] + [d for d in plan.all_downstream(step) if states[d] != StepState.SUCCEEDED]
+        elif steps is not None:
+            # Recovery: these steps, and what waits on them unless it also waits on a step that stays failed.
+            again = list(steps)
+            downstream = {d for s in steps for d in plan.all_downstream(s)}
+            for step_plan in plan.steps:  # in the DAG's order: upstream first
+                if (step_plan.name in downstream and states[step_plan.name] != StepState.SUCCEEDED
+                        and step_plan.name not in again
+                        and all(states[u] == StepState.SUCCEEDED or u in again for u in step_plan.upstream)):
+                    again.append(step_plan.name)
+        if step is not None:
             for name in again:  # each must get what it waits on, from this retry or from an earlier success
                 blocked = next((u for u in plan.step(name).upstream
                                 if states[u] != StepState.SUCCEEDED and u not in again), None)
@@ -246,7 +257,7 @@ class Engine:
                         f"step '{name}' of run {run_id} waits on '{blocked}', which {states[blocked].value.replace('_', ' ')}; retry "
                         f"that one (`stepline retry {run_id} {blocked}` runs '{name}' after it), or the run from "
                         f"its failure (`stepline retry {run_id}`)")
-        else:
+        if step is None and steps is None:
             again = [name for name, state in states.items() if state.is_retryable]
             if not again:
                 raise NotApplicableError(f"run {run_id} has no failed, upstream_failed or cancelled steps "

@@ -234,18 +234,20 @@ class EngineService:
         for run_id, job, cut in close_runs_of_stopped_engines(self.identity, self.clock, holds_lock=True):
             log.warning("run %s of %s was left running by a stopped engine; closed (steps cut short: %s)",
                         run_id, job, ", ".join(cut) or "none")
-            if cut and self._retries_left(run_id, cut):
+            retryable = self._with_retries_left(run_id, cut)
+            if retryable:
                 try:
-                    again = self.engine.retry(run_id, new_budget=False)
+                    again = self.engine.retry(run_id, new_budget=False, steps=retryable)
                 except SteplineError as error:  # its job file is gone, say: the run stays failed
                     log.warning("run %s: not retried: %s", run_id, error)
                     continue
                 log.info("run %s: retrying %s, as their retry policy allows", run_id, ", ".join(again))
 
-    def _retries_left(self, run_id: int, steps: list[str]) -> bool:
-        """Whether any of `steps` has attempts left under its retries= policy."""
+    def _with_retries_left(self, run_id: int, steps: list[str]) -> list[str]:
+        """Those of `steps` with attempts left under their own retries= policy (a step without retries is
+        not run again because another step of its run may be: it may load data, or send mail)."""
         run = query.get_run(run_id)
-        return any(run.step(name).attempts <= run.plan.step(name).retries for name in steps)
+        return [name for name in steps if run.step(name).attempts <= run.plan.step(name).retries]
 
     def _reload_changed_jobs(self) -> None:
         """Reload the job files after a change, on a thread of its own: a file whose import hangs must not

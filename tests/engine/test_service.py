@@ -217,6 +217,8 @@ def test_stopping_the_engine_kills_a_step_that_ignores_sigterm_after_the_grace_p
 
 
 def test_after_kill_9_the_next_engine_closes_the_run_and_retries_as_policy_allows(harness):
+    # Each step by its own policy: `load` (no retries) cut short stays failed, though `slow` in the same run
+    # is retried; `flaky`, which was waiting for its retry, gets it instead of being cancelled.
     harness.write_job("j.py", """
         @step(retries=1)
         def slow(context):
@@ -225,13 +227,22 @@ def test_after_kill_9_the_next_engine_closes_the_run_and_retries_as_policy_allow
             if context.attempt == 1:
                 time.sleep(120)
             return context.attempt
-        j = job("j", [slow])
+
+        @step(retries=3, retry_delay=600)
+        def flaky(context):
+            if context.attempt == 1:
+                raise ConnectionError("nope")
+            return "ok"
+
+        load = shell("load", "sleep 120")
+        j = job("j", [slow, flaky, load])
     """)
     daemon = start_daemon(harness)
     trigger = store.add_command("trigger", job="j")
     run_id = wait_until(lambda: answered(trigger)).run_id
     wait_until(lambda: query.get_run(run_id).step("slow").state == "running"
-               and query.attempts(run_id, "slow")[0].pid)
+               and query.attempts(run_id, "slow")[0].pid and query.get_run(run_id).step("load").state == "running"
+               and query.get_run(run_id).step("flaky").state == "waiting")
     step_pid = query.attempts(run_id, "slow")[0].pid
     log_path = query.attempts(run_id, "slow")[0].log_path
     # What reached the log before the kill must survive it (a line still in the pipe dies with the engine).
@@ -244,7 +255,7 @@ def test_after_kill_9_the_next_engine_closes_the_run_and_retries_as_policy_allow
 
     second = start_daemon(harness)
     try:
-        wait_until(lambda: query.run_summary(run_id).state == "succeeded")
+        wait_until(lambda: query.run_summary(run_id).state == "failed")  # load stays failed
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
@@ -252,6 +263,9 @@ def test_after_kill_9_the_next_engine_closes_the_run_and_retries_as_policy_allow
     assert [a.state for a in attempts] == ["failed", "succeeded"]
     assert attempts[0].reason.summary == "engine stopped while running"
     assert "attempt 1" in open(attempts[0].log_path).read()
+    assert [a.state for a in query.attempts(run_id, "flaky")] == ["failed", "succeeded"]
+    assert [a.state for a in query.attempts(run_id, "load")] == ["failed"]
+    assert query.get_run(run_id).step("load").state == "failed"
 
 
 def test_run_hands_the_run_to_a_running_daemon_and_wait_follows_it(harness):
