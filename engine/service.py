@@ -150,8 +150,10 @@ class EngineService:
             self.engine = Engine(self.home, parallel=self.parallel, clock=self.clock,
                                  kill_grace_s=self.kill_grace_s, listener=self.listener,
                                  worker_output=str(self.home.engine_log))
-            store.heartbeat(*self.identity, self.mode, self.clock(), starting=True)
+            # Recovery first: it dates the end of steps cut short by the dead engine's last heartbeat, which
+            # this engine's first one would replace.
             self.recover()
+            store.heartbeat(*self.identity, self.mode, self.clock(), starting=True)
             if self.watch_files:
                 # Watch before loading, so no edit falls between the load and the first look.
                 threading.Thread(target=self._watch, name="stepline-watch", daemon=True).start()
