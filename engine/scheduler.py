@@ -116,11 +116,12 @@ class Scheduler:
                     self._unschedule(name)
             for name, job_def in scheduled.items():
                 paused, last_fire_at, next_fire_at = rows.get(name, (False, None, None))
-                if (last_fire_at is None and next_fire_at is not None and job_def.every and not self._synced
-                        and not paused):
-                    # An interval that has not fired yet keeps the phase an earlier engine gave it: counted
-                    # from each start instead, it would never fire under an engine restarted more often.
-                    last_fire_at = next_fire_at - _interval_s(job_def.every)
+                if last_fire_at is None and next_fire_at is not None and not self._synced and not paused:
+                    # A job that has not fired yet is caught up from the first fire an earlier engine gave
+                    # it, as one that has: a new daily job whose first 06:00 fell while the machine was down
+                    # is a misfire. An interval also keeps that engine's phase: counted from each start
+                    # instead, it would never fire under an engine restarted more often.
+                    last_fire_at = next_fire_at - (_interval_s(job_def.every) if job_def.every else 1.0)
                 key = (job_def.schedule, job_def.every, job_def.timezone)
                 entry = self._entries.get(name)
                 if entry is not None and entry.key == key and entry.paused == paused:
@@ -417,7 +418,16 @@ def _record_fire(job: str, scheduled_for: float, next_fire: float | None, at: fl
 
 
 def record_paused(job: str, paused: bool, next_fire: float | None, at: float) -> None:
-    """Persist a pause or resume (and its event); used directly when no engine runs the home."""
+    """Persist a pause or resume (and its event); used directly when no engine runs the home.
+
+    A resume counts as the job's last fire when no engine runs: the next engine then catches up only on
+    what it misses from now on, not on the fires that fell while the job was paused (as a resume under a
+    running engine does)."""
+    values: dict[str, Any] = {"paused": paused, "next_fire_at": next_fire, "updated_at": at}
     with store.write():
-        _upsert(job, {"paused": paused, "next_fire_at": next_fire, "updated_at": at})
+        if not paused and next_fire is None:
+            row = store.Schedule.get_or_none(store.Schedule.job == job)
+            if row is not None and row.paused:
+                values["last_fire_at"] = max(row.last_fire_at or at, at)
+        _upsert(job, values)
         _event(at, "paused" if paused else "resumed", job)

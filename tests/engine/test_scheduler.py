@@ -13,7 +13,7 @@ import pytest
 
 from engine import job, shell, store
 from engine.definition import JobDef
-from engine.scheduler import MAX_CATCH_UP, Due, Scheduler
+from engine.scheduler import MAX_CATCH_UP, Due, Scheduler, record_paused
 from tests.conftest import wait_until
 
 UTC = timezone.utc
@@ -189,6 +189,25 @@ def test_an_interval_that_never_fired_keeps_its_phase_across_restarts(harness):
     third, dues = restart([a_job(every="15m")], datetime(2026, 1, 7, 12, 20, tzinfo=UTC))
     assert dues == [Due("j", datetime(2026, 1, 7, 12, 15, tzinfo=UTC).timestamp(), catch_up=True)]
     assert third.next_fire("j") == datetime(2026, 1, 7, 12, 30, tzinfo=UTC).timestamp()
+
+
+def test_a_cron_job_that_never_fired_is_caught_up_for_the_fires_missed_while_down(harness):
+    # A new job whose first fire fell while the machine was down was never run: nothing to count from.
+    first, _ = restart([a_job(schedule="* * * * *", timezone="UTC", misfire="all")],
+                       datetime(2026, 1, 7, 12, 0, 20, tzinfo=UTC))
+    first.shutdown()
+    _, dues = restart([a_job(schedule="* * * * *", timezone="UTC", misfire="all")],
+                      datetime(2026, 1, 7, 12, 3, 37, tzinfo=UTC))
+    assert [(t.minute, t.second) for t in times(dues)] == [(1, 0), (2, 0), (3, 0)]
+    assert [due.catch_up for due in dues] == [True, True, False]  # 12:03 is within misfire_grace: on time
+
+
+def test_a_resume_while_no_engine_runs_does_not_bring_back_the_fires_of_the_pause(harness):
+    last_fired("j", datetime(2026, 1, 7, 12, 0, tzinfo=UTC))
+    record_paused("j", True, None, datetime(2026, 1, 7, 12, 0, 5, tzinfo=UTC).timestamp())
+    record_paused("j", False, None, datetime(2026, 1, 7, 12, 10, tzinfo=UTC).timestamp())  # `stepline resume`
+    _, dues = restart([a_job(every="1m", misfire="all")], datetime(2026, 1, 7, 12, 12, 30, tzinfo=UTC))
+    assert [(t.minute, t.second) for t in times(dues)] == [(11, 0), (12, 0)]  # since the resume only
 
 
 def test_fires_coalesced_by_a_stall_are_misfires_too(harness):
