@@ -90,6 +90,8 @@ class ActiveRun:
     """Pickles of small outputs of steps that succeeded here: kept until their write (put off with
     store.later) lands, and for the run's life when up to OUTPUT_KEPT_MAX bytes (most are: counts, paths,
     flags), so the 200 steps of a fan-out do not each read the same one back from the database."""
+    in_files: set[str] = field(default_factory=set)
+    """Steps that succeeded here with an output kept in its own file (too large for the database)."""
     step_plans: dict[str, StepPlan] = field(init=False)
     downstream: dict[str, list[str]] = field(init=False)
     """Direct downstream steps of every step (the plan's, computed once)."""
@@ -464,6 +466,8 @@ class Engine:
             data = run.outputs.get(name)
             if data is None:  # stored by an earlier engine, or written and let go; or large, in its file
                 data = store.stored_output(run.step_ids[name])
+                if data is None and name not in run.in_files and not store.has_output(run.step_ids[name]):
+                    data = NO_OUTPUT  # it returned None: no file to look for (a missing one is an error)
             path = self.home.output_file_str(run.id, name)
             if data is not None and len(data) > room:  # rare: many inputs near the inline bound
                 if not os.path.exists(path):  # once: attempts started earlier may be reading it
@@ -562,6 +566,8 @@ class Engine:
         stored: tuple[int, bytes] | None = None
         if state == StepState.SUCCEEDED:
             extra.update(has_output=output[0], output_preview=output[1], waiting_for=None)
+            if output[2] is None and output[0]:
+                run.in_files.add(name)
             if output[2] is not None:
                 run.outputs[name] = output[2]
                 if output[2] is not NO_OUTPUT:  # read back as None anyway: no file, no row

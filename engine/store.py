@@ -497,6 +497,12 @@ def stored_output(step_run_id: int) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
+def has_output(step_run_id: int) -> bool:
+    """Whether the step left an output (not None) when it succeeded."""
+    row = _execute('SELECT "has_output" FROM "step_run" WHERE "id" = ?', [step_run_id]).fetchone()
+    return bool(row and row[0])
+
+
 def record_exit(attempt_id: int, columns: dict[str, Any]) -> None:
     """Exit code, signal, CPU and peak RSS of an attempt that already ended on the result it sent."""
     with write():

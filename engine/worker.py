@@ -145,7 +145,9 @@ def load_input(source: str | bytes, step: str, plain_only: bool = False) -> Any:
     try:
         handle = open(source, "rb")
     except FileNotFoundError:
-        return None  # an upstream shell step that wrote nothing to $STEPLINE_OUTPUT has no output
+        # The engine sends a path only for an output that was stored in a file (None comes inline).
+        raise StepFailed(f"the output of step '{step}' is missing: its file {source} was removed; start a new "
+                         "run of the job to make it again") from None
     with handle:
         if not plain_only:
             return pickle.load(handle)
@@ -237,7 +239,12 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
             if name in request["inputs"]:
                 try:
                     kwargs[name] = load_input(request["inputs"][name], name)
-                except (AttributeError, ImportError, pickle.UnpicklingError) as error:
+                except (AttributeError, ImportError, EOFError, pickle.UnpicklingError) as error:
+                    if isinstance(error, (EOFError, pickle.UnpicklingError)):  # a renamed class: AttributeError
+                        raise StepFailed(
+                            f"the output of step '{name}' cannot be read back: its stored copy is damaged "
+                            f"({type(error).__name__}: {error}); start a new run of the job to make it again"
+                        ) from None
                     raise StepFailed(
                         f"the output of step '{name}' cannot be read back ({type(error).__name__}: {error}): it holds "
                         "an object of a class the job file no longer defines where it did (renamed or moved?); put "

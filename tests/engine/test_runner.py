@@ -1,6 +1,7 @@
 """The execution contract of the Engine: data flow, failures, retries, timeouts, cancel, events."""
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import signal
@@ -845,6 +846,67 @@ def test_retry_reruns_failed_steps_in_the_same_run_with_persisted_outputs(home, 
     assert run.step("c").attempts == 1
     assert run.step("b").output_preview == "'b got from a, attempt 1'"
     assert [a.state for a in query.attempts(run.id, "b")] == ["failed", "succeeded"]
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("removed", "the output of step 'produce' is missing: its file {path} was removed; start a new run of the job "
+                "to make it again"),
+    ("truncated", "the output of step 'produce' cannot be read back: its stored copy is damaged (UnpicklingError: "
+                  "pickle data was truncated); start a new run of the job to make it again"),
+])
+def test_a_retry_whose_stored_input_is_gone_or_damaged_fails_saying_so(home, write_job, tmp_path, damage, said):
+    # A removed output file reached the step as None (a step that tolerates None then "succeeded" on no
+    # data), and a truncated one was blamed on a renamed class.
+    flag = tmp_path / "flag"
+    write_job("j.py", f"""
+        import os
+
+        @step
+        def produce():
+            return list(range(10_000))  # over 16 KiB: kept in a file of its own
+
+        @step
+        def consume(produce):
+            if not os.path.exists({str(flag)!r}):
+                raise RuntimeError("flag missing")
+            return len(produce)
+
+        j = job("j", [produce, consume])
+    """)
+    first = home.run_now("j")
+    assert first.step("consume").state == "failed"
+    path = home.home.output_file_str(first.id, "produce")
+    if damage == "removed":
+        os.remove(path)
+    else:
+        with open(path, "r+b") as handle:
+            handle.truncate(100)
+    flag.touch()
+    run = home.retry(first.id)
+    assert run.step("consume").state == "failed"
+    assert run.step("consume").reason.summary == said.format(path=path)
+
+
+def test_a_step_that_returned_none_reaches_a_retried_step_as_none(home, write_job, tmp_path):
+    flag = tmp_path / "flag"
+    write_job("j.py", f"""
+        import os
+
+        @step
+        def nothing():
+            return None
+
+        @step
+        def use(nothing):
+            if not os.path.exists({str(flag)!r}):
+                raise RuntimeError("flag missing")
+            return repr(nothing)
+
+        j = job("j", [nothing, use])
+    """)
+    first = home.run_now("j")
+    flag.touch()
+    assert home.retry(first.id).step("use").output_preview == "'None'"
 
 
 def test_retry_refuses_a_succeeded_step_and_a_succeeded_run(home, write_job, tmp_path):
