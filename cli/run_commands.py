@@ -121,14 +121,14 @@ def _run_and_attempts(run_id: int) -> tuple[query.RunView, dict[str, list[query.
     return run, {s.name: query.attempts(run_id, s.name) for s in run.steps}
 
 
-def handed_off(what: str, run_id: int, pid: int, as_json: bool) -> None:
-    """Say that the engine holding the home took the run; with --json, the run as it is now (the shape of
-    `stepline show --json`), so a script gets JSON whether or not a daemon runs."""
+def handed_off(what: str, run_id: int, pid: int, as_json: bool, why: str = "") -> None:
+    """Say that the engine holding the home took the run (`why`: why it waits, when queued); with --json, the
+    run as it is now (the shape of `stepline show --json`), so a script gets JSON whether or not a daemon runs."""
     if as_json:
         render.echo_or_mute(render.json_text(run_document(*_run_and_attempts(run_id))))
         return
-    click.echo(f"{what} by the engine (pid {pid}); follow it with `stepline logs {run_id} --follow` or "
-               f"`stepline show {run_id}`")
+    click.echo(f"{what} by the engine (pid {pid}){f' ({why})' if why else ''}; follow it with `stepline logs "
+               f"{run_id} --follow` or `stepline show {run_id}`")
 
 
 def finish(home: Home, run_id: int, as_json: bool) -> None:
@@ -201,8 +201,13 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         since = query.last_event_id()
         answer = remote.send("trigger", home, pid, job=job_name, payload={"params": parsed})
         assert answer.run_id is not None
+        if parallel is not None and not as_json:
+            click.echo(f"stepline: --parallel applies to a run's own engine; the engine (pid {pid}) runs this one "
+                       "with its own limit (`stepline daemon --parallel N`)", err=True)
         if not wait:
-            handed_off(f"run {answer.run_id} of {job_name} started", answer.run_id, pid, as_json)
+            queued = answer.result is not None and " queued: " in answer.result
+            handed_off(f"run {answer.run_id} of {job_name} {'queued' if queued else 'started'}", answer.run_id, pid,
+                       as_json, answer.result.partition(": ")[2] if queued and answer.result else "")
             return
         remote.follow(answer.run_id, Printer(render.use_color(), quiet=as_json), since)
         finish(home, answer.run_id, as_json)

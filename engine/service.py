@@ -386,8 +386,14 @@ class EngineService:
             job_def = self.jobs.jobs.get(job)
             if job_def is None:
                 raise UnknownJobError(f"no job '{job}' is loaded; `stepline check` shows problems in job files")
-            new_id = self.engine.submit(job_def, command["payload"].get("params") or {},
-                                        trigger=command["payload"].get("trigger", "manual"))
+            # A manual run counts against max_active_runs as a scheduled one does: past it, it waits its turn.
+            active = self.engine.active_runs_of(job)
+            new_id = self.engine.enqueue(job_def, command["payload"].get("params") or {},
+                                         trigger=command["payload"].get("trigger", "manual"),
+                                         max_active_runs=job_def.max_active_runs)
+            if active >= job_def.max_active_runs:
+                return (f"run {new_id} of {job} queued: {active} run{'s' if active != 1 else ''} of it active, "
+                        f"max_active_runs={job_def.max_active_runs}"), new_id
             return f"run {new_id} of {job} started", new_id
         if kind == "retry":
             if run_id not in self.engine.active_run_ids:  # its own queued runs have no engine recorded yet

@@ -515,3 +515,23 @@ def test_an_engine_killed_reads_as_gone_and_a_stuck_one_as_not_responding(harnes
     assert query.engine_status(1100.0).state == "gone"
     store.heartbeat(os.getpid(), 0.0, "daemon", 1000.0, starting=True)  # alive, but its heartbeat stopped
     assert query.engine_status(1100.0).state == "not responding"
+
+
+def test_a_manual_run_past_max_active_runs_waits_its_turn(harness, service):
+    # Only scheduled fires were held to max_active_runs: two `stepline run` of a load job ran at once.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "sleep 60")])\n')  # max_active_runs=1
+    service(kill_grace_s=0.5)
+    first = harness.cli("run", "j")
+    assert first.returncode == 0, first.stderr
+    second = harness.cli("run", "j", "--parallel", "1")
+    assert second.returncode == 0, second.stderr
+    [queued] = [r.id for r in query.list_runs(job="j", state="queued")]
+    assert second.stdout.startswith(f"run {queued} of j queued by the engine (pid {os.getpid()}) (1 run of it "
+                                    "active, max_active_runs=1); follow it with")
+    assert second.stderr.strip() == (f"stepline: --parallel applies to a run's own engine; the engine (pid "
+                                     f"{os.getpid()}) runs this one with its own limit (`stepline daemon "
+                                     "--parallel N`)")
+    assert len(query.list_runs(job="j", state="running")) == 1
+    for run in query.list_runs(job="j"):
+        store.add_command("cancel", run_id=run.id)
+    wait_until(lambda: not query.list_runs(job="j", state="running") and not query.list_runs(job="j", state="queued"))
