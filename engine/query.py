@@ -330,7 +330,7 @@ class EngineStatus:
     started_at: datetime | None = None
 
 
-def _process_exists(pid: int | None) -> bool:
+def process_exists(pid: int | None) -> bool:
     if pid is None:
         return False
     try:
@@ -350,7 +350,7 @@ def engine_status(now: float) -> EngineStatus:
     if row.stopped_at is not None:
         state = "stopped"
     elif row.heartbeat_at is None or now - row.heartbeat_at > STALE_AFTER_S:
-        state = "not responding" if _process_exists(row.pid) else "gone"
+        state = "not responding" if process_exists(row.pid) else "gone"
     else:
         state = "running"
     return EngineStatus(state, pid=row.pid, mode=row.mode, heartbeat_at=utc(row.heartbeat_at),

@@ -51,6 +51,15 @@ class EngineLock:
             os.close(fd)
             raise EngineLockedError(f"another stepline engine (pid {holder}) already runs {self.path.parent}; "
                                     "use `stepline tui` to attach to it, or stop it first") from None
+        # The lock is free; yet an engine may still run here, holding the lock of a file since deleted (by
+        # someone clearing what looked like a stale lock): its heartbeat says so. Two engines would fire
+        # every schedule twice.
+        other = query.engine_status(time.time())
+        if other.state == "running" and other.pid not in (None, os.getpid()) and query.process_exists(other.pid):
+            os.close(fd)
+            raise EngineLockedError(
+                f"another stepline engine (pid {other.pid}) runs {self.path.parent}: its heartbeat is fresh, though "
+                f"{self.path.name} was free (deleted while it ran?); stop it first (`kill {other.pid}`)")
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

@@ -535,3 +535,17 @@ def test_a_manual_run_past_max_active_runs_waits_its_turn(harness, service):
     for run in query.list_runs(job="j"):
         store.add_command("cancel", run_id=run.id)
     wait_until(lambda: not query.list_runs(job="j", state="running") and not query.list_runs(job="j", state="queued"))
+
+
+def test_a_second_engine_refuses_a_home_whose_lock_file_was_deleted_under_a_running_one(harness):
+    # Clearing what looks like a stale lock let two daemons fire every schedule twice.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    daemon = start_daemon(harness)
+    try:
+        (harness.home.root / "engine.lock").unlink()
+        second = harness.cli("daemon", timeout=60)
+        assert second.returncode != 0
+        assert f"another stepline engine (pid {daemon.pid}) runs" in second.stderr
+        assert "engine.lock was free (deleted while it ran?)" in second.stderr
+    finally:
+        stop_daemon(daemon)
