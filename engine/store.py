@@ -198,6 +198,26 @@ def _add_step_outputs_v2(database: SqliteDatabase) -> None:
 MIGRATIONS = {1: _create_v1, 2: _add_step_outputs_v2}
 
 
+_run_id_floor = 0
+"""The highest run id an earlier database of this home used, when this one holds no run yet (see below)."""
+
+
+def _note_earlier_runs(home: Home) -> None:
+    """A home whose database was moved aside (a damaged one, say) still holds the logs and outputs of its
+    runs, in folders named by run id: new runs must not take those ids, or their logs would be appended to
+    the old runs' files and `logs` would mix the two."""
+    global _run_id_floor
+    _run_id_floor = 0
+    if _execute('SELECT 1 FROM "run" LIMIT 1', []).fetchone() is not None:
+        return
+    for folder in (home.logs, home.outputs):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        _run_id_floor = max([_run_id_floor] + [int(name) for name in names if name.isdigit()])
+
+
 def open_database(home: Home) -> SqliteDatabase:
     """Bind the models to the home's database, creating or migrating it."""
     path = home.database
@@ -207,6 +227,7 @@ def open_database(home: Home) -> SqliteDatabase:
     try:
         db.connect(reuse_if_open=True)
         migrate(db)
+        _note_earlier_runs(home)
     except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
         message = str(error)
         if "readonly" in message or "unable to open" in message:
@@ -310,6 +331,8 @@ _STEP_RUNNING = ('UPDATE "step_run" SET "state" = \'running\', "waiting_for" = N
 
 _INSERT_RUN = ('INSERT INTO "run" ("job", "state", "trigger", "params", "snapshot", "created_at", "scheduled_for") '
                'VALUES (?, ?, ?, ?, ?, ?, ?)')
+_INSERT_RUN_WITH_ID = ('INSERT INTO "run" ("id", "job", "state", "trigger", "params", "snapshot", "created_at", '
+                       '"scheduled_for") VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
 _INSERT_STEP_RUN = ('INSERT INTO "step_run" ("run_id", "name", "position", "state", "attempts", "has_output") '
                     'VALUES (?, ?, ?, ?, 0, 0)')
 
@@ -412,9 +435,12 @@ def batch_is_writing() -> bool:
 def create_run(job: str, trigger: str, params: dict[str, str], snapshot: str, steps: Iterable[str],
                at: float, scheduled_for: float | None = None, state: str = "queued") -> tuple[int, dict[str, int]]:
     """A new run with a pending step run per step; returns the run id and step run ids by name."""
+    values = [job, state, trigger, json.dumps(params), snapshot, at, scheduled_for]
     with write():
-        run_id = _execute(_INSERT_RUN, [job, state, trigger, json.dumps(params), snapshot, at,
-                                         scheduled_for]).lastrowid
+        if _run_id_floor and (_execute('SELECT MAX("id") FROM "run"', []).fetchone()[0] or 0) < _run_id_floor:
+            run_id = _execute(_INSERT_RUN_WITH_ID, [_run_id_floor + 1, *values]).lastrowid
+        else:
+            run_id = _execute(_INSERT_RUN, values).lastrowid
         db.connection().executemany(_INSERT_STEP_RUN, [(run_id, name, i, "pending") for i, name in enumerate(steps)])
         insert_events([event_row("run", run_id, None, state, f"{trigger} run of {job}", at)])
         ids = dict(_execute('SELECT "name", "id" FROM "step_run" WHERE "run_id" = ?', [run_id]).fetchall())

@@ -476,7 +476,8 @@ def test_stepline_cancel_of_a_queued_run_goes_to_the_engine_whose_queue_holds_it
         return [r.id for r in query.list_runs(job="j", state="queued")]
 
     second = wait_until(queued)[-1]
-    store.add_command("pause", job="j")
+    pause = store.add_command("pause", job="j")
+    wait_until(lambda: answered(pause))  # no more fires from here on
     [first] = [r.id for r in query.list_runs(job="j", state="running")]
     result = harness.cli("cancel", str(second), "--wait")
     assert result.returncode == 0, result.stderr

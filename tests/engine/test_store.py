@@ -124,3 +124,21 @@ def test_a_write_put_off_in_a_batch_comes_before_the_next_write_and_rolls_back_w
             raise RuntimeError("the turn failed")
     assert store.Run.get_by_id(run_id).state == "running"
     assert [e.state for e in query.events_since(0, run_id=run_id)][-1] == "running"
+
+
+def test_a_new_database_in_a_home_with_earlier_runs_does_not_reuse_their_ids(harness):
+    # The damaged-database advice is to move stepline.db aside: the logs and outputs stay, in folders named
+    # by run id, and a new run 1 appended its log to the old run 1's file.
+    harness.write_job("j.py", 'j = job("j", [shell("talk", "echo hello from $STEPLINE_RUN_ID")])\n')
+    first = harness.run_now("j")
+    second = harness.run_now("j")
+    assert (first.id, second.id) == (1, 2)
+    store.db.close()
+    for path in harness.home.root.glob("stepline.db*"):
+        path.rename(path.with_name(path.name + ".damaged"))
+    store.open_database(harness.home)
+    third = harness.run_now("j")
+    assert third.id == 3
+    [attempt] = query.attempts(third.id, "talk")
+    assert open(attempt.log_path).read().count("hello from") == 1
+    assert harness.run_now("j").id == 4
