@@ -38,7 +38,7 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("shift+↑↓", "previous / next sibling"),
         ("/  n  N", "search the loaded jobs and runs, and their steps; next / previous match"),
         ("f", "filter runs: all → failed → running"),
-        ("tab  escape", "focus tree → details → log (shift+tab back); escape: tree"),
+        ("tab  escape", "tree → details → log (shift+tab: back); escape: tree"),
     ]),
     ("Actions", [
         ("r", "retry the selected failed step, or the failed steps of the selected run"),
