@@ -182,24 +182,24 @@ def _has_live_engine(run_id: int) -> bool:
     return is_alive(*query.run_owner(run_id))
 
 
-def close_runs_of_stopped_engines(own: tuple[int, float] | None = None, clock: Callable[[], float] = time.time,
-                                  holds_lock: bool = False) -> list[tuple[int, str, list[str]]]:
+def close_runs_of_stopped_engines(own: tuple[int, float] | None = None,
+                                  clock: Callable[[], float] = time.time) -> list[tuple[int, str, list[str]]]:
     """Close every run left running (or queued after it ran) by an engine that is gone.
 
     Any engine runs this when it starts: the daemon, the console's embedded engine, and the one in
     `stepline run` or `stepline retry`, so a run killed with its engine does not show as running until
     a daemon happens to start. Runs of live engines (`own` is the caller's) are left alone, and so are
-    queued runs that never ran (no engine recorded), unless the caller `holds_lock` (the home's one
-    daemon or console engine): then they were left by the engine that held it before. Returns
-    (run id, job, steps cut short) per closed run.
+    queued runs that never ran (no engine recorded): they wait in the queue of the home's daemon or
+    console engine, and one that starts takes up those its predecessor left (EngineService.adopt_queued).
+    Returns (run id, job, steps cut short) per closed run.
     """
     from engine import query
 
     closed = []
     for summary in query.list_runs(state="running", limit=10_000) + query.list_runs(state="queued", limit=10_000):
         pid, started = query.run_owner(summary.id)
-        if pid is None and summary.state == "queued" and not holds_lock:
-            continue  # created and waiting for a slot in an engine that may well be alive
+        if pid is None and summary.state == "queued":
+            continue  # waiting for its turn in the home engine's queue, this one's or the next one's
         if (pid, started) != own and not is_alive(pid, started):
             closed.append((summary.id, summary.job, close_abandoned_run(summary.id, clock=clock)))
     return closed

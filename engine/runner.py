@@ -201,6 +201,25 @@ class Engine:
                          attempts={s.name: 0 for s in plan.steps}, budget_base={s.name: 0 for s in plan.steps},
                          scheduled_for=scheduled_for)
 
+    def adopt_queued(self, run_id: int, max_active_runs: int = 1) -> None:
+        """Queue here a run that an earlier engine of the home queued and never started (stopped or killed
+        before its turn): it keeps its place, as a scheduler's queue survives a restart."""
+        row = store.Run.get_by_id(run_id)
+        plan = JobPlan.from_json(row.snapshot)
+        rows = {r.name: r for r in store.StepRun.select().where(store.StepRun.run == run_id)}
+        run = ActiveRun(id=run_id, plan=plan, params=json.loads(row.params),
+                        step_ids={name: r.id for name, r in rows.items()},
+                        states={name: StepState.PENDING for name in rows},
+                        attempts={name: r.attempts for name, r in rows.items()},
+                        budget_base={name: r.attempts for name, r in rows.items()}, scheduled_for=row.scheduled_for)
+        self._queued.append((run, max_active_runs))
+
+    def release_queued(self) -> list[int]:
+        """Let go of the runs waiting in this engine's queue, left queued for the next engine (stopping)."""
+        released = [run.id for run, _ in self._queued]
+        self._queued.clear()
+        return released
+
     def _start_queued(self) -> None:
         for entry in list(self._queued):
             run, max_active = entry

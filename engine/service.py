@@ -168,6 +168,7 @@ class EngineService:
                 threading.Thread(target=self._watch, name="stepline-watch", daemon=True).start()
                 self._watching.wait(5)
             self.reload_jobs()
+            self.adopt_queued()
             self.scheduler.start()
             self.ready.set()
             log.info("engine started (pid %s, %s mode, home %s)", os.getpid(), self.mode, self.home.root)
@@ -217,8 +218,23 @@ class EngineService:
             log.warning("not watching %s for changes (%s); restart the engine after editing job files",
                         self.jobs_dir, error)
 
+    def adopt_queued(self) -> None:
+        """Take up the runs an earlier engine of the home left queued, never started (it stopped, or was
+        killed, before their turn): they keep their place, as a scheduler's queue survives a restart."""
+        assert self.engine is not None
+        for run in sorted(query.list_runs(state="queued", limit=10_000), key=lambda r: r.id):
+            if run.id not in self.engine.active_run_ids and query.run_owner(run.id)[0] is None:
+                job_def = self.jobs.jobs.get(run.job)
+                self.engine.adopt_queued(run.id, job_def.max_active_runs if job_def else 1)
+                log.info("run %s of %s was left queued by the previous engine; queued here", run.id, run.job)
+
     def _shutdown(self) -> None:
         assert self.engine is not None
+        # Runs waiting for their turn stay queued for the next engine of the home, which takes them up
+        # (see recover); started now, they would only be cancelled at the end of the grace period.
+        left = self.engine.release_queued()
+        if left:
+            log.info("stopping: %d queued run(s) left for the next engine", len(left))
         active = self.engine.active_run_ids
         if active:
             log.info("stopping: waiting up to %ss for %d active run(s)", self.stop_grace_s, len(active))
@@ -242,7 +258,7 @@ class EngineService:
     def recover(self) -> None:
         """Close runs left running by an engine that is gone (pid + start time, safe against pid reuse)."""
         assert self.engine is not None
-        for run_id, job, cut in close_runs_of_stopped_engines(self.identity, self.clock, holds_lock=True):
+        for run_id, job, cut in close_runs_of_stopped_engines(self.identity, self.clock):
             log.warning("run %s of %s was left running by a stopped engine; closed (steps cut short: %s)",
                         run_id, job, ", ".join(cut) or "none")
             retryable = self._with_retries_left(run_id, cut)

@@ -475,7 +475,9 @@ def test_stepline_cancel_of_a_queued_run_goes_to_the_engine_whose_queue_holds_it
     def queued() -> list[int]:
         return [r.id for r in query.list_runs(job="j", state="queued")]
 
-    second = wait_until(queued)[-1]
+    # One run running and one behind it (the very first run is queued too, for a moment, before it starts).
+    wait_until(lambda: query.list_runs(job="j", state="running") and queued())
+    second = queued()[-1]
     pause = store.add_command("pause", job="j")
     wait_until(lambda: answered(pause))  # no more fires from here on
     [first] = [r.id for r in query.list_runs(job="j", state="running")]
@@ -550,3 +552,29 @@ def test_a_second_engine_refuses_a_home_whose_lock_file_was_deleted_under_a_runn
         assert "engine.lock was free (deleted while it ran?)" in second.stderr
     finally:
         stop_daemon(daemon)
+
+
+def test_runs_left_queued_by_a_stopped_engine_are_taken_up_by_the_next(harness):
+    # A stop (or a crash) cancelled the runs waiting for their turn: scheduled work was lost with the engine.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "sleep 60")], every="1s")\n')
+    first = start_daemon(harness, "--grace", "0.2")
+    try:
+        wait_until(lambda: query.list_runs(job="j", state="running")
+                   and len(query.list_runs(job="j", state="queued")) >= 2)
+        pause = store.add_command("pause", job="j")
+        wait_until(lambda: answered(pause))
+        [running] = query.list_runs(job="j", state="running")
+        waiting = sorted(r.id for r in query.list_runs(job="j", state="queued"))
+    finally:
+        stop_daemon(first)
+    assert query.run_summary(running.id).state == "cancelled"  # the grace ran out
+    assert sorted(r.id for r in query.list_runs(job="j", state="queued")) == waiting  # left for the next engine
+    second = start_daemon(harness)
+    try:
+        wait_until(lambda: query.run_summary(waiting[0]).state == "running")  # the oldest first
+        assert [query.run_summary(i).state for i in waiting[1:]] == ["queued"] * (len(waiting) - 1)
+        for run_id in waiting:
+            store.add_command("cancel", run_id=run_id)
+        wait_until(lambda: all(query.run_summary(i).state == "cancelled" for i in waiting))
+    finally:
+        stop_daemon(second)
