@@ -12,7 +12,7 @@ from cli import remote, render
 from cli.inspect_commands import format_run, pass_settings, run_document
 from cli.main import Settings, group, load_job_files
 from engine import query, store
-from engine.errors import NotApplicableError, UnknownJobError, UsageError
+from engine.errors import NotApplicableError, UnknownJobError, UsageError, unscheduled
 from engine.home import Home
 from engine.states import GLYPHS, Change, drawn_state
 from engine.worker import env_key
@@ -327,8 +327,7 @@ def _pause_or_resume(settings: Settings, job_name: str, pause: bool) -> None:
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}; `stepline jobs` lists them")
     job_def = result.jobs[job_name]
     if job_def.schedule is None and job_def.every is None:
-        raise NotApplicableError(f"job '{job_name}' has no schedule to {'pause' if pause else 'resume'}; it runs "
-                                 "only when triggered")
+        raise NotApplicableError(unscheduled(job_name, "pause" if pause else "resume"))
     record_paused(job_name, pause, None, time.time())
     click.echo(f"{job_name} {'paused' if pause else 'resumed'} (takes effect when an engine runs)")
 

@@ -41,3 +41,8 @@ class StateDirError(SteplineError):
 
 class NotApplicableError(SteplineError):
     """An action that does not apply to the current state (retry a succeeded step)."""
+
+
+def unscheduled(job: str, action: str = "pause") -> str:
+    """Why pausing (or resuming) a job without a schedule or interval does not apply."""
+    return f"job '{job}' has no schedule to {action}; it runs only when triggered"

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 from engine.definition import JobDef
 from engine.jobfile import ExitAtImport, ImportTimedOut, engine_path
 from engine.loader import Problem, display_path, load_file
+from engine.worker import write_framed
 
 FileResult = tuple[list[JobDef], list[Problem]]
 """A file's valid jobs (without their Python functions) and its problems."""
@@ -79,7 +80,8 @@ class _Reader:
         sink = open(output, "ab") if output else None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.reader", str(os.getpid()), str(result_w), str(dump_w)] + [os.fspath(p) for p in paths],
+                [sys.executable, "-m", "engine.reader", str(os.getpid()), str(result_w), str(dump_w),
+                 *map(os.fspath, paths)],
                 pass_fds=[result_w, dump_w], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                 env={**os.environ, "PYTHONPATH": engine_path()},
                 # Its own process group: what the files start at import (a subprocess, a pool) is ended
@@ -233,10 +235,7 @@ def _refuse_exit(status: int) -> NoReturn:
 
 
 def _send(fd: int, result: Any) -> None:
-    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(len(data).to_bytes(4, "big") + data)
-    while view:
-        view = view[os.write(fd, view):]
+    write_framed(fd, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _end_with_parent(parent: int) -> None:

@@ -125,6 +125,17 @@ class RunningAttempt:
     """The step has its outcome; the attempt stays known until its process has exited (see _record_exit)."""
 
 
+
+def _stored_run(row: store.Run, plan: JobPlan, rows: dict[str, store.StepRun], states: dict[str, StepState],
+                new_budget: bool = True) -> ActiveRun:
+    """A run the database holds, to run here: `rows` are its step runs by name. `new_budget`: its steps'
+    automatic retries count from their attempts so far (a manual retry), or from the first (recovery)."""
+    return ActiveRun(id=row.id, plan=plan, params=json.loads(row.params),
+                     step_ids={name: r.id for name, r in rows.items()}, states=states,
+                     attempts={name: r.attempts for name, r in rows.items()},
+                     budget_base={name: r.attempts if new_budget else 0 for name, r in rows.items()},
+                     scheduled_for=row.scheduled_for)
+
 class Engine:
     """Executes runs of jobs. Call its methods from one thread (the engine thread)."""
 
@@ -205,13 +216,8 @@ class Engine:
         """Queue here a run that an earlier engine of the home queued and never started (stopped or killed
         before its turn): it keeps its place, as a scheduler's queue survives a restart."""
         row = store.Run.get_by_id(run_id)
-        plan = JobPlan.from_json(row.snapshot)
         rows = {r.name: r for r in store.StepRun.select().where(store.StepRun.run == run_id)}
-        run = ActiveRun(id=run_id, plan=plan, params=json.loads(row.params),
-                        step_ids={name: r.id for name, r in rows.items()},
-                        states={name: StepState.PENDING for name in rows},
-                        attempts={name: r.attempts for name, r in rows.items()},
-                        budget_base={name: r.attempts for name, r in rows.items()}, scheduled_for=row.scheduled_for)
+        run = _stored_run(row, JobPlan.from_json(row.snapshot), rows, {name: StepState.PENDING for name in rows})
         self._queued.append((run, max_active_runs))
 
     def release_queued(self) -> list[int]:
@@ -283,11 +289,7 @@ class Engine:
             if not again:
                 raise NotApplicableError(f"run {run_id} has no failed, upstream_failed or cancelled steps "
                                          "to retry")
-        run = ActiveRun(id=run_id, plan=plan, params=json.loads(row.params),
-                        step_ids={n: r.id for n, r in rows.items()}, states=states,
-                        attempts={n: r.attempts for n, r in rows.items()},
-                        budget_base={n: r.attempts if new_budget else 0 for n, r in rows.items()},
-                        scheduled_for=row.scheduled_for)
+        run = _stored_run(row, plan, rows, states, new_budget)
         now = self._clock()
         changes = []
         for name in again:

@@ -231,7 +231,7 @@ class EngineService:
     def _shutdown(self) -> None:
         assert self.engine is not None
         # Runs waiting for their turn stay queued for the next engine of the home, which takes them up
-        # (see recover); started now, they would only be cancelled at the end of the grace period.
+        # (see adopt_queued); started now, they would only be cancelled at the end of the grace period.
         left = self.engine.release_queued()
         if left:
             log.info("stopping: %d queued run(s) left for the next engine", len(left))
@@ -403,7 +403,7 @@ class EngineService:
 
     def _execute(self, command: dict) -> tuple[str, int | None]:
         """Carry out one command; returns its result line and the run it concerns."""
-        from engine.errors import NotApplicableError, UnknownJobError
+        from engine.errors import NotApplicableError, UnknownJobError, unscheduled
 
         assert self.engine is not None
         kind, run_id, job = command["kind"], command["run_id"], command["job"]
@@ -441,7 +441,7 @@ class EngineService:
                                       "lists the jobs")
             job_def = self.jobs.jobs[job]
             if job_def.schedule is None and job_def.every is None:
-                raise NotApplicableError(f"job '{job}' has no schedule to {kind}; it runs only when triggered")
+                raise NotApplicableError(unscheduled(job, kind))
             if kind == "pause":
                 self.scheduler.pause(job)
             else:

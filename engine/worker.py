@@ -130,7 +130,11 @@ def send_result(fd: int, result: dict[str, Any]) -> None:
     The length frames the message, so the engine takes it without waiting for the pipe's end of
     file (a process the step forked may hold the pipe open).
     """
-    data = encode(result)
+    write_framed(fd, encode(result))
+
+
+def write_framed(fd: int, data: bytes) -> None:
+    """Write `data` to a pipe after its 4-byte length, whole (a pipe may take it in parts)."""
     view = memoryview(len(data).to_bytes(4, "big") + data)
     while view:
         view = view[os.write(fd, view):]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from textual import work
 from textual.message import Message
 
+from engine.errors import unscheduled
 from engine.query import CommandView
 from tui import data
 from tui.widgets.run_tree import JobNode, RunNode, StepNode
@@ -106,7 +107,7 @@ class CommandActions:
             if action in ("pause_schedule", "resume_schedule"):
                 summary = self.jobs[job]
                 if not summary.schedule and not summary.every:
-                    return f"job '{job}' has no schedule to pause; it runs only when triggered"
+                    return unscheduled(job)
                 if action == "pause_schedule" and summary.paused:
                     return f"the schedule of '{job}' is paused already"
                 if action == "resume_schedule" and not summary.paused:

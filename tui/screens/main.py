@@ -561,13 +561,12 @@ class MainScreen(commands.CommandActions, Screen[None]):
             search.remove_class("-open")
             self.run_tree.focus()
 
-    def action_search_next(self) -> None:
-        if self.search_term and not self._find(self.search_term):
+    def action_search_next(self, forward: bool = True) -> None:
+        if self.search_term and not self._find(self.search_term, forward):
             self.app.notify(f"'{self.search_term}' matches nothing loaded now", severity="warning")
 
     def action_search_previous(self) -> None:
-        if self.search_term and not self._find(self.search_term, forward=False):
-            self.app.notify(f"'{self.search_term}' matches nothing loaded now", severity="warning")
+        self.action_search_next(forward=False)
 
     def action_cycle_filter(self) -> None:
         filters = data.FILTERS
