@@ -237,9 +237,10 @@ class Engine:
 
     def retry(self, run_id: int, step: str | None = None, new_budget: bool = True,
               steps: Sequence[str] | None = None) -> list[str]:
-        """Re-run the failed steps of a finished run (or `step` and what waits on it) in the same run.
+        """Re-run the failed steps of a finished run (or `step`, whatever its state, and every step after it)
+        in the same run.
 
-        Steps that succeeded keep their persisted outputs; returns the step names that will run again.
+        Other steps that succeeded keep their persisted outputs; returns the step names that will run again.
         A manual retry gives each step a `new_budget` of automatic retries; recovery after a crash
         continues the old one, for the `steps` it chose (and what waits on them) only.
         """
@@ -262,10 +263,9 @@ class Engine:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise UnknownStepError(f"run {run_id} of job '{row.job}' has no step '{step}'{hint}; "
                                        f"its steps are: {', '.join(states)}")
-            if not states[step].is_retryable:
-                raise NotApplicableError(f"step '{step}' of run {run_id} {states[step]}; only failed, "
-                                         "upstream_failed or cancelled steps can be retried")
-            again = [step] + [d for d in plan.all_downstream(step) if states[d] != StepState.SUCCEEDED]
+            # A step that succeeded runs again too when named (Airflow's "clear"): its code or its data was
+            # fixed, so it and everything after it, whose inputs it makes, run again on the new output.
+            again = [step] + list(plan.all_downstream(step))
         elif steps is not None:
             # Recovery: these steps, and what waits on them unless it also waits on a step that stays failed.
             again = list(steps)

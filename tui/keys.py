@@ -41,7 +41,7 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("tab  escape", "tree → details → log (shift+tab: back); escape: tree"),
     ]),
     ("Actions", [
-        ("r", "retry the selected failed step, or the failed steps of the selected run"),
+        ("r", "retry the selected step and the steps after it, or a run's failed steps"),
         ("R", "re-run the selected job now with its default params"),
         ("t", "trigger the selected job with a params prompt"),
         ("c", "cancel the selected run (asks first)"),

@@ -909,7 +909,9 @@ def test_a_step_that_returned_none_reaches_a_retried_step_as_none(home, write_jo
     assert home.retry(first.id).step("use").output_preview == "'None'"
 
 
-def test_retry_refuses_a_succeeded_step_and_a_succeeded_run(home, write_job, tmp_path):
+def test_retry_of_a_succeeded_step_runs_it_and_every_step_after_it_again(home, write_job, tmp_path):
+    # Airflow's "clear": the data or code behind a step that succeeded was wrong; it and what used its
+    # output run again in the same run, and the steps before it keep theirs.
     marker = tmp_path / "marker"
     marker.touch()
     _marker_job(write_job, marker)
@@ -917,12 +919,17 @@ def test_retry_refuses_a_succeeded_step_and_a_succeeded_run(home, write_job, tmp
     assert run.state == "succeeded"
     engine = home.engine()
     try:
-        with pytest.raises(NotApplicableError, match=r"step 'a' of run \d+ succeeded; only failed"):
-            engine.retry(run.id, "a")
         with pytest.raises(NotApplicableError, match="no failed, upstream_failed or cancelled steps"):
             engine.retry(run.id)
+        assert engine.retry(run.id, "b") == ["b", "c"]
+        engine.run_until_done([run.id])
     finally:
         engine.close()
+    again = query.get_run(run.id)
+    assert again.state == "succeeded"
+    assert [again.step(name).attempts for name in ("a", "b", "c")] == [1, 2, 2]
+    assert again.step("b").output_preview == "'b got from a, attempt 1'"
+    assert [a.state for a in query.attempts(run.id, "b")] == ["succeeded", "succeeded"]
 
 
 def test_retry_of_a_step_whose_upstream_did_not_succeed_is_refused(home, write_job):

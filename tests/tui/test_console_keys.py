@@ -5,7 +5,7 @@ import re
 import signal
 
 import pytest
-from textual.widgets import Label
+from textual.widgets import Label, Static
 
 from engine import query, store
 from engine.executor import kill_tree
@@ -48,6 +48,48 @@ async def test_r_retries_the_failed_step_and_the_retry_succeeds(harness, engine,
         await settle_until(pilot, lambda: "#2/2 succeeded" in details_text(app))
 
 
+async def test_r_on_a_succeeded_step_asks_then_runs_it_and_the_steps_after_it_again(harness, engine):
+    harness.write_job("j.py", """
+        @step
+        def extract(context):
+            return context.attempt
+
+        @step
+        def load(extract):
+            print("loading", extract)
+
+        report = shell("report", "echo report", after=["load"])
+        j = job("j", [extract, load, report])
+    """)
+    run = harness.run_now("j")
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_run(run.id))
+        await pilot.press("enter")
+        await settle(pilot)
+        select(app, is_step("load"))
+        await settle(pilot)
+        await pilot.press("r")
+        await settle_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        question = " ".join(str(app.screen.query_one("#confirm-question", Static).render()).split())
+        assert question == (f"Step 'load' of run #{run.id} succeeded. Run it again, and the 1 step after it (report), "
+                            "with the job file's current code? Their new outputs replace the old ones; steps "
+                            "before it keep theirs.")
+        await pilot.press("n")
+        await settle(pilot)
+        assert f"step 'load' of run {run.id} keeps its result" in notifications(app)
+        assert [a.number for a in query.attempts(run.id, "load")] == [1]
+        await pilot.press("r")
+        await settle_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await settle_until(pilot, lambda: f"retrying load, report in run {run.id}" in notifications(app))
+        await settle_until(pilot, lambda: query.get_run(run.id).state == "succeeded"
+                           and len(query.attempts(run.id, "report")) == 2)
+        assert [len(query.attempts(run.id, name)) for name in ("extract", "load", "report")] == [1, 2, 2]
+
+
 async def test_r_on_a_failed_run_retries_its_failed_steps(harness, engine):
     harness.write_job("j.py", """
         a = shell("a", "exit 3")
@@ -79,13 +121,14 @@ async def test_keys_that_do_not_apply_say_why_and_leave_the_footer(harness):
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         select(app, is_run(run.id))
+        await settle(pilot)
+        assert app.main_screen.check_action("retry", ()) is False
+        await pilot.press("r")
+        assert f"run #{run.id} succeeded; it has no failed steps to retry" in notifications(app)
         await pilot.press("enter")
         await settle(pilot)
         select(app, is_step("a"))
         await settle(pilot)
-        assert app.main_screen.check_action("retry", ()) is False
-        await pilot.press("r")
-        assert "step 'a' succeeded; only failed" in notifications(app)
         await pilot.press("c")
         assert "already succeeded; nothing to cancel" in notifications(app)
         await pilot.press("p")

@@ -83,10 +83,7 @@ class CommandActions:
             if run.state in ACTIVE:
                 return f"run #{run.id} is still {run.state}; retry works once it has ended (c cancels it)"
             if step is not None:
-                if step.state not in ("failed", "upstream_failed", "cancelled"):
-                    return (f"step '{step.name}' {step.state.replace('_', ' ')}; only failed, upstream_failed or "
-                            "cancelled steps can be retried")
-                return None
+                return None  # a step that succeeded runs again too, once confirmed (action_retry)
             view = self.selected_view if self.selected_view and self.selected_view.id == run.id else None
             if view is not None and not any(s.state in ("failed", "upstream_failed", "cancelled") for s in view.steps):
                 return f"run #{run.id} {run.state}; it has no failed steps to retry"
@@ -194,13 +191,35 @@ class CommandActions:
         if not self._guard("retry"):
             return
         _, run, step = self._selection()
-        if step is not None:
+        if step is not None and step.state in ("succeeded", "skipped"):
+            self._confirm_rerun_of_step(run, step)
+        elif step is not None:
             self.send_command(f"retry requested for step '{step.name}' of run {run.id}", "retry",
                               run_id=run.id, step=step.name)
         else:
             self.send_command(f"retry requested for the failed and cancelled steps of run {run.id}", "retry",
                               run_id=run.id,
                               step=None)
+
+    def _confirm_rerun_of_step(self: MainScreen, run: Any, step: Any) -> None:
+        """Running a step that succeeded again repeats what it did (a load loads twice): ask first."""
+        from tui.screens.confirm import ConfirmScreen
+
+        view = self.selected_view if self.selected_view and self.selected_view.id == run.id else None
+        after = view.plan.all_downstream(step.name) if view is not None else []
+        also = f", and the {len(after)} step{'s' if len(after) != 1 else ''} after it ({', '.join(after)})" if after else ""
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.app.notify(f"step '{step.name}' of run {run.id} keeps its result")
+            else:  # the engine refuses it if the run started again while the question was open
+                self.send_command(f"retry requested for step '{step.name}' of run {run.id}", "retry",
+                                  run_id=run.id, step=step.name)
+
+        self.app.push_screen(ConfirmScreen(
+            f"run step '{step.name}' again",
+            f"Step '{step.name}' of run #{run.id} {step.state}. Run it again{also}, with the job file's current "
+            "code? Their new outputs replace the old ones; steps before it keep theirs.", yes="run again"), answered)
 
     def action_rerun_job(self: MainScreen) -> None:
         if not self._guard("rerun_job"):
