@@ -78,12 +78,13 @@ class Printer:
 
 
 def install_interrupt() -> dict[str, int]:
-    """Ctrl-C, SIGTERM and SIGHUP ask the engine to cancel; a second Ctrl-C quits at once."""
+    """Ctrl-C, SIGTERM and SIGHUP ask the engine to cancel; a second one kills the run's steps without their
+    grace period (see drive); a third quits at once, whatever state the engine is in."""
     caught = {"count": 0}
 
     def handler(number: int, frame: object) -> None:
         caught["count"] += 1
-        if caught["count"] > 1:
+        if caught["count"] > 2:
             raise KeyboardInterrupt
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, handler)
@@ -96,15 +97,19 @@ def drive(engine: Engine, run_id: int, caught: dict[str, int]) -> None:
     failure: list[BaseException] = []
 
     def loop() -> None:
-        cancelled = False
+        handled = 0
         try:
             while run_id in engine.active_run_ids:
                 engine.step()
-                if caught["count"] and not cancelled:
-                    cancelled = True
-                    render.echo_or_mute("interrupted: cancelling the run (its steps are stopped); press Ctrl-C "
-                                        "again to quit now", err=True)
+                if caught["count"] and not handled:
+                    handled = 1
+                    render.echo_or_mute("interrupted: cancelling the run (its steps get SIGTERM, then SIGKILL "
+                                        "after 5s); press Ctrl-C again to kill them now", err=True)
                     engine.cancel(run_id, "interrupted from the terminal")
+                if caught["count"] > 1 and handled == 1:
+                    handled = 2
+                    render.echo_or_mute("interrupted again: killing the run's steps now (SIGKILL)", err=True)
+                    engine.kill_now(run_id)
         except BaseException as error:  # handed to the main thread
             failure.append(error)
 

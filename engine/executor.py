@@ -191,7 +191,7 @@ class Worker:
         sink = open(output, "ab") if output else None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.worker", str(worker_end.fileno()), str(spare_count),
+                [sys.executable, "-P", "-m", "engine.worker", str(worker_end.fileno()), str(spare_count),
                  str(spare_idle_s), job_file] + ([source_file] if source_file else []),
                 pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                 cwd=os.path.dirname(job_file) or None, env=self.environ,

@@ -6,9 +6,11 @@ holds is memory each forked attempt maps, copies where it writes, and unmaps whe
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 try:
@@ -71,7 +73,12 @@ def is_from(file: str, path: str | os.PathLike[str]) -> bool:
 
 
 def import_job_file(path: str | os.PathLike[str], source: bytes | None = None) -> ModuleType:
-    """Import one job file as its own module; the job file's folder is importable.
+    """Import one job file as its own module, in its own folder, which is importable.
+
+    The folder is the working directory during the import, as it is for the file's steps, so a path
+    the file opens at import means the same wherever stepline was started. It goes at the end of
+    sys.path (as Airflow's DAG folder): a job file named random.py or csv.py must not hide Python's
+    own module from the other job files.
 
     The source is compiled afresh on every import, never read from __pycache__: a file
     rewritten within the same second (and size) would otherwise run its stale bytecode.
@@ -79,7 +86,29 @@ def import_job_file(path: str | os.PathLike[str], source: bytes | None = None) -
     """
     folder = os.path.dirname(os.path.realpath(path))
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)
+    with _working_directory(folder):
+        return _import_as_module(path, source)
+
+
+@contextlib.contextmanager
+def _working_directory(folder: str) -> Iterator[None]:
+    try:
+        before: str | None = os.getcwd()
+    except OSError:  # the directory stepline started in was removed
+        before = None
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                os.chdir(before)
+            except OSError:
+                pass
+
+
+def _import_as_module(path: str | os.PathLike[str], source: bytes | None) -> ModuleType:
     name = module_name(path)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None

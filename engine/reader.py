@@ -80,7 +80,7 @@ class _Reader:
         sink = open(output, "ab") if output else None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.reader", str(os.getpid()), str(result_w), str(dump_w),
+                [sys.executable, "-P", "-m", "engine.reader", str(os.getpid()), str(result_w), str(dump_w),
                  *map(os.fspath, paths)],
                 pass_fds=[result_w, dump_w], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                 env={**os.environ, "PYTHONPATH": engine_path()},

@@ -329,6 +329,12 @@ class Engine:
                 self._executor.kill(attempt.key)
         self._maybe_finish_run(run)
 
+    def kill_now(self, run_id: int) -> None:
+        """A run being cancelled: SIGKILL its steps' processes now instead of after their SIGTERM grace."""
+        for attempt in self._attempts.values():
+            if attempt.run_id == run_id and not attempt.finished and attempt.kill_reason is not None:
+                self._executor.kill(attempt.key, 0)
+
     def run_until_done(self, run_ids: list[int] | None = None, consume_commands: bool = True) -> None:
         """Drive the engine until the given runs (default: all active runs) have ended."""
         def pending() -> bool:

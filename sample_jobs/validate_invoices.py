@@ -26,15 +26,17 @@ def validate(export_invoices, context):
     """Refuse to book invoices with negative totals.
 
     retries=0: a data error is for a human to look at, so the run fails and waits.
-    In real life someone corrects the export (books the refunds as credit notes) and then runs
-    `stepline retry RUN`. To keep the demo free of edits, attempts after the first one treat
-    negative totals as credit notes, as if that correction had happened.
+    In real life someone corrects the billing system (books the refunds as credit notes) and then
+    runs `stepline retry RUN export_invoices`, which exports again and validates the new export (a
+    plain `stepline retry RUN` would validate the stored, uncorrected one). To keep the demo free
+    of edits, attempts after the first one treat negative totals as credit notes, as if that
+    correction had happened.
     """
     negative = [i["id"] for i in export_invoices if i["total"] < 0]
     if negative and context.attempt == 1:
         ids = ", ".join(str(n) for n in negative)
         raise ValueError(f"{len(negative)} invoices have negative totals (ids {ids}); correct them in the "
-                         f"billing export, then run `stepline retry {context.run_id}`")
+                         f"billing system, then run `stepline retry {context.run_id} export_invoices`")
     invoices = [i for i in export_invoices if i["total"] >= 0]
     credit_notes = [{**i, "total": -i["total"]} for i in export_invoices if i["total"] < 0]
     print(f"attempt {context.attempt}: {len(invoices)} invoices valid, {len(credit_notes)} booked as credit notes")

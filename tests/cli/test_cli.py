@@ -7,6 +7,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 
 import psutil
@@ -387,6 +388,42 @@ def test_ctrl_c_cancels_the_run_cleanly(harness):
     run = query.get_run(1)
     assert run.state == "cancelled"
     assert run.step("slow").reason.summary == "interrupted from the terminal"
+
+
+def test_a_second_ctrl_c_kills_steps_that_ignore_sigterm_and_the_run_still_ends_cancelled(harness):
+    harness.write_job("j.py", """
+        import os
+        import signal
+        import time
+
+        @step
+        def stubborn():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            open("python.pid", "w").write(str(os.getpid()))
+            time.sleep(300)
+
+        deaf = shell("deaf", "trap '' TERM; echo $$ > shell.pid; sleep 300 & wait; sleep 300")
+        j = job("j", [stubborn, deaf])
+    """)
+    running = harness.cli_process("run", "j")
+    pid_files = [harness.jobs_dir / "python.pid", harness.jobs_dir / "shell.pid"]
+    wait_until(lambda: all(f.exists() and f.read_text().strip() for f in pid_files))
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(running.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    running.send_signal(signal.SIGINT)
+    # A signal sent before the first one is handled could merge with it: wait for the cancel to begin.
+    wait_until(lambda: any(line.startswith("interrupted: cancelling the run") for line in said))
+    running.send_signal(signal.SIGINT)
+    assert running.wait(timeout=60) == 1
+    reader.join(timeout=10)
+    assert "interrupted again: killing the run's steps now (SIGKILL)\n" in said
+    run = query.get_run(1)
+    assert run.state == "cancelled"
+    for name in ("stubborn", "deaf"):
+        assert (run.step(name).state, run.step(name).reason.summary) == ("cancelled", "interrupted from the terminal")
+    for pid_file in pid_files:
+        assert not _still_running(int(pid_file.read_text()))
 
 
 def _still_running(pid: int) -> bool:

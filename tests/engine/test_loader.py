@@ -835,3 +835,33 @@ def test_a_reader_stuck_in_a_file_ends_when_the_process_loading_dies(harness, wr
         wait_until(lambda: not reader.is_running() or reader.status() == psutil.STATUS_ZOMBIE)
     finally:
         loading.kill()
+
+
+def test_job_files_named_like_standard_modules_hide_nothing_and_import_in_their_folder(harness, write_job,
+                                                                                     tmp_path, monkeypatch):
+    # A job file called random.py or csv.py is imported by its path; the other files' `import random` and
+    # `import csv` still mean Python's own modules, at load time and in the steps. A file reads a path
+    # relative to its folder at import, wherever stepline was started.
+    write_job("random.py", 'shadow = job("shadow", [shell("s", "echo hi")])\n')
+    write_job("csv.py", 'not_csv = job("not_csv", [shell("s", "echo hi")])\n')
+    (harness.jobs_dir / "header.txt").write_text("id,total\n")
+    write_job("report.py", """
+        import csv
+        import io
+        import random
+
+        HEADER = open("header.txt").read().strip()
+
+        @step
+        def row():
+            out = io.StringIO()
+            csv.writer(out).writerow([HEADER, random.Random(1).randint(1, 9)])
+            return out.getvalue().strip()
+
+        report = job("report", [row])
+    """)
+    monkeypatch.chdir(tmp_path)
+    result = harness.load()
+    assert [str(p) for p in result.problems] == []
+    assert sorted(result.jobs) == ["not_csv", "report", "shadow"]
+    assert harness.run_now("report").step("row").output_preview == "'\"id,total\",3'"
