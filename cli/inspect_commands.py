@@ -1,6 +1,7 @@
 """Commands that look: check, jobs, runs, show, logs."""
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -64,6 +65,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
         last_run = last.get(name)
         entries.append({
             "name": name, "file": render_path(job_def.file), "steps": list(job_def.step_names),
+            "description": job_def.description,
             "schedule": job_def.schedule or (f"every {job_def.every}" if job_def.every else None),
             "timezone": job_def.timezone, "paused": paused.get(name, False),
             "next_fire": next_fire.astimezone(zone) if next_fire and not paused.get(name) else None,
@@ -88,7 +90,11 @@ def jobs(settings: Settings, as_json: bool) -> None:
             rows.append([entry["name"], str(len(entry["steps"])), entry["schedule"] or "-", when,
                          f"{latest['id']} {latest['state']}" if latest else "-"])
             states.append(latest["state"] if latest else None)
-        click.echo(render.table(["job", "steps", "schedule", "next fire", "last run"], rows, states, 4, color))
+        headers = ["job", "steps", "schedule", "next fire", "last run"]
+        descriptions = [entry["description"] for entry in entries]
+        if any(descriptions):
+            headers, rows = _with_descriptions(headers, rows, descriptions)
+        click.echo(render.table(headers, rows, states, 4, color))
     stderr_color = render.use_color(sys.stderr)
     for problem in result.problems:
         click.echo(render.paint(str(problem), "failed", stderr_color), err=True)
@@ -322,3 +328,15 @@ def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str
     if headed and offset == 0:
         click.echo("(no output)")  # a section of its own, not the next step's header right below
     offsets[key] = offset
+
+
+def _with_descriptions(headers: list[str], rows: list[list[str]],
+                       descriptions: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The table with a last column of the jobs' descriptions; on a terminal, cut to what fits its width (a
+    table that wraps cannot be read), and left out when less than a few words would fit."""
+    width = max(render.cell_width(line) for line in render.table(headers, rows).splitlines())
+    room = shutil.get_terminal_size().columns - width - 2 if sys.stdout.isatty() else None
+    if room is not None and room < 16:
+        return headers, rows
+    cells = [render.cut(text, room) if room is not None else text for text in descriptions]
+    return headers + ["description"], [row + [cell or "-"] for row, cell in zip(rows, cells)]

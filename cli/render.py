@@ -95,7 +95,16 @@ def cell_width(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def _pad(text: str, width: int) -> str:
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` terminal cells, ending in … when it had to be cut."""
+    if cell_width(text) <= width:
+        return text
+    while text and cell_width(text) > width - 1:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def pad(text: str, width: int) -> str:
     return text + " " * (width - cell_width(text))
 
 
@@ -106,11 +115,11 @@ def table(headers: list[str], rows: list[list[str]], states: Sequence[str | None
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], cell_width(cell))
-    lines = ["  ".join(_pad(h.upper(), widths[i]) for i, h in enumerate(headers)).rstrip()]
+    lines = ["  ".join(pad(h.upper(), widths[i]) for i, h in enumerate(headers)).rstrip()]
     for index, row in enumerate(rows):
         cells = []
         for i, cell in enumerate(row):
-            text = _pad(cell, widths[i]) if i < len(row) - 1 else cell
+            text = pad(cell, widths[i]) if i < len(row) - 1 else cell
             if color and state_column == i and states is not None:
                 text = paint(text, states[index], color)
             cells.append(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import click
@@ -42,11 +43,12 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
 class Printer:
     """Prints the engine's state changes as they happen, one aligned line each."""
 
-    def __init__(self, color: bool, quiet: bool = False) -> None:
+    def __init__(self, color: bool, quiet: bool = False, steps: Iterable[str] = ()) -> None:
         self.color = color
         self.quiet = quiet
         self.started: dict[tuple[int, str], float] = {}
-        self.width = 12
+        # As wide as the job's longest step name (within reason), so the state column lines up.
+        self.width = min(40, max([12, *(render.cell_width(name) for name in steps)]))
 
     def __call__(self, change: Change) -> None:
         """Print one change; when nobody reads the output any more (`| head`), the run goes on silently."""
@@ -74,7 +76,17 @@ class Printer:
             note = f"waiting for {note}" if not note.startswith("retry") else note
         glyph = GLYPHS.get(drawn_state(change.state, change.message), " ")
         state = render.paint(f"{change.state:<15}", change.state, self.color)
-        return f"{clock}  {glyph} {change.step:<{self.width}} {state} {note}".rstrip()
+        return f"{clock}  {glyph} {render.pad(change.step, self.width)} {state} {note}".rstrip()
+
+
+def _step_names(run_id: int) -> list[str]:
+    """The steps of a run, to line up its stream; none when it does not exist (the engine says so)."""
+    from engine.errors import UnknownRunError
+
+    try:
+        return [step.name for step in query.get_run(run_id).steps]
+    except UnknownRunError:
+        return []
 
 
 def install_interrupt() -> dict[str, int]:
@@ -199,7 +211,8 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         close = difflib.get_close_matches(job_name, list(result.jobs), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}{hint}; `stepline jobs` lists them")
-    refuse_unknown_params(result.jobs[job_name], parsed)
+    job_def = result.jobs[job_name]
+    refuse_unknown_params(job_def, parsed)
     home = settings.open_home()
     pid = remote.engine_holder(home)
     if pid is not None:
@@ -214,15 +227,15 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
             handed_off(f"run {answer.run_id} of {job_name} {'queued' if queued else 'started'}", answer.run_id, pid,
                        as_json, answer.result.partition(": ")[2] if queued and answer.result else "")
             return
-        remote.follow(answer.run_id, Printer(render.use_color(), quiet=as_json), since)
+        remote.follow(answer.run_id, Printer(render.use_color(), as_json, job_def.step_names), since)
         finish(home, answer.run_id, as_json)
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
-    engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
+    engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), as_json, job_def.step_names))
     close_runs_of_stopped_engines(engine)
     caught = install_interrupt()
     try:
-        run_id = engine.submit(result.jobs[job_name], parsed)
+        run_id = engine.submit(job_def, parsed)
         drive(engine, run_id, caught)
     finally:
         engine.close()
@@ -252,13 +265,13 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
         if not wait:
             handed_off(answer.result or f"retry of run {run_id} started", run_id, pid, as_json)
             return
-        remote.follow(run_id, Printer(render.use_color(), quiet=as_json), since)
+        remote.follow(run_id, Printer(render.use_color(), as_json, _step_names(run_id)), since)
         finish(home, run_id, as_json)
     from engine.recovery import close_if_abandoned
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
     close_if_abandoned(run_id)
-    engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), quiet=as_json))
+    engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), as_json, _step_names(run_id)))
     close_runs_of_stopped_engines(engine)
     caught = install_interrupt()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import math
 import os
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -24,6 +25,9 @@ RESERVED_PARAMETERS = frozenset({"params", "context"})
 #: Keyword options of step() and shell().
 STEP_OPTIONS = ("retries", "retry_delay", "backoff", "jitter", "max_retry_delay", "timeout", "pool", "env",
                 "cwd", "after")
+#: Keyword options of job() after its name and steps.
+JOB_OPTIONS = ("schedule", "every", "timezone", "params", "description", "misfire", "misfire_grace",
+               "max_active_runs", "overlap")
 
 
 @dataclass(slots=True)
@@ -102,6 +106,14 @@ class StepDef:
     @property
     def kind(self) -> str:
         return "python" if self.func is not None else "shell"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A Python step is still its function: a test (or another step) calls it with the values it would
+        receive, `load([1, 2])`; nothing is recorded, as when Dagster or Prefect code calls an op or task."""
+        if self.func is None:
+            raise TypeError(f"'{self.name}' is a shell step: it has no Python function to call; stepline runs "
+                            "its command (`stepline run JOB`)")
+        return self.func(*args, **kwargs)
 
     def with_name(self, name: str) -> StepDef:
         return _replace(self, name=name)
@@ -186,11 +198,29 @@ def _name_problems(name: str, what: str) -> list[str]:
     if name in (".", "..") or any(c in "/\\" or not c.isprintable() for c in name):
         return [f"the {what} name {name!r} cannot be '.' or '..' or contain '/', '\\' or control characters "
                 "(step names are part of file names in the home); use letters, digits, '_' or '-'"]
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return [f"the {what} name '{name[:3]}…{name[-3:]}' is {size} bytes long; a name can be at most "
+                f"{MAX_NAME_BYTES} (it is part of file names in the home)"]
     if what == "step" and name in RESERVED_PARAMETERS:
         given = "the run parameters" if name == "params" else "the step's StepContext"
         return [f"a step cannot be named {name!r}: a parameter of that name receives {given}, not a step's "
                 "output; rename the step"]
     return []
+
+
+MAX_NAME_BYTES = 200
+"""A file name holds at most 255 bytes, and a step's log is named `<step>.<attempt>.log`."""
+
+
+def _shown(value: Any) -> str:
+    """A value in a message: a step by its name, anything else as a short repr."""
+    if isinstance(value, StepDef):
+        return f"step '{value.name}'"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, StepDef) for v in value):
+        return "the list of steps [" + ", ".join(v.name for v in value) + "]"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _caller_location(depth: int = 2) -> tuple[str, int]:
@@ -215,10 +245,24 @@ def _caller_location(depth: int = 2) -> tuple[str, int]:
 
 
 def _number(value: Any, what: str, minimum: float = 0.0) -> float:
-    """`value` as a float, or JobDefinitionError("<what>, got <value>") if it is not a number >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+    """`value` as a float, or JobDefinitionError("<what>, got <value>") if it is not a finite number >= minimum."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum
+            or not math.isfinite(value)):
         raise JobDefinitionError(f"{what}, got {value!r}")
     return float(value)
+
+
+MAX_SECONDS = 366 * 24 * 3600
+"""The longest delay or timeout a step may ask for: a clock time further off than the platform's time_t
+reaches (1e308 seconds) would stop the engine that computes it."""
+
+
+def _seconds(value: Any, option: str, what: str) -> float:
+    """A number of seconds from 0 up to a year, for `option`; `what` says what it must be."""
+    seconds = _number(value, what)
+    if seconds > MAX_SECONDS:
+        raise JobDefinitionError(f"{option} can be at most a year ({MAX_SECONDS} seconds), got {value!r}")
+    return seconds
 
 
 def _after(value: Any) -> tuple[str, ...]:
@@ -282,7 +326,8 @@ def _options(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     def timeout(value: Any) -> float | None:
         if value is None:
             return None
-        seconds = _number(value, "timeout must be a number of seconds more than 0 (leave it out for no limit)")
+        seconds = _seconds(value, "timeout",
+                           "timeout must be a number of seconds more than 0 (leave it out for no limit)")
         if seconds == 0:
             raise JobDefinitionError(f"timeout must be a number of seconds more than 0 (leave it out for no limit), "
                                      f"got {value!r}")
@@ -312,12 +357,12 @@ def _options(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
     fields = dict(
         retries=check("retries", 0, retries),
-        retry_delay_s=check("retry_delay", 0.0, lambda v: _number(
-            v, "retry_delay must be a number of seconds (0 or more)")),
+        retry_delay_s=check("retry_delay", 0.0, lambda v: _seconds(
+            v, "retry_delay", "retry_delay must be a number of seconds (0 or more)")),
         backoff=check("backoff", 1.0, backoff),
         jitter=check("jitter", 0.0, jitter),
-        max_retry_delay_s=check("max_retry_delay", 3600.0, lambda v: _number(
-            v, "max_retry_delay must be a number of seconds (0 or more)")),
+        max_retry_delay_s=check("max_retry_delay", 3600.0, lambda v: _seconds(
+            v, "max_retry_delay", "max_retry_delay must be a number of seconds (0 or more)")),
         timeout_s=check("timeout", None, timeout),
         pool=check("pool", None, pool),
         env=check("env", {}, env),
@@ -338,14 +383,24 @@ def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, 
     file, line = _caller_location()
 
     def decorate(fn: Callable[..., Any]) -> StepDef:
-        if isinstance(fn, StepDef) or not callable(fn):
-            raise JobDefinitionError(f"{file}:{line}: @step decorates a function, got {fn!r}")
+        if isinstance(fn, StepDef):
+            raise JobDefinitionError(f"{file}:{line}: step '{fn.name}' is a step already: use @step once, with "
+                                     "all its options in it (@step(retries=2, timeout=60))")
+        if isinstance(fn, str):
+            raise JobDefinitionError(f"{file}:{line}: @step decorates a function, got the text {fn!r}; to name "
+                                     f"the step write @step(name={fn!r})")
+        if not callable(fn):
+            raise JobDefinitionError(f"{file}:{line}: @step decorates a function, got {_shown(fn)}")
         code = getattr(fn, "__code__", None)
         fn_file = code.co_filename if code else file
         fn_line = code.co_firstlineno if code else line
         step_name = name or getattr(fn, "__name__", "")
         problems = (_name_problems(step_name, "step") if isinstance(step_name, str) and step_name
-                    else [f"the name must be a non-empty string, got {step_name!r}"])
+                    else [f"the name must be a non-empty string, got {step_name!r}"] if name is not None
+                    else [f"{_shown(fn)} has no __name__ to name the step after; give it one: "
+                          "step(fn, name='load')"])
+        if not step_name or not isinstance(step_name, str):
+            step_name = f"<step at line {line}>"
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             problems.append("a step cannot be an async function (its result would be a coroutine, never run); "
                             "write a plain def that calls asyncio.run(...)")
@@ -353,7 +408,12 @@ def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, 
             problems.append("a step cannot be a generator function (it yields, and a generator cannot be kept as "
                             "an output); return the values instead, e.g. as a list")
         parameters, required = [], set()
-        for parameter in inspect.signature(fn).parameters.values():
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin or C callable: Python cannot tell what it takes
+            problems.append(f"the parameters of {_shown(fn)} cannot be read (a builtin?); wrap the call in a def")
+            signature = inspect.Signature()
+        for parameter in signature.parameters.values():
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 continue
             parameters.append(parameter.name)
@@ -368,7 +428,7 @@ def step(func: Callable[..., Any] | None = None, /, *, name: str | None = None, 
     return decorate
 
 
-def shell(name: str, command: str, **options: Any) -> StepDef:
+def shell(name: str, command: str | None = None, **options: Any) -> StepDef:
     """A step that runs `command` through bash.
 
     Upstream outputs arrive as environment variables STEPLINE_IN_<STEP> (text as
@@ -381,7 +441,9 @@ def shell(name: str, command: str, **options: Any) -> StepDef:
         problems.append(f"shell() needs a step name as its first argument, got {name!r}")
         name = f"<shell step at line {line}>"
     problems += _name_problems(name, "step")
-    if not isinstance(command, str) or not command.strip():
+    if command is None:
+        problems.append("shell() needs a name and a command: shell('report', 'echo done')")
+    elif not isinstance(command, str) or not command.strip():
         problems.append(f"the command must be a non-empty string, got {command!r}")
     fields, option_problems = _options(options)
     return StepDef(name=name, command=command if isinstance(command, str) else "", file=file, line=line,
@@ -419,8 +481,8 @@ def _job_options(misfire: Any, misfire_grace: Any, max_active_runs: Any,
     fields = dict(
         misfire=check("once", lambda: _choice(misfire, "misfire", {
             "skip": "no catch-up run", "once": "one catch-up run", "all": "a run per missed fire"})),
-        misfire_grace_s=check(60.0, lambda: _number(
-            misfire_grace, "misfire_grace must be a number of seconds (0 or more)")),
+        misfire_grace_s=check(60.0, lambda: _seconds(
+            misfire_grace, "misfire_grace", "misfire_grace must be a number of seconds (0 or more)")),
         max_active_runs=check(1, active_runs),
         overlap=check("queue", lambda: _choice(overlap, "overlap", {
             "queue": "wait for a running one to end", "skip": "drop the fire"})),
@@ -431,17 +493,26 @@ def _job_options(misfire: Any, misfire_grace: Any, max_active_runs: Any,
 def job(name: str, steps: Iterable[StepDef], *, schedule: str | None = None, every: str | None = None,
         timezone: str | None = None, params: Mapping[str, Any] | None = None,
         description: str = "", misfire: str = "once", misfire_grace: float = 60,
-        max_active_runs: int = 1, overlap: str = "queue") -> JobDef:
+        max_active_runs: int = 1, overlap: str = "queue", **unknown: Any) -> JobDef:
     """A named DAG of steps, optionally on a cron `schedule` (in `timezone`) or `every` interval."""
     file, line = _caller_location()
     problems: list[str] = []
     if not isinstance(name, str) or not name:  # a problem of this job: the file's other jobs still load
-        problems.append(f"job() needs a name as its first argument, got {name!r}")
+        problems.append(f"job() needs a name as its first argument, got {_shown(name)}")
         name = f"<job at line {line}>"
+    for key in unknown:  # a problem of this job, not an exception that would take the whole file down
+        close = difflib.get_close_matches(key, JOB_OPTIONS, n=1)
+        if close:
+            hint = f"did you mean '{close[0]}'?"
+        elif key in STEP_OPTIONS:
+            hint = f"{key}= is an option of each step: @step({key}=...) or shell(..., {key}=...)"
+        else:
+            hint = "options are " + ", ".join(JOB_OPTIONS)
+        problems.append(f"there is no job option '{key}' ({hint})")
     problems += _name_problems(name, "job")
     step_defs: list[StepDef] = []
     if isinstance(steps, (str, bytes, StepDef)) or not isinstance(steps, Iterable):
-        problems.append(f"steps must be a list of steps, got {steps!r}")
+        problems.append(f"steps must be a list of steps, got {_shown(steps)}")
         steps = ()
     for item in steps:
         if isinstance(item, StepDef):

@@ -124,7 +124,7 @@ def load_file(path: Path) -> tuple[list[JobDef], list[Problem]]:
             problems.append(Problem(display_path(value.file), value.line,
                                     f"step '{value.name}' is not part of any job; add it to a job's list of "
                                     "steps or remove it"))
-            problems += [Problem(display_path(value.file), value.line, f"step '{value.name}': {message}")
+            problems += [Problem(display_path(value.file), value.line, f"step '{_short(value.name)}': {message}")
                          for message in value.problems]
     if not job_defs and not problems:
         problems.append(Problem(shown, 0, "defines no job; add `name = job(\"name\", [steps])` "
@@ -150,7 +150,7 @@ def validate_job(job_def: JobDef) -> list[Problem]:
     by_name: dict[str, StepDef] = {}
     for step_def in job_def.steps:
         for message in step_def.problems:
-            report(step_def, f"step '{step_def.name}': {message}")
+            report(step_def, f"step '{_short(step_def.name)}': {message}")
         if step_def.name in by_name:
             first = by_name[step_def.name]
             report(step_def, f"step '{step_def.name}' appears twice in job '{job_def.name}' "
@@ -321,3 +321,8 @@ def _definition_problem(path: Path, error: JobDefinitionError) -> Problem:
     if file and line.isdigit():
         return Problem(display_path(file), int(line), rest)
     return Problem(display_path(path), _line_in(path, error), text)
+
+
+def _short(name: str) -> str:
+    """A name as the head of a problem line: a 300-character one would bury the message after it."""
+    return name if len(name) <= 60 else f"{name[:28]}…{name[-28:]}"

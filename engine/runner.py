@@ -711,7 +711,13 @@ class Engine:
         return used <= step_plan.retries
 
     def _retry_delay(self, step_plan: StepPlan, failures: int) -> float:
-        delay = step_plan.retry_delay_s * step_plan.backoff ** (failures - 1)
+        if not step_plan.retry_delay_s:
+            return 0.0
+        try:
+            growth = step_plan.backoff ** (failures - 1)
+        except OverflowError:  # retries=10000, backoff=2: past the largest float, the maximum applies
+            return step_plan.max_retry_delay_s
+        delay = step_plan.retry_delay_s * growth
         if step_plan.jitter:
             delay *= 1 + self._rng.uniform(0, step_plan.jitter)
         return min(delay, step_plan.max_retry_delay_s)
@@ -745,7 +751,7 @@ class Engine:
             state, reason = RunState.CANCELLED, run.cancelling
         elif states & {StepState.FAILED, StepState.UPSTREAM_FAILED}:
             failed = [n for n, s in run.states.items() if s == StepState.FAILED]
-            state, reason = RunState.FAILED, f"step {', '.join(repr(f) for f in failed)} failed" if failed else None
+            state, reason = RunState.FAILED, _failed_steps(failed) if failed else None
         elif StepState.CANCELLED in states:
             state, reason = RunState.CANCELLED, "steps were cancelled"
         else:
@@ -842,3 +848,11 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return "unknown"
+
+
+def _failed_steps(names: list[str]) -> str:
+    """A run's reason: "step 'a' failed", "steps 'a' and 'b' failed", "steps 'a', 'b' and 'c' failed"."""
+    quoted = [repr(name) for name in names]
+    if len(quoted) == 1:
+        return f"step {quoted[0]} failed"
+    return f"steps {', '.join(quoted[:-1])} and {quoted[-1]} failed"

@@ -167,6 +167,9 @@ def cron_trigger(expression: str, zone: str | None = None) -> BaseTrigger:
         if text.startswith("@"):
             raise ScheduleError(f"schedule '{expression}' is not a known alias; use one of "
                                 + ", ".join(SHOWN_ALIASES) + " or a 5-field cron expression")
+        if text.lower().startswith("every"):
+            raise ScheduleError(f"schedule '{expression}' is not a cron expression; for a job that runs at an "
+                                "interval write every= with a number and a unit, such as every='5m' (or schedule='@daily')")
         raise ScheduleError(
             f"schedule '{expression}' has {len(fields)} field{'s' if len(fields) != 1 else ''}; a cron "
             "schedule has 5 (minute hour day-of-month month day-of-week) or is one of " + ", ".join(SHOWN_ALIASES))
@@ -192,9 +195,17 @@ def parse_every(text: str) -> float:
     """Seconds of an interval such as "30s", "15m", "2h", "1d"."""
     match = _INTERVAL.match(str(text))
     if not isinstance(text, str) or not match or float(match.group(1)) <= 0:
-        raise ScheduleError(f"every='{text}' is not an interval; write a number and a unit, "
+        raise ScheduleError(f"every={text!r} is not an interval; write a number and a unit, "
                             "such as '30s', '15m', '2h' or '1d'")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > MAX_INTERVAL_S:
+        raise ScheduleError(f"every={text!r} is more than a year; for a job that runs that seldom, write a cron "
+                            "schedule for the day it should run (schedule='0 6 1 1 *')")
+    return seconds
+
+
+MAX_INTERVAL_S = 366 * 86400
+"""Longer intervals would overflow a date computed from them (every='1e12d'); cron says "once a year" better."""
 
 
 def interval_trigger(every: str, zone: str | None = None, start: datetime | None = None) -> IntervalTrigger:

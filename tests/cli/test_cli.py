@@ -196,6 +196,30 @@ def test_jobs_still_lists_the_good_jobs_when_a_file_is_broken(harness):
     assert document["problems"][0]["file"] == "jobs/syntax.py"
 
 
+def test_run_lines_up_the_states_of_long_step_names(harness):
+    harness.write_job("j.py", """
+        j = job("j", [shell("total_americas_and_more", "true"), shell("b", "true", after=["total_americas_and_more"])])
+    """)
+    lines = [line for line in harness.cli("run", "j").stdout.splitlines() if line.endswith(("attempt 1", "ms"))
+             and " took " not in line]
+    assert len(lines) == 4
+    assert len({line.index("running") if "running" in line else line.index("succeeded") for line in lines}) == 1
+
+
+def test_jobs_shows_each_jobs_description(harness):
+    harness.write_job("j.py", """
+        a = shell("a", "true")
+        described = job("described", [a], description="Load the nightly orders into the warehouse")
+        plain = job("plain", [shell("b", "true")])
+    """)
+    lines = harness.cli("jobs").stdout.splitlines()
+    assert lines[0].split() == ["JOB", "STEPS", "SCHEDULE", "NEXT", "FIRE", "LAST", "RUN", "DESCRIPTION"]
+    assert lines[1].startswith("described ") and lines[1].endswith("  Load the nightly orders into the warehouse")
+    assert lines[2].startswith("plain ") and lines[2].endswith("  -")
+    listed = json.loads(harness.cli("jobs", "--json").stdout)["jobs"]
+    assert [j["description"] for j in listed] == ["Load the nightly orders into the warehouse", ""]
+
+
 def test_jobs_in_a_missing_folder_says_the_folder_is_missing_not_to_write_a_job(harness):
     result = harness.cli("--jobs", str(harness.root / "nowhere"), "jobs")
     assert result.stdout == ""

@@ -1,6 +1,8 @@
 """The job-file API: step(), shell() and job() build plain values and keep bad arguments as problems."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from engine import job, shell, step
@@ -69,6 +71,51 @@ def test_step_on_something_that_is_not_a_function_raises_with_the_place():
     with pytest.raises(JobDefinitionError) as caught:
         step(retries=1)(42)
     assert str(caught.value) == f"{HERE}:{line}: @step decorates a function, got 42"
+
+
+def test_step_misuses_say_how_to_write_it():
+    line = _line() + 2
+    with pytest.raises(JobDefinitionError) as caught:
+        step("fetch_data")
+    assert str(caught.value) == (f"{HERE}:{line}: @step decorates a function, got the text 'fetch_data'; to name "
+                                 "the step write @step(name='fetch_data')")
+    line = _line() + 2
+    with pytest.raises(JobDefinitionError) as caught:
+        step(step(retries=1)(lambda: 1))
+    assert str(caught.value) == (f"{HERE}:{line}: step '<lambda>' is a step already: use @step once, with all its "
+                                 "options in it (@step(retries=2, timeout=60))")
+    unnamed = step(functools.partial(int, "3")); line = _line()
+    assert unnamed.name == f"<step at line {line}>"
+    assert unnamed.problems == ("functools.partial(<class 'int'>, '3') has no __name__ to name the step after; give "
+                                "it one: step(fn, name='load')",
+                                "the parameters of functools.partial(<class 'int'>, '3') cannot be read (a "
+                                "builtin?); wrap the call in a def")
+
+
+def test_a_python_step_can_be_called_as_its_function_and_a_shell_step_says_it_cannot():
+    @step(retries=2)
+    def total(rows, params=None):
+        return sum(rows) + int((params or {}).get("extra", 0))
+
+    assert total([1, 2]) == 3
+    assert total([1, 2], params={"extra": "4"}) == 7
+    with pytest.raises(TypeError) as caught:
+        shell("report", "echo done")()
+    assert str(caught.value) == ("'report' is a shell step: it has no Python function to call; stepline runs its "
+                                 "command (`stepline run JOB`)")
+
+
+def test_job_options_that_do_not_exist_and_a_shell_step_without_a_command_are_problems_of_their_own():
+    a = shell("a", "true")
+    typo = job("typo", [a], schedul="0 6 * * *")
+    step_option = job("step_option", [a], retries=2)
+    swapped = job([a], "swapped")  # type: ignore[arg-type]
+    assert typo.problems == ("there is no job option 'schedul' (did you mean 'schedule'?)",)
+    assert step_option.problems == ("there is no job option 'retries' (retries= is an option of each step: "
+                                    "@step(retries=...) or shell(..., retries=...))",)
+    assert swapped.problems == ("job() needs a name as its first argument, got the list of steps [a]",
+                                "steps must be a list of steps, got 'swapped'")
+    assert shell("echo hi").problems == ("shell() needs a name and a command: shell('report', 'echo done')",)
 
 
 def test_shell_without_a_name_is_a_problem_of_that_step_at_its_place():

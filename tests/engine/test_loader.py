@@ -363,10 +363,10 @@ def test_a_job_made_by_a_helper_function_is_placed_where_the_job_file_calls_it(h
     write_job("j.py", """\
         from _factory import make
 
-        j = make("j", schedule="every day")
+        j = make("j", schedule="each day")
     """)
     assert problems(harness) == [
-        "jobs/j.py:4: job 'j': schedule 'every day' has 2 fields; a cron schedule has 5 "
+        "jobs/j.py:4: job 'j': schedule 'each day' has 2 fields; a cron schedule has 5 "
         "(minute hour day-of-month month day-of-week) or is one of @hourly, @daily, @weekly, @monthly, @yearly"]
 
 
@@ -637,6 +637,12 @@ def test_step_options_reach_the_definition(harness, write_job):
     ("pool=''", "pool must be a non-empty name, got ''"),
     ("after=[3]", "after must be a list of step names, got 3 in it"),
     ("retry=2", "there is no option 'retry' (did you mean 'retries'?)"),
+    ("retry_delay=float('inf')", "retry_delay must be a number of seconds (0 or more), got inf"),
+    ("max_retry_delay=1e308", "max_retry_delay can be at most a year (31622400 seconds), got 1e+308"),
+    ("timeout=float('nan')", "timeout must be a number of seconds more than 0 (leave it out for no limit), got nan"),
+    ("timeout=10 ** 12", "timeout can be at most a year (31622400 seconds), got 1000000000000"),
+    ("backoff=float('inf')", "backoff multiplies the delay before each further retry and must be 1 or more (True "
+                             "means 2), got inf"),
 ])
 def test_a_bad_step_option_is_reported_at_the_step(harness, write_job, option, message):
     write_job("j.py", f"""\
@@ -733,6 +739,15 @@ def test_a_job_or_step_without_a_name_leaves_the_files_other_jobs_loading(harnes
         "jobs/j.py:2: job '<job at line 2>': job() needs a name as its first argument, got ''",
         "jobs/j.py:3: step '<shell step at line 3>': shell() needs a step name as its first argument, got ''"]
     assert list(result.jobs) == ["good"]
+
+
+def test_a_name_too_long_for_a_file_name_is_reported_shortened(harness, write_job):
+    write_job("j.py", """\
+        j = job("j", [shell("é" * 101, "true")])
+    """)
+    assert problems(harness) == [
+        f"jobs/j.py:2: step '{'é' * 28}…{'é' * 28}': the step name 'ééé…ééé' is 202 bytes long; a name can be at "
+        "most 200 (it is part of file names in the home)"]
 
 
 def test_every_bad_option_of_a_shell_step_is_reported(harness, write_job):

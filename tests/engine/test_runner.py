@@ -650,6 +650,13 @@ def test_exhausted_retries_fail_the_step_and_its_downstream(home, write_job):
     assert run.run.reason == "step 'a' failed"
 
 
+def test_a_run_whose_steps_failed_names_them_all(home, write_job):
+    write_job("j.py", """
+        j = job("j", [shell("load", "exit 1"), shell("check", "exit 2"), shell("notify", "exit 3")])
+    """)
+    assert home.run_now("j").run.reason == "steps 'load', 'check' and 'notify' failed"
+
+
 def test_a_retry_delay_shows_as_waiting_for_the_retry(home, write_job):
     write_job("j.py", """
         a = shell("a", "exit 1", retries=3, retry_delay=600)
@@ -680,6 +687,9 @@ def test_retry_delays_grow_by_backoff_up_to_the_maximum(home):
         plan = _plan(retry_delay_s=10.0, backoff=2.0, max_retry_delay_s=50.0)
         assert [engine._retry_delay(plan, n) for n in (1, 2, 3, 4)] == [10.0, 20.0, 40.0, 50.0]
         assert engine._retry_delay(_plan(retry_delay_s=5.0), 3) == 5.0
+        # "Retry for ever": 2.0 ** 1100 is past the largest float; the maximum holds, the engine goes on.
+        assert engine._retry_delay(plan, 1100) == 50.0
+        assert engine._retry_delay(_plan(retry_delay_s=0.0, backoff=2.0), 1100) == 0.0
     finally:
         engine.close()
 

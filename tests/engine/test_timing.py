@@ -132,6 +132,23 @@ def test_other_intervals_are_refused_with_examples(text):
                                  "such as '30s', '15m', '2h' or '1d'")
 
 
+def test_an_interval_must_be_text_and_at_most_a_year():
+    with pytest.raises(ScheduleError, match=r"^every=300 is not an interval; write a number and a unit"):
+        parse_every(300)  # type: ignore[arg-type]
+    with pytest.raises(ScheduleError) as caught:
+        parse_every("1000000d")
+    assert str(caught.value) == ("every='1000000d' is more than a year; for a job that runs that seldom, write a cron "
+                                 "schedule for the day it should run (schedule='0 6 1 1 *')")
+
+
+def test_an_interval_written_as_a_schedule_points_at_every():
+    with pytest.raises(ScheduleError) as caught:
+        cron_trigger("every 5 minutes")
+    assert str(caught.value) == ("schedule 'every 5 minutes' is not a cron expression; for a job that runs at an "
+                                 "interval write every= with a number and a unit, such as every='5m' (or "
+                                 "schedule='@daily')")
+
+
 def test_an_interval_counts_from_the_given_time_not_the_clock():
     after = datetime(2020, 5, 1, 12, 0, tzinfo=UTC)
     assert next_fire(None, "15m", "UTC", after) == datetime(2020, 5, 1, 12, 15, tzinfo=UTC)
