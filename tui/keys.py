@@ -56,7 +56,8 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("w", "wrap long lines on/off"),
         ("e", "jump to the first error line"),
         ("a", "pick another attempt"),
-        ("escape", "back to the tree"),
+        ("z", "zoom: the log on the whole screen on/off"),
+        ("escape", "back to the tree (from a zoomed log: back to the pane)"),
     ]),
     ("Console", [
         ("?", "this help (escape closes)"),

@@ -106,6 +106,35 @@ async def test_wrapped_lines_keep_every_character_in_view_at_80_columns(harness,
             assert f"/{word} 1/1" in str(log_pane(app).query_one("#log-status").render()), word
 
 
+async def test_a_cut_line_ends_in_an_ellipsis_and_z_gives_the_log_the_whole_screen(harness, engine):
+    words = " ".join(f"word{i:02d}" for i in range(40))
+    harness.write_job("long.py", f"""
+        a = shell("long", "echo '{words}'")
+        long = job("long", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "long")
+        await settle_until(pilot, lambda: any("word39" in line for line in log_lines(app)))
+        pane, tail = log_pane(app), log_pane(app).log_widget
+        shown = tail.scrollable_content_region.width
+        row = tail.render_line(0).text
+        assert row[:shown].endswith("…") and row[:shown - 1] == log_lines(app)[0][:shown - 1]
+        await pilot.press("l", "z")
+        await settle(pilot)
+        assert app.main_screen.maximized is pane and pane.size.width == 80 - 2  # all but its border
+        await pilot.press("w")
+        await settle(pilot)
+        assert max(len(line) for line in log_lines(app)) > shown  # wrapped at the zoomed width
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.main_screen.maximized is None and pane.has_focus_within  # back in the pane, not the tree
+        assert all(len(line) <= tail.scrollable_content_region.width for line in log_lines(app)), (
+            tail.scrollable_content_region.width, pane.size, [len(l) for l in log_lines(app)])
+
+
 @pytest.mark.parametrize("way", ["q", "ctrl+q", "palette"])
 async def test_every_way_to_quit_up_with_active_runs_says_what_happens_and_asks(harness, engine, way):
     # ctrl+q (Textual's own) and the palette's "Quit" used to skip the question q asks.

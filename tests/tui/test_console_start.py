@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
-from tests.tui.conftest import (details_text, is_job, log_lines, make_app, publish_catalog, select, settle, settle_until,
-                                tree_text)
+from tests.tui.conftest import (details_text, is_job, log_lines, make_app, publish_catalog, run_first_run_of, select,
+                                settle, settle_until, tree_text)
 from tui.widgets.run_tree import ProblemNode
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
@@ -140,3 +141,30 @@ async def test_a_job_whose_file_broke_says_so_and_that_its_last_good_version_run
 
         await settle_until(pilot, lambda: "Runs and schedules use the file's last good version" in details())
         assert "flaky.py:3 syntax error" in details()
+
+
+async def test_ticks_that_change_nothing_on_screen_repaint_nothing(harness, engine):
+    # Every repainted line crosses the SSH link: with the clock stopped, four ticks a second must leave the
+    # header and every tree line alone, a running run's included (whose label once repainted it and all
+    # its steps at every tick).
+    harness.write_job("slow.py", """
+        a = shell("wait", "sleep 300")
+        b = shell("after", "true", after=["wait"])
+        slow = job("slow", [a, b])
+    """)
+    engine.start()
+    stopped_at = time.time()  # an engine heartbeat newer than the console's clock still reads as alive
+    app = make_app(harness, mode="embedded", clock=lambda: stopped_at)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "slow")
+        await pilot.press("enter")
+        await settle_until(pilot, lambda: "● wait" in tree_text(app))
+        screen = app.main_screen
+        header_text = screen.header._shown
+        labels = {id(node): node._updates for node in screen.run_tree._tree_nodes.values()}
+        for _ in range(8):
+            screen.tick()
+            await pilot.pause()
+        assert screen.header._shown is header_text
+        assert {id(node): node._updates for node in screen.run_tree._tree_nodes.values()} == labels

@@ -138,6 +138,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         yield Input(placeholder="search loaded jobs, runs and steps · enter finds · escape closes", id="tree-search")
         yield KeyFooter(show_command_palette=False)  # 80 columns then show every key; ? and the help list ctrl+p
 
+    _ticked_second = 0
+
     def on_mount(self) -> None:
         self.run_tree.focus()
         self.run_tree.now = self.now()
@@ -159,8 +161,13 @@ class MainScreen(commands.CommandActions, Screen[None]):
             return
         now = self.now()
         self.header.set_state(now=now)
-        self.run_tree.tick(now)
-        self.details.tick(now)
+        # Live durations move once a second, not at every tick: each moved duration repaints its lines, and
+        # a slow SSH link pays for every repainted line.
+        second = int(now.timestamp())
+        if second != self._ticked_second:
+            self._ticked_second = second
+            self.run_tree.tick(now)
+            self.details.tick(now)
         self.log_pane.poll()
         self.poll_now()
 

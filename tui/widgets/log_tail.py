@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.highlighter import Highlighter
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import work
@@ -140,6 +141,29 @@ class TailLog(Log):
         return strip
 
 
+    class Resized(Message):
+        """The lines have a new width: a wrapped log wraps again."""
+
+    def on_resize(self) -> None:
+        self.post_message(self.Resized())
+
+    def _render_line(self, y: int, scroll_x: int, width: int) -> Strip:
+        """A line cut at the pane's right edge ends in a dim …, which says there is more to read (→, or w
+        to wrap); the pane has no horizontal scrollbar, whose row repainted cell by cell at every new line
+        (most of what the console wrote to a slow SSH link while following a log)."""
+        strip = super()._render_line(y, scroll_x, width)
+        shown = width - self.scrollbar_size_vertical  # the scrollbar is drawn over the line's last cells
+        if y < len(self._lines) and shown > 1:
+            full = self._render_line_strip(y, self.rich_style)
+            if full.cell_length > scroll_x + shown:
+                marker = Strip([Segment("…", self.rich_style + CUT_STYLE)], 1)
+                strip = Strip.join([strip.crop(0, shown - 1), marker, strip.crop(shown, width)])
+        return strip
+
+
+CUT_STYLE = Style(dim=True)
+
+
 def _widest(lines: list[str]) -> int:
     """Cells the widest line takes, as Log measures it (control codes replaced, tabs expanded)."""
     widest = 0
@@ -167,10 +191,11 @@ class LogSource:
 
 
 class LogTail(Vertical):
+    ALLOW_MAXIMIZE = True  # z: the pane (its title, search bar and status with it), not only its lines
     DEFAULT_CSS = """
     LogTail { border: round $primary-darken-2; border-title-align: left; }
     LogTail:focus-within { border: round $accent; }
-    LogTail > TailLog { height: 1fr; }
+    LogTail > TailLog { height: 1fr; scrollbar-size-horizontal: 0; }
     LogTail > #log-search { dock: bottom; display: none; }
     LogTail > #log-search.-open { display: block; }
     LogTail > #log-status { height: 1; color: $text-muted; }
@@ -186,6 +211,7 @@ class LogTail(Vertical):
         Binding("a", "pick_attempt", "Attempt", tooltip="Pick another attempt"),
         Binding("g", "top", "Top"),
         Binding("G", "bottom", "End", tooltip="Bottom; follows again"),
+        Binding("z", "toggle_zoom", "Zoom", tooltip="The log on the whole screen on/off"),
         Binding("escape", "leave", "Back to tree", show=False),
     ]
 
@@ -208,6 +234,8 @@ class LogTail(Vertical):
         self.source: LogSource | None = None
         self.follow = True
         self.wrap = False
+        self._wrapped_at = 0
+        """The width the loaded lines were last wrapped at."""
         self._raw: deque[str] = deque(maxlen=MAX_LINES)
         self._offset = 0
         self._token = 0
@@ -277,6 +305,8 @@ class LogTail(Vertical):
 
     def poll(self) -> None:
         """Read what was appended (called on every console tick)."""
+        if self.wrap and self._raw and self._wrapped_at != self._wrap_width():
+            self._rewrite()  # a new width no Resize told of (back from zoom)
         source = self.source
         if source is None or self._reading or self._done:
             return
@@ -347,7 +377,7 @@ class LogTail(Vertical):
     def _display(self, lines: list[str]) -> list[str]:
         if not self.wrap:
             return lines
-        width = self._wrap_width()
+        width = self._wrapped_at = self._wrap_width()
         shown: list[str] = []
         for line in lines:
             if len(line) <= width:
@@ -384,7 +414,9 @@ class LogTail(Vertical):
         if self.follow:
             self.log_widget.scroll_end(animate=False, immediate=True, x_axis=False)
 
-    def on_resize(self) -> None:
+    def on_tail_log_resized(self) -> None:
+        # The lines' own widget, not this pane: when the pane hears of a new size, its lines may not
+        # have theirs yet (zoom, and back), and would wrap at the old width.
         if self.wrap and self._raw:
             self._rewrite()
         self.call_after_refresh(self._keep_following)
@@ -521,5 +553,17 @@ class LogTail(Vertical):
             return
         self.post_message(self.AttemptWanted())
 
+    def action_toggle_zoom(self) -> None:
+        """The log on the whole screen, or back in its pane: at 80x24 the pane is 38 columns wide."""
+        screen = self.screen
+        if screen.maximized is self:
+            screen.minimize()
+        else:
+            screen.maximize(self, container=False)
+        self.log_widget.focus()
+
     def action_leave(self) -> None:
+        if self.screen.maximized is self:
+            self.screen.minimize()  # escape first leaves the full-screen log, as it leaves the other views
+            return
         self.post_message(self.Left())

@@ -146,7 +146,7 @@ class RunTree(Tree[NodeData]):
                 data = existing
                 data.job = by_name.get(name)
                 data.last_run = last_runs.get(name, data.last_run)
-                node.set_label(self._job_label(data))
+                self._relabel(node, self._job_label(data))
         self._set_problems(problems)
         self._set_info(None if names else
                        "No jobs yet. Put job files in the jobs folder (--jobs DIR, default ./jobs); "
@@ -201,9 +201,16 @@ class RunTree(Tree[NodeData]):
         for node in self.jobs.values():
             data = node.data
             assert isinstance(data, JobNode)
-            label = self._job_label(data)
-            if _plain(node.label) != label.plain:
-                node.set_label(label)
+            self._relabel(node, self._job_label(data))
+
+    def _relabel(self, node: TreeNode[NodeData], label: Text) -> None:
+        """Give a line a new label only when it differs: each new label repaints the line and every line
+        under it, and the ticks that keep durations live would otherwise repaint the whole tree four times
+        a second, which a slow SSH link pays for."""
+        shown = node.label
+        if not isinstance(shown, Text) or (shown.plain, shown.spans, shown.style) != (label.plain, label.spans,
+                                                                                         label.style):
+            node.set_label(label)
 
     def on_resize(self) -> None:
         self.relabel_jobs()
@@ -253,13 +260,13 @@ class RunTree(Tree[NodeData]):
             assert isinstance(data, JobNode)
             if data.last_run is None or run.id >= data.last_run.id:
                 data.last_run = run
-                job_node.set_label(self._job_label(data))
+                self._relabel(job_node, self._job_label(data))
         node = self.runs.get(run.id)
         if node is not None:
             run_data = node.data
             assert isinstance(run_data, RunNode)
             run_data.summary = run
-            node.set_label(self._run_label(run))
+            self._relabel(node, self._run_label(run))
             return
         if job_node is None or not job_node.data.runs_requested:  # type: ignore[union-attr]
             return
@@ -330,7 +337,7 @@ class RunTree(Tree[NodeData]):
         data.view = view
         data.summary = view.run
         data.steps_requested = True  # expanding it later shows these; polls keep them fresh
-        node.set_label(self._run_label(view.run))
+        self._relabel(node, self._run_label(view.run))
         for step in view.steps:
             key = (view.id, step.name)
             step_node = self.steps.get(key)
@@ -341,7 +348,7 @@ class RunTree(Tree[NodeData]):
                 assert isinstance(step_data, StepNode)
                 if step_data.step != step:
                     step_data.step = step
-                    step_node.set_label(self._step_label(view.id, step))
+                    self._relabel(step_node, self._step_label(view.id, step))
 
     @property
     def loaded_runs(self) -> list[int]:
@@ -355,11 +362,11 @@ class RunTree(Tree[NodeData]):
         for run_id, node in self.runs.items():
             data = node.data
             if isinstance(data, RunNode) and data.summary.state == "running" and run_id not in self.abandoned:
-                node.set_label(self._run_label(data.summary))
+                self._relabel(node, self._run_label(data.summary))
         for (run_id, _), node in self.steps.items():
             data = node.data
             if isinstance(data, StepNode) and data.step.state == "running" and run_id not in self.abandoned:
-                node.set_label(self._step_label(run_id, data.step))
+                self._relabel(node, self._step_label(run_id, data.step))
 
     def set_abandoned(self, run_ids: frozenset[int]) -> frozenset[int]:
         """Running runs whose engine is gone: drawn so, with no live duration. Returns the runs that changed."""
@@ -370,10 +377,10 @@ class RunTree(Tree[NodeData]):
         for run_id in changed:
             node = self.runs.get(run_id)
             if node is not None and isinstance(node.data, RunNode):
-                node.set_label(self._run_label(node.data.summary))
+                self._relabel(node, self._run_label(node.data.summary))
         for (run_id, _), node in self.steps.items():
             if run_id in changed and isinstance(node.data, StepNode):
-                node.set_label(self._step_label(run_id, node.data.step))
+                self._relabel(node, self._step_label(run_id, node.data.step))
         return changed
 
     def _run_label(self, run: RunSummary) -> Text:

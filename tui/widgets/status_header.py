@@ -22,6 +22,7 @@ class StatusHeader(Static):
         self.counts: dict[str, int] = {}
         self.filter = "all"
         self.now: datetime | None = None
+        self._shown: Text | None = None
 
     def set_state(self, status: EngineStatus | None = None, counts: dict[str, int] | None = None,
                   now: datetime | None = None, run_filter: str | None = None) -> None:
@@ -33,10 +34,14 @@ class StatusHeader(Static):
             self.now = now
         if run_filter is not None:
             self.filter = run_filter
-        self.refresh()
+        # Asked four times a second (the clock, each poll): repaint only when a character changed, since a
+        # slow SSH link pays for every repainted line.
+        if self._text(compact=self.size.width < 110) != self._shown:
+            self.refresh()
 
     def render(self) -> Text:
-        return self._text(compact=self.size.width < 110)
+        self._shown = self._text(compact=self.size.width < 110)
+        return self._shown
 
     def _text(self, compact: bool = False) -> Text:
         text = Text("" if compact else "stepline ", style="bold")
