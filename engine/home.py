@@ -95,9 +95,31 @@ def is_damaged_database(error: BaseException | None) -> bool:
 
 
 def unusable_database(path: str | os.PathLike[str], reason: str) -> StateDirError:
-    """The error for a database file stepline cannot use, found when it is opened or when a page is read."""
+    """The error for a database file stepline cannot use, found when it is opened or when a page is read.
+
+    Moving the file aside loses the history, so that advice is only for a file SQLite found damaged or
+    not a database at all. A disk that is full, or failing to read or write (SQLite's "disk I/O error",
+    also what it says when it cannot make its shared-memory file on a full disk), is about the disk.
+    """
+    folder = os.path.dirname(os.fspath(path)) or "."
+    if "disk is full" in reason or _nearly_full(folder):
+        return StateDirError(f"the disk holding {folder} is full ({reason}), so stepline cannot open its database "
+                             f"{path}; free some space and run the command again (the database itself is kept)")
+    if "disk I/O error" in reason:
+        return StateDirError(f"SQLite could not read or write {path} ({reason}); check the disk and the permissions "
+                             f"of the files beside it (stepline.db-wal, stepline.db-shm). Do not delete the database: "
+                             "the file is probably fine")
     return StateDirError(f"{path} is not a usable stepline database ({reason}); move it aside and stepline will "
                          "start a new one")
+
+
+def _nearly_full(folder: str) -> bool:
+    """Less than a megabyte free where the database lives (SQLite then fails with a bare "disk I/O error")."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1024 * 1024
 
 
 def resolve_home(path: str | os.PathLike[str] | None) -> Path:

@@ -650,3 +650,29 @@ def test_a_full_disk_under_the_home_is_said_plainly_not_as_an_internal_error(har
             "running)")
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_full_disk_never_gets_the_database_called_unusable(harness, tmp_path):
+    # Filled after the runs were made, the disk leaves SQLite unable to open even a reader ("disk I/O error"):
+    # advice to move the database aside would lose the history of a file that is fine.
+    home = tmp_path / "small"
+    if not _mounted_tmpfs(home, "3m"):
+        pytest.skip("mounting a 3 MB tmpfs needs root; the translation itself is tested above")
+    try:
+        harness.write_job("j.py", 'j = job("j", [shell("a", "echo hi")])\n')
+        assert harness.cli("--home", str(home), "run", "j").returncode == 0
+        for name in ("stepline.db-shm", "stepline.db-wal"):
+            (home / name).unlink(missing_ok=True)
+        pad = home / "pad"
+        subprocess.run(["dd", "if=/dev/zero", f"of={pad}", "bs=64k"], capture_output=True)
+        listed = harness.cli("--home", str(home), "runs")
+        assert listed.returncode == 1
+        assert listed.stderr.startswith(f"stepline: the disk holding {home} is full ("), listed.stderr
+        assert listed.stderr.rstrip().endswith("free some space and run the command again (the database itself is "
+                                               "kept)")
+        assert "move it aside" not in listed.stderr
+        pad.unlink()
+        again = harness.cli("--home", str(home), "runs")
+        assert again.returncode == 0 and " j " in again.stdout
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
