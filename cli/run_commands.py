@@ -159,21 +159,9 @@ def finish(home: Home, run_id: int, as_json: bool) -> None:
 
 
 def refuse_unknown_params(job_def: JobDef, params: dict[str, str]) -> None:
-    """A job that declares its params= takes those keys only: a mistyped -p key would otherwise run the job
-    with the default, unnoticed. A job that declares none takes any key (its steps read what they need)."""
-    if not job_def.params:
-        return
-    for key in params:
-        if key not in job_def.params:
-            import difflib
-
-            from engine.loader import display_path
-
-            close = difflib.get_close_matches(key, list(job_def.params), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UsageError(f"-p {key}: job '{job_def.name}' has no parameter '{key}'{hint}; its parameters are "
-                             f"{', '.join(job_def.params)} (declared by params= at "
-                             f"{display_path(job_def.file)}:{job_def.line})")
+    unknown = job_def.unknown_param(params)
+    if unknown is not None:
+        raise UsageError(f"-p {unknown[0]}: {unknown[1]}")
 
 
 @group.command(epilog="""

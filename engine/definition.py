@@ -157,6 +157,22 @@ class JobDef:
         """The job as the loader's reader sends it: data only (see StepDef.without_function)."""
         return _replace(self, steps=tuple(step_def.without_function() for step_def in self.steps))
 
+    def unknown_param(self, params: Mapping[str, str]) -> tuple[str, str] | None:
+        """The first key of `params` this job does not take, and a sentence saying what it takes; None when all
+        are taken. A job that declares its params= takes those keys only: a mistyped key would otherwise run
+        with the default, unnoticed. A job that declares none takes any key (its steps read what they need)."""
+        if not self.params:
+            return None
+        for key in params:
+            if key not in self.params:
+                from engine.loader import display_path
+
+                close = difflib.get_close_matches(key, list(self.params), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                return key, (f"job '{self.name}' has no parameter '{key}'{hint}; its parameters are "
+                             f"{', '.join(self.params)} (declared by params= at {display_path(self.file)}:{self.line})")
+        return None
+
     def step(self, name: str) -> StepDef:
         for step_def in self.steps:
             if step_def.name == name:

@@ -13,6 +13,33 @@ MAX_LINE_CHARS = 10_000
 """Longer lines are cut when shown (the file keeps them whole)."""
 
 
+def tail_start(path: str | os.PathLike[str], count: int) -> int:
+    """The offset at which the file's last `count` lines begin (0 when it has no more than that)."""
+    try:
+        handle = open(path, "rb")
+    except OSError:
+        return 0
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        position, newlines = end, 0
+        while position > 0 and count > 0:
+            step = min(BLOCK, position)
+            position -= step
+            handle.seek(position)
+            block = handle.read(step)
+            if position + step == end and block.endswith(b"\n"):
+                block = block[:-1]  # the last line's own end does not start a line
+            index = len(block)
+            while True:
+                index = block.rfind(b"\n", 0, index)
+                if index < 0:
+                    break
+                newlines += 1
+                if newlines == count:
+                    return position + index + 1
+    return end if count <= 0 else 0
+
+
 def tail_lines(path: str | os.PathLike[str], count: int, max_bytes: int = 4 << 20) -> list[str]:
     """The last `count` lines of the file, decoded leniently, each cut to MAX_LINE_CHARS."""
     try:

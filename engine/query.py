@@ -174,6 +174,18 @@ def list_runs(job: str | None = None, state: str | None = None, limit: int = 50,
     return [_run_summary(row) for row in query.order_by(Run.id.desc()).limit(limit)]
 
 
+def count_runs(job: str | None = None, state: str | None = None, before_id: int | None = None) -> int:
+    """How many runs list_runs would page through with these filters."""
+    query = Run.select()
+    if job is not None:
+        query = query.where(Run.job == job)
+    if state is not None:
+        query = query.where(Run.state == state)
+    if before_id is not None:
+        query = query.where(Run.id < before_id)
+    return query.count()
+
+
 def run_summary(run_id: int) -> RunSummary:
     row = Run.select(*_RUN_COLUMNS).where(Run.id == run_id).first()
     if row is None:

@@ -30,7 +30,7 @@ from engine.errors import NotApplicableError, UnknownRunError, UnknownStepError
 from engine.executor import AttemptRequest, Executor, ExecutorEvent, Exited, LogClosed, Result, Started
 from engine.home import Home
 from engine.plan import JobPlan, StepPlan, plan_job
-from engine.states import AttemptState, Change, FailureReason, RunState, StepState, waiting_note
+from engine.states import AttemptState, Change, FailureReason, RunState, StepState
 from engine.worker import INLINE_OUTPUT_MAX
 from engine.worker import preview as preview_of
 
@@ -621,7 +621,7 @@ class Engine:
         store.later(functools.partial(self._write_finish, run, name, attempt.attempt_id or 0, attempt_state,
                                       outcome, changes, now, stored))
         for step_run_id, changed, new_state, values in changes:
-            self._announce(Change(run.id, changed, new_state, _said(new_state, values), now,
+            self._announce(Change(run.id, changed, new_state, store.step_message(new_state, values), now,
                                   attempt.number if changed == name else None))
         if state == StepState.SUCCEEDED:
             for downstream in run.downstream[name]:
@@ -784,7 +784,7 @@ class Engine:
     def _write_steps(self, run: ActiveRun, changes: list[tuple[int, str, str, dict[str, Any]]], now: float) -> None:
         store.set_step_states(run.id, changes, now)
         for _, name, state, extra in changes:
-            self._announce(Change(run.id, name, state, _said(state, extra), now))
+            self._announce(Change(run.id, name, state, store.step_message(state, extra), now))
 
     def _announce(self, change: Change) -> None:
         if self._listener is not None:
@@ -817,13 +817,6 @@ def read_shell_output(path: str) -> bytes:
             return handle.read()
     finally:
         os.close(fd)
-
-
-def _said(state: str, values: dict[str, Any]) -> str | None:
-    """What a change says: a step waiting for its retry says when, then why its attempt failed."""
-    if state == StepState.WAITING and values.get("waiting_for"):
-        return waiting_note(values["waiting_for"], values.get("reason"))
-    return values.get("reason") or values.get("waiting_for")
 
 
 def _exit_columns(exited: Exited) -> dict[str, Any]:

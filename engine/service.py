@@ -411,9 +411,13 @@ class EngineService:
             job_def = self.jobs.jobs.get(job)
             if job_def is None:
                 raise UnknownJobError(f"no job '{job}' is loaded; `stepline check` shows problems in job files")
+            params = command["payload"].get("params") or {}
+            unknown = job_def.unknown_param(params)
+            if unknown is not None:  # the console's prompt, or any other writer of commands
+                raise NotApplicableError(unknown[1])
             # A manual run counts against max_active_runs as a scheduled one does: past it, it waits its turn.
             active = self.engine.active_runs_of(job)
-            new_id = self.engine.enqueue(job_def, command["payload"].get("params") or {},
+            new_id = self.engine.enqueue(job_def, params,
                                          trigger=command["payload"].get("trigger", "manual"),
                                          max_active_runs=job_def.max_active_runs)
             if active >= job_def.max_active_runs:

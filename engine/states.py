@@ -108,4 +108,4 @@ class Change:
 
 def waiting_note(waiting_for: str, reason: str | None) -> str:
     """What a waiting step waits for; a step waiting for its retry also says why its attempt failed."""
-    return f"{waiting_for} after {reason}" if reason else waiting_for
+    return f"{waiting_for} (last attempt: {reason})" if reason else waiting_for

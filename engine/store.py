@@ -23,6 +23,7 @@ from peewee import (AutoField, BlobField, BooleanField, CharField, FloatField, F
 
 from engine.errors import StateDirError
 from engine.home import Home, unusable_database
+from engine.states import waiting_note
 
 SCHEMA_VERSION = 2
 AUTOCHECKPOINT_PAGES = 10_000
@@ -469,6 +470,13 @@ def set_run_state(run_id: int, state: str, at: float, reason: str | None = None,
         insert_events([event_row("run", run_id, None, state, reason, at)])
 
 
+def step_message(state: str, values: dict[str, Any]) -> str | None:
+    """What a step's change says: a step waiting for its retry says when, then why its attempt failed."""
+    if state == "waiting" and values.get("waiting_for"):
+        return waiting_note(values["waiting_for"], values.get("reason"))
+    return values.get("reason") or values.get("waiting_for")
+
+
 def set_step_states(run_id: int, changes: list[tuple[int, str, str, dict[str, Any]]], at: float) -> None:
     """Apply (step_run_id, step name, state, extra columns) changes and their events together."""
     if not changes:
@@ -478,8 +486,7 @@ def set_step_states(run_id: int, changes: list[tuple[int, str, str, dict[str, An
         for step_run_id, name, state, extra in changes:
             values: dict[str, Any] = {"state": state, **extra}
             _update_by_id(StepRun, step_run_id, values)
-            message = extra.get("reason") or extra.get("waiting_for")
-            events.append(event_row("step", run_id, name, state, message, at))
+            events.append(event_row("step", run_id, name, state, step_message(state, extra), at))
         insert_events(events)
 
 
@@ -513,7 +520,7 @@ def finish_attempt(run_id: int, attempt_id: int, attempt_state: str, outcome: di
         events = []
         for step_run_id, name, state, extra in step_changes:
             _update_by_id(StepRun, step_run_id, {"state": state, **extra})
-            events.append(event_row("step", run_id, name, state, extra.get("reason") or extra.get("waiting_for"), at))
+            events.append(event_row("step", run_id, name, state, step_message(state, extra), at))
         insert_events(events)
 
 

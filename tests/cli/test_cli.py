@@ -83,6 +83,21 @@ def test_runs_json_lists_newest_first_and_filters(harness):
     assert [r["id"] for r in failed] == [1]
 
 
+def test_runs_says_how_many_it_left_out_and_pages_with_before(harness):
+    harness.write_job("ok.py", 'ok = job("ok", [shell("a", "true")])\n')
+    for _ in range(3):
+        harness.cli("run", "ok", check=True)
+    page = harness.cli("runs", "--limit", "2", check=True).stdout.splitlines()
+    assert [line.split()[0] for line in page[1:3]] == ["3", "2"]
+    assert page[3] == "2 of 3 runs; older ones: `stepline runs --before 2` (or --limit N)"
+    rest = harness.cli("runs", "--before", "2", check=True).stdout.splitlines()
+    assert [line.split()[0] for line in rest[1:]] == ["1"]  # all of them: no line about more
+    document = json.loads(harness.cli("runs", "--limit", "2", "--json", check=True).stdout)
+    assert ([r["id"] for r in document["runs"]], document["total"], document["next_before"]) == ([3, 2], 3, 2)
+    last = json.loads(harness.cli("runs", "--before", "2", "--json", check=True).stdout)
+    assert (last["total"], last["next_before"]) == (1, None)
+
+
 def test_retry_reruns_the_failed_steps_in_the_same_run_reusing_outputs(harness):
     path = harness.write_job("j.py", FAILING)
     harness.cli("run", "j")
@@ -204,6 +219,19 @@ def test_run_lines_up_the_states_of_long_step_names(harness):
              and " took " not in line]
     assert len(lines) == 4
     assert len({line.index("running") if "running" in line else line.index("succeeded") for line in lines}) == 1
+
+
+def test_logs_tail_prints_the_last_lines_of_each_log(harness):
+    harness.write_job("j.py", """
+        j = job("j", [shell("count", "seq 1 5000"), shell("quiet", "true", after=["count"])])
+    """)
+    harness.cli("run", "j")
+    last = harness.cli("logs", "1", "count", "-n", "2").stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in last] == ["4999", "5000"]
+    both = harness.cli("logs", "1", "--tail", "1").stdout.splitlines()
+    assert both[0] == "== count (attempt 1) ==" and both[1].endswith("Z 5000")
+    assert both[2:] == ["== quiet (attempt 1) ==", "(no output)"]
+    assert len(harness.cli("logs", "1", "count").stdout.splitlines()) == 5000
 
 
 def test_jobs_shows_each_jobs_description(harness):
@@ -329,7 +357,7 @@ def test_run_says_when_a_failed_step_is_retried_and_why(harness):
     """)
     result = harness.cli("run", "j")
     assert result.returncode == 0, result.stderr
-    assert any(re.search(r"flaky +waiting +retry 1/1 at \d\d:\d\d:\d\d after RuntimeError: fail 1$", line)
+    assert any(re.search(r"flaky +waiting +retry 1/1 at \d\d:\d\d:\d\d \(last attempt: RuntimeError: fail 1\)$", line)
                for line in result.stdout.splitlines()), result.stdout
 
 

@@ -188,6 +188,24 @@ def test_tail_lines_of_a_huge_last_line_shows_its_end(tmp_path):
     assert lines[0].startswith("z" * logread.MAX_LINE_CHARS)
 
 
+@pytest.mark.parametrize("count, expected", [(0, []), (1, ["line 199999"]), (3, ["line 199997", "line 199998",
+                                                                                 "line 199999"])])
+def test_tail_start_finds_where_the_last_lines_begin_across_blocks(tmp_path, count, expected):
+    path = tmp_path / "a.log"
+    path.write_bytes(b"".join(b"line %d\n" % i for i in range(200_000)))  # 2.2 MB: many blocks
+    start = logread.tail_start(path, count)
+    lines, end = logread.read_from(path, start, max_bytes=1 << 22)
+    assert lines == expected and end == path.stat().st_size
+
+
+def test_tail_start_of_short_files_and_a_last_line_without_newline(tmp_path):
+    path = tmp_path / "a.log"
+    path.write_bytes(b"a\nb\nc")
+    assert logread.read_from(path, logread.tail_start(path, 2))[0] == ["b"]  # "c" is not complete yet
+    assert logread.tail_start(path, 10) == 0
+    assert logread.tail_start(tmp_path / "missing.log", 5) == 0
+
+
 def test_read_from_returns_complete_lines_and_the_next_offset(tmp_path):
     path = tmp_path / "f.log"
     path.write_bytes(b"a\nb\npar")

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from engine import query, store
+from engine.loader import display_path
 from engine.service import EngineLock, EngineLockedError, EngineService
 from tests.conftest import wait_until
 
@@ -160,6 +161,19 @@ def test_commands_are_carried_out_and_acknowledged(harness, service):
     assert [j.paused for j in query.jobs() if j.name == "j"] == [True]
     unknown = store.add_command("trigger", job="nope")
     assert wait_until(lambda: answered(unknown)).state == "failed"
+
+
+def test_a_trigger_with_a_key_the_job_does_not_declare_is_refused(harness, service):
+    path = harness.write_job("j.py", """
+        j = job("j", [shell("a", "true")], params={"day": "today"})
+    """)
+    service()
+    typo = store.add_command("trigger", job="j", payload={"params": {"dya": "2026-11-20"}})
+    answer = wait_until(lambda: answered(typo))
+    assert answer.state == "failed" and answer.run_id is None
+    assert answer.result == ("job 'j' has no parameter 'dya' (did you mean 'day'?); its parameters are day "
+                             f"(declared by params= at {display_path(str(path))}:3)")
+    assert query.list_runs(job="j") == []
 
 
 def test_cancel_command_stops_a_running_run(harness, service):

@@ -355,16 +355,37 @@ async def test_t_prompts_for_params_and_triggers_with_them(harness, engine):
         assert isinstance(app.screen, TriggerScreen)
         labels = [str(label.render()) for label in app.screen.query(Label)]
         assert labels[:2] == ["who  (default 'world')", "run.date  (default 'today')"]
+        # A job that declares its params takes those only (as `stepline run -p`): no field for others.
+        assert not app.screen.query("#param-extra")
         app.screen.query_one("#param-0").value = "ops"
         app.screen.query_one("#param-1").value = "2026-11-27"
-        app.screen.query_one("#param-extra").value = "shift=night"
         await pilot.press("enter")
         await settle(pilot, rounds=1)
-        assert "run of 'greeting' requested (who=ops, run.date=2026-11-27, shift=night)" in notifications(app)
+        assert "run of 'greeting' requested (who=ops, run.date=2026-11-27)" in notifications(app)
         await settle_until(pilot, lambda: query.list_runs(job="greeting")
                            and query.list_runs(job="greeting")[0].state == "succeeded")
-        assert query.list_runs(job="greeting")[0].params == {"who": "ops", "run.date": "2026-11-27", "shift": "night"}
+        assert query.list_runs(job="greeting")[0].params == {"who": "ops", "run.date": "2026-11-27"}
         await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
+
+
+async def test_t_on_a_job_without_declared_params_takes_any_key_value(harness, engine):
+    harness.write_job("free.py", """
+        @step
+        def show(params):
+            print(params)
+        free = job("free", [show])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        select(app, is_job("free"))
+        await pilot.press("t")
+        assert isinstance(app.screen, TriggerScreen)
+        app.screen.query_one("#param-extra").value = "shift=night note='two words'"
+        await pilot.press("enter")
+        await settle_until(pilot, lambda: query.list_runs(job="free"))
+        assert query.list_runs(job="free")[0].params == {"shift": "night", "note": "two words"}
 
 
 def footer_labels(app) -> list[str]:  # type: ignore[no-untyped-def]

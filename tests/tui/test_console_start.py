@@ -168,3 +168,38 @@ async def test_ticks_that_change_nothing_on_screen_repaint_nothing(harness, engi
             await pilot.pause()
         assert screen.header._shown is header_text
         assert {id(node): node._updates for node in screen.run_tree._tree_nodes.values()} == labels
+
+
+async def test_a_console_left_open_keeps_the_newest_runs_and_a_more_line(harness):
+    # A job firing every minute adds 1,440 runs a day: an open console keeps the newest 100 of them, and the
+    # older ones are one "more runs" away instead of filling its memory.
+    from engine import store
+    from engine.plan import JobPlan, StepPlan
+    from tui.widgets.run_tree import KEPT_RUNS, MoreNode, RunNode
+
+    plan = JobPlan(job="minutely", file="/srv/jobs/minutely.py", every="1m", steps=(StepPlan("tick", "shell", ()),))
+    store.publish_catalog([(plan, "")], [], time.time())
+
+    def add_runs(count: int) -> None:
+        for _ in range(count):
+            run_id, _ = store.create_run("minutely", "schedule", {}, plan.to_json(), ["tick"], time.time())
+            store.set_run_state(run_id, "succeeded", time.time(), started=True, ended=True)
+
+    add_runs(3)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = app.main_screen.run_tree
+        job = tree.jobs["minutely"]
+        assert [c.data.summary.id for c in job.children] == [3, 2, 1]  # type: ignore[union-attr]
+        add_runs(KEPT_RUNS + 20)
+        await settle_until(pilot, lambda: KEPT_RUNS + 23 in tree.runs)
+        runs = [c.data.summary.id for c in job.children if isinstance(c.data, RunNode)]  # type: ignore[union-attr]
+        assert runs == list(range(KEPT_RUNS + 23, 23, -1))
+        assert sorted(tree.runs) == sorted(runs)
+        more = job.children[-1]
+        assert isinstance(more.data, MoreNode) and more.data.before_id == 24
+        tree.move_cursor(more)
+        await pilot.press("enter")
+        await settle_until(pilot, lambda: 1 in tree.runs)
+        assert [c.data.summary.id for c in job.children][-3:] == [3, 2, 1]  # type: ignore[union-attr]

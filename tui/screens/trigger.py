@@ -48,8 +48,9 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
             for index, (key, value) in enumerate(self.defaults.items()):
                 yield Label(f"{key}  (default {value!r})")
                 yield Input(value, id=f"param-{index}", classes="param")
-            yield Label("more params: key=value key2='two words'" if self.defaults else "params: key=value key2='two words'")
-            yield Input(placeholder="date=2026-11-27", id="param-extra")
+            if not self.defaults:  # a job that declares its params takes those only (JobDef.unknown_param)
+                yield Label("params: key=value key2='two words'")
+                yield Input(placeholder="date=2026-11-27", id="param-extra")
             yield Static("", id="trigger-error")
 
     def on_mount(self) -> None:
@@ -61,7 +62,8 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
         event.stop()
         params = {key: self.query_one(f"#param-{index}", Input).value for index, key in enumerate(self.defaults)}
         try:
-            params.update(parse_params(self.query_one("#param-extra", Input).value))
+            if not self.defaults:
+                params.update(parse_params(self.query_one("#param-extra", Input).value))
         except ValueError as error:
             self.query_one("#trigger-error", Static).update(f"{error}; write params as key=value separated by spaces")
             return

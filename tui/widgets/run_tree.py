@@ -279,6 +279,35 @@ class RunTree(Tree[NodeData]):
                       and c.data.summary.id < run.id), None)
         job_node.allow_expand = True
         self.runs[run.id] = job_node.add(self._run_label(run), RunNode(run), before=first)
+        self._keep_newest_runs(job_node)
+
+    def _keep_newest_runs(self, job_node: TreeNode[NodeData]) -> None:
+        """A console left open on a job that runs every minute would hold every run since it opened (memory
+        and CPU grow by the day): past KEPT_RUNS, the oldest lines go, behind a "more runs" line that
+        brings them back. Not while the cursor is on one of them or one is open: the user is reading it."""
+        runs = [c for c in job_node.children if isinstance(c.data, RunNode)]
+        if len(runs) <= KEPT_RUNS:
+            return
+        old = runs[KEPT_RUNS:]
+        cursor = self.cursor_line_node()
+        in_use = {cursor, cursor.parent} if cursor is not None else set()
+        if any(node in in_use or node.is_expanded for node in old):
+            return
+        for node in old:
+            run_data = node.data
+            assert isinstance(run_data, RunNode)
+            self.runs.pop(run_data.summary.id, None)
+            for name in [name for (run_id, name) in self.steps if run_id == run_data.summary.id]:
+                del self.steps[run_data.summary.id, name]
+            node.remove()
+        job_data = job_node.data
+        assert isinstance(job_data, JobNode)
+        job_data.oldest_id = min(c.data.summary.id for c in runs[:KEPT_RUNS])  # type: ignore[union-attr]
+        for child in list(job_node.children):
+            if isinstance(child.data, MoreNode):
+                child.remove()
+        job_node.add_leaf(Text("… more runs (enter)", style="italic bright_black"),
+                          MoreNode(job_data.name, job_data.oldest_id))
 
     def watch_cursor_line(self, previous_line: int, line: int) -> None:
         super().watch_cursor_line(previous_line, line)
@@ -484,6 +513,10 @@ class RunTree(Tree[NodeData]):
         for child in list(node.children):
             if isinstance(child.data, InfoNode):
                 child.remove()
+
+
+KEPT_RUNS = 100
+"""Runs a job keeps in the tree as new ones arrive (each page the user asks for adds 50 more)."""
 
 
 def _filter_states(run_filter: str) -> tuple[str, ...]:
