@@ -210,18 +210,20 @@ class Scheduler:
         record_paused(job, True, None, self.clock())
 
     def resume(self, job: str) -> None:
-        """Fire `job` again from now on; fires it missed while paused are not made up."""
+        """Fire `job` again from now on, in its old phase (an every='3m' job that fired at :02 still does);
+        fires it missed while paused are not made up, by this engine or by the next one."""
         now = self.clock()
+        skipped: float | None = None
         with self._lock:
             entry = self._entries.get(job)
             if entry is not None and entry.paused:
                 entry.paused = False
+                fires, _ = _fires_between(entry.trigger, entry.last_seen, now, limit=1)
+                skipped = fires[-1] if fires else None
                 entry.last_seen = max(entry.last_seen, now)
-                if entry.job_def.every:
-                    entry.trigger = _trigger(entry.job_def, now)
                 self._schedule(job, entry, now)
             next_fire = self._next_fire_locked(job)
-        record_paused(job, False, next_fire, now)
+        record_paused(job, False, next_fire, now, skipped_upto=skipped)
 
     def next_fire(self, job: str) -> float | None:
         """Epoch seconds of the job's next fire; None if it is paused, unscheduled or unknown."""
@@ -417,16 +419,19 @@ def _record_fire(job: str, scheduled_for: float, next_fire: float | None, at: fl
         _event(at, "fired", f"{job}: run due for {_when(scheduled_for)}")
 
 
-def record_paused(job: str, paused: bool, next_fire: float | None, at: float) -> None:
+def record_paused(job: str, paused: bool, next_fire: float | None, at: float,
+                  skipped_upto: float | None = None) -> None:
     """Persist a pause or resume (and its event); used directly when no engine runs the home.
 
-    A resume counts as the job's last fire when no engine runs: the next engine then catches up only on
-    what it misses from now on, not on the fires that fell while the job was paused (as a resume under a
-    running engine does)."""
+    The fires of the pause count as decided on (skipped), so the next engine does not catch up on them
+    after a restart: an engine resuming gives `skipped_upto`, the newest such fire, which keeps an
+    interval's phase. A resume while no engine runs counts as the job's last fire."""
     values: dict[str, Any] = {"paused": paused, "next_fire_at": next_fire, "updated_at": at}
     with store.write():
-        if not paused and next_fire is None:
-            row = store.Schedule.get_or_none(store.Schedule.job == job)
+        row = store.Schedule.get_or_none(store.Schedule.job == job) if not paused else None
+        if skipped_upto is not None:
+            values["last_fire_at"] = max(row.last_fire_at or skipped_upto, skipped_upto) if row else skipped_upto
+        elif not paused and next_fire is None:
             if row is not None and row.paused:
                 values["last_fire_at"] = max(row.last_fire_at or at, at)
         _upsert(job, values)

@@ -210,6 +210,23 @@ def test_a_resume_while_no_engine_runs_does_not_bring_back_the_fires_of_the_paus
     assert [(t.minute, t.second) for t in times(dues)] == [(11, 0), (12, 0)]  # since the resume only
 
 
+def test_a_resume_keeps_the_interval_phase_and_a_restart_never_brings_back_the_pause(harness):
+    at = lambda minute, second: datetime(2026, 1, 7, 12, minute, second, tzinfo=UTC)  # noqa: E731
+    every_3m = a_job(every="3m", misfire="all")
+    last_fired("j", at(0, 2))
+    scheduler, dues = restart([every_3m], at(0, 30))
+    assert scheduler.next_fire("j") == at(3, 2).timestamp()
+    scheduler.clock = Clock(at(1, 0))
+    scheduler.pause("j")
+    scheduler.clock = Clock(at(4, 0))  # the 12:03:02 fire fell in the pause
+    scheduler.resume("j")
+    assert scheduler.next_fire("j") == at(6, 2).timestamp()  # still at :02, not three minutes from the resume
+    assert schedule_row("j").last_fire_at == at(3, 2).timestamp()
+    scheduler.shutdown()
+    _, dues = restart([every_3m], at(5, 0))  # the engine killed and started again
+    assert dues == []
+
+
 def test_fires_coalesced_by_a_stall_are_misfires_too(harness):
     # APScheduler hands over only the newest of the fires it missed (coalesce); the rest are counted here.
     scheduler, dues = restart([a_job(every="1m", misfire="all", misfire_grace=5)],
