@@ -132,7 +132,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, be
     now = datetime.now(timezone.utc)
     # A run that has not started (queued, or cancelled while queued) shows no start time, not its creation.
     rows = [[str(r.id), r.job, r.state, r.trigger, render.local_time(r.started_at) if r.started_at else "-",
-             render.duration(r.duration_s(now)), (_gone_note(r.id) if r.state == "running" else "") or r.reason or ""]
+             render.duration(r.duration_s(_stopped_at(r.id, now) if r.state == "running" else now)),
+             (_gone_note(r.id) if r.state == "running" else "") or r.reason or ""]
             for r in found]
     states: list[str | None] = [r.state for r in found]
     click.echo(render.table(["run", "job", "state", "trigger", "started", "duration", "reason"], rows,
@@ -155,6 +156,13 @@ def show(settings: Settings, run_id: int, as_json: bool) -> None:
         render.print_json(run_document(run, attempts))
         return
     click.echo(format_run(run, attempts, render.use_color()))
+
+
+def _stopped_at(run_id: int, now: datetime) -> datetime:
+    """`now`, or when the engine of a running run was last seen if it is gone: a dead run's clock stops."""
+    from engine.recovery import engine_gone_at
+
+    return engine_gone_at(run_id) or now
 
 
 def _gone_note(run_id: int) -> str:
@@ -180,8 +188,10 @@ def run_document(run: query.RunView, attempts: dict[str, list[query.AttemptView]
 
 
 def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]], color: bool) -> str:
-    now = datetime.now(timezone.utc)
     summary = run.run
+    now = datetime.now(timezone.utc)
+    if summary.state == "running":
+        now = _stopped_at(summary.id, now)
     lines = [f"run {summary.id}  {summary.job}  " + render.paint(summary.state, summary.state, color)
              + f"  ({summary.trigger})"]
     when = f"started {render.local_time(summary.started_at)}" if summary.started_at else \

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
+import peewee
 import psutil
 
 from engine import store
@@ -30,6 +32,22 @@ def engine_gone(run_id: int) -> int | None:
 
     pid, started = query.run_owner(run_id)
     return pid if pid is not None and not is_alive(pid, started) else None
+
+
+def engine_gone_at(run_id: int) -> datetime | None:
+    """When the engine of a running run was last seen alive, if it is gone: its durations stop there
+    instead of growing until the next engine starts. Its last heartbeat when it held the home, else the
+    run's last recorded change."""
+    from engine import query
+
+    pid = engine_gone(run_id)
+    if pid is None:
+        return None
+    row = store.EngineState.get_or_none(store.EngineState.id == 1)
+    if row is not None and row.pid == pid and row.heartbeat_at is not None:
+        return query.utc(row.heartbeat_at)
+    last = store.Event.select(peewee.fn.MAX(store.Event.at)).where(store.Event.run_id == run_id).scalar()
+    return query.utc(last) if last is not None else None
 
 
 def engine_gone_note(run_id: int) -> str | None:

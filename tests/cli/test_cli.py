@@ -573,6 +573,8 @@ def test_a_run_whose_stepline_run_was_killed_is_closed_by_the_next_run(harness):
     listed = harness.cli("runs", check=True).stdout.splitlines()
     assert listed[1].split()[:3] == ["1", "j", "running"] and listed[1].endswith(gone)
     assert gone in harness.cli("show", "1", check=True).stdout.splitlines()
+    # Its clock stopped with its engine: the duration no longer grows from one listing to the next.
+    assert harness.cli("runs", check=True).stdout.splitlines()[1] == listed[1]
 
     next_run = harness.cli("run", "quick")
     assert next_run.returncode == 0, next_run.stderr
