@@ -29,6 +29,7 @@ COMMAND_MODULES = {
     "run": "run_commands", "retry": "run_commands", "cancel": "run_commands", "pause": "run_commands",
     "resume": "run_commands",
     "up": "service_commands", "daemon": "service_commands", "tui": "service_commands",
+    "prune": "prune_command",
 }
 """The module that registers each command: only the one invoked is imported (`stepline tui` starts
 without the loader, the runner's helpers and the CLI's renderers)."""

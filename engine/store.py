@@ -637,3 +637,29 @@ def process_identity() -> tuple[int, float]:
     """(pid, create time) of this process, as stored in Run.owner_*."""
     import psutil
     return os.getpid(), psutil.Process().create_time()
+
+
+# --- retention -------------------------------------------------------------------------------------------------
+
+ENDED_RUN_STATES = ("succeeded", "failed", "cancelled")
+
+
+def prunable_runs(ended_before: float) -> list[int]:
+    """Runs that ended before `ended_before`, oldest first; never a job's newest run (`stepline jobs` shows its
+    state, and the ids of new runs go on after it)."""
+    newest = Run.select(peewee.fn.MAX(Run.id)).group_by(Run.job)
+    query = (Run.select(Run.id).where(Run.state.in_(ENDED_RUN_STATES), Run.ended_at < ended_before,
+                                      Run.id.not_in(newest))
+             .order_by(Run.id))
+    return [row.id for row in query]
+
+
+def delete_runs(run_ids: list[int]) -> None:
+    """Delete runs with their steps, attempts, outputs, events and answered commands, a few hundred at a
+    time (a transaction each, so an engine writing meanwhile waits for milliseconds, not for the whole)."""
+    for start in range(0, len(run_ids), 500):
+        chunk = run_ids[start:start + 500]
+        with write():
+            Run.delete().where(Run.id.in_(chunk)).execute()  # steps, attempts and outputs by ON DELETE CASCADE
+            Event.delete().where(Event.run_id.in_(chunk)).execute()
+            Command.delete().where(Command.run_id.in_(chunk), Command.state != "pending").execute()
