@@ -229,6 +229,10 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         states.append(step.state)
     lines.append(render.table(["step", "state", "tries", "duration", "exit", "cpu", "peak mem", "reason / output"],
                               rows, states, 1, color))
+    from engine import store
+
+    for (step_name, number), cut in sorted(store.log_cuts(summary.id).items()):
+        lines.append(f"log of {step_name} (attempt {number}): {cut}")
     for step in run.steps:
         if step.state == "failed" and step.reason and step.reason.detail:
             lines += ["", render.paint(f"── {step.name}: {step.reason.summary}", "failed", color)]
@@ -304,6 +308,8 @@ def _print_logs(run_id: int, chosen: list[str], step: str | None, attempt: int |
                 _print_new_lines(item, name, offsets, prefix=f"{name} | " if multiple and follow else "",
                                  header=None if follow or not multiple else f"== {name} (attempt {item.number}) ==",
                                  tail=tail)
+                if not follow:
+                    _say_if_cut(run_id, name, item.number)
         if not follow:
             return
         current = query.run_summary(run_id)
@@ -330,6 +336,16 @@ def _drain(run_id: int, names: list[str], offsets: dict[tuple[str, int], int], m
     for name in names:
         for item in query.attempts(run_id, name):
             _print_new_lines(item, name, offsets, prefix=f"{name} | " if multiple else "", header=None)
+            _say_if_cut(run_id, name, item.number)
+
+
+def _say_if_cut(run_id: int, step: str, attempt: int) -> None:
+    """A log a full disk cut short says so where it ends, not only in the engine's log."""
+    from engine import store
+
+    cut = store.log_cuts(run_id).get((step, attempt))
+    if cut:
+        click.echo(f"[stepline: {cut}]")
 
 
 def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str, int], int], prefix: str,

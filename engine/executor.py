@@ -112,6 +112,8 @@ class Exited:
 class LogClosed:
     key: int
     at: float
+    cut: str | None = None
+    """Why the log file lacks the end of the output (a full disk), when it does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,8 +644,8 @@ class Executor:
             if fd is not None:
                 self._logs.force_close(fd)
 
-    def _on_log_closed(self, key: int) -> None:
-        self._notify(LogClosed(key, self._clock()))
+    def _on_log_closed(self, key: int, cut: str | None) -> None:
+        self._notify(LogClosed(key, self._clock(), cut))
 
     def _on_result(self, key: int, result: dict[str, Any]) -> None:
         self._notify(Result(key, result, self._clock()))

@@ -71,7 +71,7 @@ class _Result:
 class LogPump:
     """Moves bytes from attempt pipes to attempt log files on one background thread."""
 
-    def __init__(self, on_closed: Callable[[int], None], clock: Callable[[], float] = time.time,
+    def __init__(self, on_closed: Callable[[int, str | None], None], clock: Callable[[], float] = time.time,
                  on_result: Callable[[int, dict], None] | None = None) -> None:
         self._on_closed = on_closed
         self._on_result = on_result
@@ -305,7 +305,9 @@ class LogPump:
                 tail.file.close()
         except OSError:
             pass  # already reported by _write; the attempt must still end
-        self._on_closed(tail.key)
+        self._on_closed(tail.key, None if tail.write_error is None else
+                        f"the log was cut after {tail.bytes_written:,} bytes: {tail.write_error}; the rest of "
+                        "the step's output was lost")
 
 
 def _write_all(handle: io.FileIO, data: bytes) -> None:

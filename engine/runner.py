@@ -537,6 +537,8 @@ class Engine:
                 self._after(LEFTOVER_GRACE_S, lambda: self._reap_leftovers(attempt))
         elif isinstance(event, LogClosed):
             attempt.log_closed = True
+            if event.cut:  # said where the user reads logs (`logs`, `show`), not only in engine.log
+                store.record_log_cut(attempt.run_id, attempt.step, attempt.number, event.cut, event.at)
         if attempt.finished or not attempt.log_closed:
             return
         if attempt.exited is not None:

@@ -536,6 +536,19 @@ def has_output(step_run_id: int) -> bool:
     return bool(row and row[0])
 
 
+def record_log_cut(run_id: int, step: str, attempt: int, message: str, at: float) -> None:
+    with write():
+        insert_events([event_row("log", run_id, step, f"cut {attempt}", message, at)])
+
+
+def log_cuts(run_id: int) -> dict[tuple[str, int], str]:
+    """(step, attempt) -> why its log lacks the end of its output."""
+    rows = _execute('SELECT "step", "state", "message" FROM "event" WHERE "run_id" = ? AND "kind" = \'log\'',
+                    [run_id]).fetchall()
+    return {(step, int(state.split()[1])): message for step, state, message in rows
+            if step and state and state.startswith("cut ")}
+
+
 def record_exit(attempt_id: int, columns: dict[str, Any]) -> None:
     """Exit code, signal, CPU and peak RSS of an attempt that already ended on the result it sent."""
     with write():

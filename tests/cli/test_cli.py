@@ -706,3 +706,27 @@ def test_a_full_disk_never_gets_the_database_called_unusable(harness, tmp_path):
         assert again.returncode == 0 and " j " in again.stdout
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_log_a_full_disk_cut_short_says_so_in_logs_and_show(harness):
+    # The logs on a small disk of their own, the database on a roomy one: the step's run goes on and
+    # succeeds, and where its log ends, `logs` and `show` say that output was lost, and why.
+    logs = harness.home.logs
+    logs.mkdir(parents=True, exist_ok=True)
+    if not _mounted_tmpfs(logs, "1m"):
+        pytest.skip("mounting a 1 MB tmpfs needs root")
+    try:
+        harness.write_job("j.py", """
+            fill = shell("fill", "for i in $(seq 1 30000); do echo 'filler line of about seventy characters' $i; done; "
+                                 "echo FINISHED")
+            j = job("j", [fill])
+        """)
+        assert harness.cli("run", "j").returncode == 0
+        said = harness.cli("logs", "1", "fill", check=True).stdout.splitlines()
+        assert "FINISHED" not in said[-2]
+        assert re.fullmatch(r"\[stepline: the log was cut after [\d,]+ bytes: No space left on device; the rest of "
+                            r"the step's output was lost\]", said[-1]), said[-1]
+        shown = harness.cli("show", "1", check=True).stdout
+        assert "log of fill (attempt 1): the log was cut after " in shown
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)

@@ -261,7 +261,7 @@ def pump_two_attempts(first_log: str, first: bytes, second_log: str, second: byt
     closed: list[int] = []
     done = threading.Event()
 
-    def on_closed(key: int) -> None:
+    def on_closed(key: int, cut: str | None) -> None:
         closed.append(key)
         if len(closed) == 2:
             done.set()

@@ -135,6 +135,22 @@ async def test_a_cut_line_ends_in_an_ellipsis_and_z_gives_the_log_the_whole_scre
             tail.scrollable_content_region.width, pane.size, [len(l) for l in log_lines(app)])
 
 
+async def test_a_log_longer_than_the_pane_reads_says_so_even_when_one_huge_line_fills_it(harness, engine):
+    harness.write_job("huge.py", """
+        a = shell("huge", "head -c 3000000 /dev/zero | tr '\\\\0' x; echo; echo ERROR after the long line")
+        huge = job("huge", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "huge")
+        await settle_until(pilot, lambda: any("ERROR after" in line for line in log_lines(app)))
+        first = log_lines(app)[0]
+        assert first.startswith("… earlier output not shown: the log holds 3,000,0") and first.endswith(
+            "bytes; `stepline logs` prints all of it")
+
+
 @pytest.mark.parametrize("way", ["q", "ctrl+q", "palette"])
 async def test_every_way_to_quit_up_with_active_runs_says_what_happens_and_asks(harness, engine, way):
     # ctrl+q (Textual's own) and the palette's "Quit" used to skip the question q asks.

@@ -333,6 +333,10 @@ class LogTail(Vertical):
             if start > 0 and lines:
                 lines = lines[1:]  # the first piece is probably a partial line
             lines = lines[-MAX_LINES:]
+            if start > 0:
+                # Say that the log goes further back than the pane reads (one huge line can fill all of it).
+                lines.insert(0, f"… earlier output not shown: the log holds {size:,} bytes; `stepline logs` "
+                                "prints all of it")
         else:
             lines, end = read_from(path, offset)
         if not get_current_worker().is_cancelled:
