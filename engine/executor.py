@@ -585,6 +585,16 @@ class Executor:
                 os.close(fd)
         self._watchdog_fd = self._devnull = None
 
+    def release_output_folder(self, folder: str) -> None:
+        """A run ended: its output folder goes if no step wrote an output there (a shell step's folder is
+        made before it starts, in case it writes $STEPLINE_OUTPUT), so a home does not fill up with empty
+        folders, one per run. A retry makes it again."""
+        self._output_folders.discard(folder)
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # holds outputs, or was never made
+
     def keep_code(self, sources: dict[str, str]) -> None:
         """Job file -> copy of its last good version: attempts of these (broken) files run the copy."""
         self._kept = dict(sources)

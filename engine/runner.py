@@ -760,6 +760,7 @@ class Engine:
             state, reason = RunState.SUCCEEDED, None
         now = self._clock()
         store.set_run_state(run.id, state, now, reason=reason, ended=True)
+        self._executor.release_output_folder(os.fspath(self.home.run_output_dir(run.id)))
         del self._runs[run.id]
         self._announce(Change(run.id, None, state, reason, now))
 

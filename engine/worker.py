@@ -478,21 +478,13 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
 
 
-_made_folders: set[str] = set()
-
-
 def ensure_output_folder(request: dict[str, Any]) -> None:
-    """A shell step writes $STEPLINE_OUTPUT itself: its run's output folder must exist beforehand."""
-    folder = os.path.dirname(request["output_path"])
-    if folder in _made_folders:
-        return
+    """A shell step writes $STEPLINE_OUTPUT itself: its run's output folder must exist beforehand (made each
+    time: the engine removes an empty one when its run ends, and a retry may come after that)."""
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(request["output_path"]), exist_ok=True)
     except OSError:
-        return  # the step's own write to $STEPLINE_OUTPUT then fails and says why
-    if len(_made_folders) > 1000:
-        _made_folders.clear()
-    _made_folders.add(folder)
+        pass  # the step's own write to $STEPLINE_OUTPUT then fails and says why
 
 
 def set_environment(changes: dict[str, str], removed: list[str]) -> None:

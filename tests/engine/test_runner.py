@@ -1099,3 +1099,23 @@ def test_a_run_keeps_its_job_snapshot_after_the_job_file_changes(home, write_job
     assert view.plan.step("b").command == "exit 1"
     assert view.plan.step("b").upstream == ("a",)
     assert [s.name for s in view.steps] == ["a", "b"]
+
+
+def test_a_run_leaves_no_empty_output_folder_and_a_retry_makes_it_again(home, write_job, tmp_path):
+    # One folder per run that has a shell step, made in case the step writes $STEPLINE_OUTPUT: a job every
+    # minute would leave thousands of empty ones.
+    marker = tmp_path / "marker"
+    write_job("j.py", f"""
+        quiet = shell("quiet", "echo no output")
+        j = job("j", [quiet])
+        writes = shell("writes", "test -e {marker} && echo 42 > $STEPLINE_OUTPUT")
+        k = job("k", [writes])
+    """)
+    first = home.run_now("j")
+    assert first.state == "succeeded" and not home.home.run_output_dir(first.id).exists()
+    failed = home.run_now("k")
+    assert failed.state == "failed" and not home.home.run_output_dir(failed.id).exists()
+    marker.touch()
+    again = home.retry(failed.id)
+    assert again.state == "succeeded" and again.step("writes").output_preview == "'42'"
+    assert home.home.run_output_dir(failed.id).is_dir()
