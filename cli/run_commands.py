@@ -79,6 +79,17 @@ class Printer:
         return f"{clock}  {glyph} {render.pad(change.step, self.width)} {state} {note}".rstrip()
 
 
+def _names_job(path: str, job_name: str) -> bool:
+    """Whether the job file at `path` (one that did not load) spells the job's name: its problem is the one
+    to cite, not the first of the folder's."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(1 << 20)
+    except OSError:
+        return False
+    return f'"{job_name}"' in text or f"'{job_name}'" in text
+
+
 def _step_names(run_id: int) -> list[str]:
     """The steps of a run, to line up its stream; none when it does not exist (the engine says so)."""
     from engine.errors import UnknownRunError
@@ -187,7 +198,8 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
     parsed = parse_params(params)
     result = load_job_files(settings)
     if job_name not in result.jobs:
-        broken = [p for p in result.problems if f"'{job_name}'" in p.message]
+        broken = [p for p in result.problems if f"'{job_name}'" in p.message] or [
+            p for p in result.problems if _names_job(p.file, job_name)]
         if broken:
             raise UnknownJobError(f"job '{job_name}' cannot run: {broken[0]}")
         if result.problems:

@@ -229,6 +229,21 @@ MAX_NAME_BYTES = 200
 """A file name holds at most 255 bytes, and a step's log is named `<step>.<attempt>.log`."""
 
 
+def _param_clashes(params: Mapping[Any, Any]) -> list[str]:
+    """Two keys that shell steps would read as one variable ("a.b" and "A_B" are both $STEPLINE_PARAM_A_B)."""
+    from engine.worker import env_key
+
+    seen: dict[str, str] = {}
+    problems = []
+    for key in map(str, params):
+        variable = f"STEPLINE_PARAM_{env_key(key)}"
+        if variable in seen:
+            problems.append(f"params '{seen[variable]}' and '{key}' both reach shell steps as ${variable}, so one "
+                            "would hide the other; rename one of them")
+        seen.setdefault(variable, key)
+    return problems
+
+
 def _shown(value: Any) -> str:
     """A value in a message: a step by its name, anything else as a short repr."""
     if isinstance(value, StepDef):
@@ -543,6 +558,7 @@ def job(name: str, steps: Iterable[StepDef], *, schedule: str | None = None, eve
     if params is not None and not isinstance(params, Mapping):
         problems.append(f"params must be a dict of default run parameters, got {type(params).__name__}")
         params = None
+    problems += _param_clashes(params or {})
     if not isinstance(description, str):
         problems.append(f"description must be a string, got {description!r}")
         description = ""

@@ -234,6 +234,14 @@ def test_logs_tail_prints_the_last_lines_of_each_log(harness):
     assert len(harness.cli("logs", "1", "count").stdout.splitlines()) == 5000
 
 
+def test_run_of_a_job_whose_file_is_broken_cites_that_files_problem(harness):
+    harness.write_job("aaa_helpers.py", "def broken(:\n", header=False)
+    harness.write_job("nightly.py", 'nightly = job("nightly", [shell("a", "true")]\n')  # ) missing
+    result = harness.cli("run", "nightly")
+    assert result.returncode == 1
+    assert result.stderr.startswith("stepline: job 'nightly' cannot run: jobs/nightly.py:"), result.stderr
+
+
 def test_jobs_shows_each_jobs_description(harness):
     harness.write_job("j.py", """
         a = shell("a", "true")

@@ -118,6 +118,12 @@ def test_job_options_that_do_not_exist_and_a_shell_step_without_a_command_are_pr
     assert shell("echo hi").problems == ("shell() needs a name and a command: shell('report', 'echo done')",)
 
 
+def test_params_that_shell_steps_would_read_as_one_variable_are_a_problem():
+    clash = job("clash", [shell("a", "true")], params={"a.b": "1", "A_B": "2", "c": "3"})
+    assert clash.problems == ("params 'a.b' and 'A_B' both reach shell steps as $STEPLINE_PARAM_A_B, so one would "
+                              "hide the other; rename one of them",)
+
+
 def test_shell_without_a_name_is_a_problem_of_that_step_at_its_place():
     # A problem, not an exception: raised, it stopped every other job of the file from loading.
     unnamed = shell("", "true"); line = _line()
