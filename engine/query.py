@@ -258,10 +258,21 @@ def last_run_by_job() -> dict[str, RunSummary]:
     return {row.job: _run_summary(row) for row in Run.select(*_RUN_COLUMNS).where(Run.id.in_(newest))}
 
 
-def run_counts() -> dict[str, int]:
-    """Number of runs per run state."""
-    rows: Any = Run.select(Run.state, fn.COUNT(Run.id)).group_by(Run.state).tuples()
-    return {state: count for state, count in rows}
+FAILED_RECENTLY_S = 24 * 3600
+"""The console's header counts the runs that failed within this long: a count of every failure since the
+home began only grows, stays red for ever and says nothing about tonight."""
+
+
+def run_counts(now: float | None = None) -> dict[str, int]:
+    """Number of runs per run state; "failed" counts the runs that ended failed within FAILED_RECENTLY_S of
+    `now`, when given."""
+    rows: Any = Run.select(Run.state, fn.COUNT(Run.id)).where(Run.state != "failed").group_by(Run.state).tuples()
+    counts = {state: count for state, count in rows}
+    failed = Run.select().where(Run.state == "failed")
+    if now is not None:
+        failed = failed.where(Run.ended_at >= now - FAILED_RECENTLY_S)
+    counts["failed"] = failed.count()
+    return counts
 
 
 def command(command_id: int) -> CommandView:

@@ -93,7 +93,7 @@ def load_start(now: float) -> Start:
     """Everything the first screen needs, and the event id to poll from."""
     last_id = query.last_event_id()
     catalog = load_catalog()
-    delta = Delta(last_event_id=last_id, status=query.engine_status(now), counts=query.run_counts())
+    delta = Delta(last_event_id=last_id, status=query.engine_status(now), counts=query.run_counts(now))
     pages = {name: load_runs(name, "all", None) for name in jobs_to_expand(catalog)}
     failed = [run for run in catalog.last_runs.values() if run.state == "failed"]
     focus, focus_step, attempts = None, None, []
@@ -134,7 +134,7 @@ def poll(last_id: int, now: float, loaded_runs: Iterable[int], pending_commands:
             acked.append(view)
     catalog = load_catalog() if wants_catalog else None
     # Counting runs scans the state index (20 ms at 100,000 runs): only when an event can have changed them.
-    counts = query.run_counts() if events or counts is None else counts
+    counts = query.run_counts(now) if events or counts is None else counts
     return Delta(last_event_id=new_last, status=query.engine_status(now), counts=counts, runs=runs,
                  views=views, catalog=catalog, acked=acked, steps_touched=steps, abandoned=abandoned_runs())
 

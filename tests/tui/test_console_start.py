@@ -203,3 +203,16 @@ async def test_a_console_left_open_keeps_the_newest_runs_and_a_more_line(harness
         await pilot.press("enter")
         await settle_until(pilot, lambda: 1 in tree.runs)
         assert [c.data.summary.id for c in job.children][-3:] == [3, 2, 1]  # type: ignore[union-attr]
+
+
+async def test_the_header_counts_the_failures_of_the_last_day_not_of_all_time(harness):
+    from engine import store
+
+    harness.write_job("boom.py", 'boom = job("boom", [shell("a", "exit 3")])\n')
+    old, recent = harness.run_now("boom"), harness.run_now("boom")
+    store.Run.update(ended_at=time.time() - 2 * 86400).where(store.Run.id == old.id).execute()
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        header = app.main_screen.header.render().plain
+        assert recent.state == "failed" and "✗ 1 failed in 24h" in header, header

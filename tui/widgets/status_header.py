@@ -50,7 +50,8 @@ class StatusHeader(Static):
         else:
             text.append_text(fmt.engine_text(self.status, self.mode, compact))
         text.append(" │ " if compact else "  │  ")
-        for index, (state, label) in enumerate((("running", "running"), ("failed", "failed"), ("queued", "queued"))):
+        labels = (("running", "running"), ("failed", "failed in 24h"), ("queued", "queued"))
+        for index, (state, label) in enumerate(labels):
             count = self.counts.get(state, 0)
             if index:
                 text.append(" · ")
