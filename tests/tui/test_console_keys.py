@@ -444,6 +444,28 @@ async def test_f_cycles_the_filter_all_failed_running(harness):
         assert f"#{good.id}" in tree_text(app)
 
 
+async def test_a_run_that_leaves_the_filter_leaves_the_tree(harness, tmp_path):
+    marker = tmp_path / "fixed"
+    harness.write_job("j.py", f"""
+        a = shell("a", "test -e {marker}")
+        j = job("j", [a])
+    """)
+    first, second = harness.run_now("j"), harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f")
+        await settle(pilot)
+        select(app, is_run(second.id))
+        await settle(pilot)
+        assert f"#{first.id}" in tree_text(app) and f"#{second.id}" in tree_text(app)
+        marker.touch()
+        harness.retry(first.id)  # fixed, and retried from the command line: no longer a failed run
+        harness.retry(second.id)
+        await settle_until(pilot, lambda: f"#{first.id}" not in tree_text(app))
+        assert f"✓ #{second.id}" in tree_text(app)  # the one under the cursor stays until the user moves on
+
+
 def two_runs_of_extract_then_transform(harness) -> None:  # type: ignore[no-untyped-def]
     harness.write_job("j.py", """
         a = shell("extract", "true")

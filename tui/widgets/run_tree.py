@@ -267,6 +267,8 @@ class RunTree(Tree[NodeData]):
             assert isinstance(run_data, RunNode)
             run_data.summary = run
             self._relabel(node, self._run_label(run))
+            if self.run_filter != "all" and run.state not in _filter_states(self.run_filter):
+                self._drop_unless_in_use(node, run.id)
             return
         if job_node is None or not job_node.data.runs_requested:  # type: ignore[union-attr]
             return
@@ -280,6 +282,17 @@ class RunTree(Tree[NodeData]):
         job_node.allow_expand = True
         self.runs[run.id] = job_node.add(self._run_label(run), RunNode(run), before=first)
         self._keep_newest_runs(job_node)
+
+    def _drop_unless_in_use(self, node: TreeNode[NodeData], run_id: int) -> None:
+        """A run the filter no longer shows (a failed run retried into success under "failed") leaves the
+        tree, as it would on the next filter change; not while the user is on it or inside it."""
+        cursor = self.cursor_line_node()
+        if cursor is not None and (cursor is node or cursor.parent is node):
+            return
+        self.runs.pop(run_id, None)
+        for key in [key for key in self.steps if key[0] == run_id]:
+            del self.steps[key]
+        node.remove()
 
     def _keep_newest_runs(self, job_node: TreeNode[NodeData]) -> None:
         """A console left open on a job that runs every minute would hold every run since it opened (memory
