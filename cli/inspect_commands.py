@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cli import render
+from cli import remote, render
 from cli.main import Settings, group, load_job_files, pass_settings
 from cli.remote import stop_if_engine_gone
 from engine import query
@@ -50,7 +50,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
     from engine import timing
 
     result = load_or_report(settings)
-    settings.open_home()
+    home = settings.open_home()
     last = query.last_run_by_job()
     catalog = {j.name: j for j in query.jobs()}
     paused = {name: j.paused for name, j in catalog.items()}
@@ -95,6 +95,9 @@ def jobs(settings: Settings, as_json: bool) -> None:
         if any(descriptions):
             headers, rows = _with_descriptions(headers, rows, descriptions)
         click.echo(render.table(headers, rows, states, 4, color))
+        if any(entry["next_fire"] for entry in entries) and remote.engine_holder(home) is None:
+            click.echo("no engine runs this home now: the fires above happen only while `stepline daemon` (or "
+                       "`stepline up`) runs", err=True)
     stderr_color = render.use_color(sys.stderr)
     for problem in result.problems:
         click.echo(render.paint(str(problem), "failed", stderr_color), err=True)

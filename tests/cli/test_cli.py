@@ -205,6 +205,8 @@ def test_jobs_still_lists_the_good_jobs_when_a_file_is_broken(harness):
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("j ")]
     assert "0 6 * * 1-5" in row and ("CET" in row or "CEST" in row) and "(in " in row
     assert "jobs/syntax.py:1: syntax error" in result.stderr
+    assert ("no engine runs this home now: the fires above happen only while `stepline daemon` (or `stepline up`) "
+            "runs") in result.stderr
     document = json.loads(harness.cli("jobs", "--json").stdout)
     assert [j["name"] for j in document["jobs"]] == ["j"]
     assert document["jobs"][0]["steps"] == ["extract", "check", "report"]
