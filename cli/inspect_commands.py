@@ -50,7 +50,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
     from engine import timing
 
     result = load_or_report(settings)
-    home = settings.open_home()
+    home = settings.open_home(to_read=True)
     last = query.last_run_by_job()
     catalog = {j.name: j for j in query.jobs()}
     paused = {name: j.paused for name, j in catalog.items()}
@@ -121,7 +121,7 @@ def render_path(path: str) -> str:
 def runs(settings: Settings, job: str | None, status: str | None, limit: int, before_id: int | None,
          as_json: bool) -> None:
     """Run history, newest first."""
-    settings.open_home()
+    settings.open_home(to_read=True)
     found = query.list_runs(job=job, state=status, limit=limit, before_id=before_id)
     total = query.count_runs(job=job, state=status, before_id=before_id)
     next_before = found[-1].id if len(found) < total else None
@@ -152,7 +152,7 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, be
 @pass_settings
 def show(settings: Settings, run_id: int, as_json: bool) -> None:
     """A run's steps: state, attempts, durations, exit codes, reasons and small outputs."""
-    settings.open_home()
+    settings.open_home(to_read=True)
     run = query.get_run(run_id)
     attempts = {s.name: query.attempts(run_id, s.name) for s in run.steps}
     if as_json:
@@ -266,7 +266,7 @@ Examples:
 def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None, follow: bool,
          tail: int | None) -> None:
     """Step logs of a run, each line with its UTC timestamp."""
-    settings.open_home()
+    settings.open_home(to_read=True)
     run = query.get_run(run_id)
     names = [s.name for s in run.steps]
     if step is not None and step not in names:

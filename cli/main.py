@@ -44,10 +44,16 @@ class Settings:
     def jobs_dir(self) -> Path:
         return Path(self.jobs_path or os.environ.get("STEPLINE_JOBS") or "jobs").expanduser().absolute()
 
-    def open_home(self) -> Home:
-        """The home, created on first use, with its database open and migrated."""
+    def open_home(self, to_read: bool = False) -> Home:
+        """The home, created on first use, with its database open and migrated. `to_read`: a command that only
+        reads (runs, show, logs, jobs) also works on a home it may not write, read as it is."""
         from engine import store
 
+        root = resolve_home(self.home_path)
+        if to_read and (root / DATABASE_NAME).is_file() and not os.access(root, os.W_OK | os.X_OK):
+            home = prepare_home(root, create=False)
+            store.open_database_to_read(home)
+            return home
         home = prepare_home(self.home_path)
         store.open_database(home)
         return home

@@ -219,6 +219,26 @@ def _note_earlier_runs(home: Home) -> None:
         _run_id_floor = max([_run_id_floor] + [int(name) for name in names if name.isdigit()])
 
 
+def open_database_to_read(home: Home) -> SqliteDatabase:
+    """Bind the models to the database of a home stepline may not write (a read-only mount, a backup, another
+    user's home), for the commands that only read: opened as it is, never migrated."""
+    path = home.database
+    if not db.is_closed():
+        db.close()
+    # immutable: SQLite reads the file without the locks and shared memory it could not create there.
+    db.init(f"{path.as_uri()}?immutable=1", uri=True, pragmas={"query_only": 1}, timeout=5,
+            check_same_thread=False)
+    try:
+        db.connect(reuse_if_open=True)
+        current = schema_version(db)
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
+        raise unusable_database(path, str(error)) from None
+    if current != SCHEMA_VERSION:
+        raise StateDirError(f"{path} has schema version {current} and this stepline reads {SCHEMA_VERSION}; a "
+                            "home stepline cannot write cannot be migrated: copy it to a writable place")
+    return db
+
+
 def open_database(home: Home) -> SqliteDatabase:
     """Bind the models to the home's database, creating or migrating it."""
     path = home.database

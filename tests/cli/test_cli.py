@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from engine import query
+from engine import query, store
 from engine.executor import ENGINE_VARIABLE, WATCHDOG
 from engine.home import is_disk_full
 from tests.conftest import wait_until
@@ -740,3 +740,27 @@ def test_a_log_a_full_disk_cut_short_says_so_in_logs_and_show(harness):
         assert "log of fill (attempt 1): the log was cut after " in shown
     finally:
         subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_a_read_only_home_can_still_be_read(harness, tmp_path):
+    # A backup, a read-only mount or another user's home: runs, show, logs and jobs read it as it is;
+    # commands that write say why they cannot.
+    harness.write_job("j.py", 'j = job("j", [shell("a", "echo hi")])\n')
+    harness.cli("run", "j", check=True)
+    store.db.close()
+    view = tmp_path / "view"
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(harness.home.root), str(view)], capture_output=True).returncode:
+        pytest.skip("a read-only bind mount needs root")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode:
+            pytest.skip("a read-only bind mount needs root")
+        where = ["--home", str(view)]
+        assert harness.cli(*where, "runs", check=True).stdout.splitlines()[1].split()[:3] == ["1", "j", "succeeded"]
+        assert harness.cli(*where, "show", "1", check=True).stdout.startswith("run 1  j  succeeded")
+        assert harness.cli(*where, "logs", "1", "a", check=True).stdout.endswith(" hi\n")
+        assert harness.cli(*where, "jobs", check=True).stdout.splitlines()[1].startswith("j ")
+        refused = harness.cli(*where, "run", "j")
+        assert refused.returncode == 1 and f"state directory {view} is read-only" in refused.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
