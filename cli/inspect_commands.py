@@ -130,7 +130,7 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, be
         return
     if not found:
         click.echo("no runs yet; start one with `stepline run JOB`" if not (job or status or before_id)
-                   else "no runs match")
+                   else "no runs match" + _unknown_job_hint(job))
         return
     now = datetime.now(timezone.utc)
     # A run that has not started (queued, or cancelled while queued) shows no start time, not its creation.
@@ -159,6 +159,19 @@ def show(settings: Settings, run_id: int, as_json: bool) -> None:
         render.print_json(run_document(run, attempts))
         return
     click.echo(format_run(run, attempts, render.use_color()))
+
+
+def _unknown_job_hint(job: str | None) -> str:
+    """When --job names no job the home knows: say so, with the closest name (a typo lists nothing)."""
+    if job is None:
+        return ""
+    known = [summary.name for summary in query.jobs()] + list(query.last_run_by_job())
+    if job in known:
+        return ""
+    import difflib
+
+    close = difflib.get_close_matches(job, known, n=1)
+    return f" (no job '{job}' is known here{f'; did you mean {close[0]!r}?' if close else ''})"
 
 
 def _stopped_at(run_id: int, now: datetime) -> datetime:
