@@ -6,7 +6,7 @@ def duration(seconds: float | None) -> str:
     """850ms, 12.3s, 4m05s, 2h03m, 3d04h; "-" for None."""
     if seconds is None:
         return "-"
-    if seconds < 1:
+    if seconds < 0.9995:  # 0.9996 s is 1.0s, not 1000ms
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"

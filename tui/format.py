@@ -6,6 +6,7 @@ true-colour one. Pure functions of plain values; knows nothing of widgets or the
 """
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
 from rich.text import Text
@@ -167,8 +168,16 @@ def run_label(run: RunSummary, now: datetime, abandoned: bool = False) -> Text:
     return text
 
 
-def step_label(step: StepView, now: datetime, abandoned: bool = False) -> Text:
-    """`abandoned`: the step's run has lost its engine (see run_label)."""
+def step_label(step: StepView, now: datetime, abandoned: bool = False, width: int | None = None) -> Text:
+    """`abandoned`: the step's run has lost its engine (see run_label). `width`: the cells the line has; a
+    longer one cuts the step's name, with …, rather than its duration and state at the end."""
+    if width is not None:
+        full = step_label(step, now, abandoned)
+        over = full.cell_len - width
+        if over > 0 and len(step.name) > 4:
+            keep = max(4, len(step.name) - over - 1)
+            return step_label(dataclasses.replace(step, name=step.name[:keep] + "…"), now, abandoned)
+        return full
     gone = abandoned and step.state == "running"
     live = step.state == "running" and not gone
     text = glyph(step.state, step.waiting_for, abandoned)

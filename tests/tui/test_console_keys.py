@@ -124,7 +124,8 @@ async def test_keys_that_do_not_apply_say_why_and_leave_the_footer(harness):
         await settle(pilot)
         assert app.main_screen.check_action("retry", ()) is False
         await pilot.press("r")
-        assert f"run #{run.id} succeeded; it has no failed steps to retry" in notifications(app)
+        assert (f"run #{run.id} succeeded; it has no failed steps to retry (on one of its steps, r runs that step "
+                "and those after it again; R starts a new run)") in notifications(app)
         await pilot.press("enter")
         await settle(pilot)
         select(app, is_step("a"))
@@ -354,17 +355,18 @@ async def test_t_prompts_for_params_and_triggers_with_them(harness, engine):
         await pilot.press("t")
         assert isinstance(app.screen, TriggerScreen)
         labels = [str(label.render()) for label in app.screen.query(Label)]
-        assert labels[:2] == ["who  (default 'world')", "run.date  (default 'today')"]
+        assert labels[:2] == ["who  (default 'world', also when left empty)",
+                              "run.date  (default 'today', also when left empty)"]
         # A job that declares its params takes those only (as `stepline run -p`): no field for others.
         assert not app.screen.query("#param-extra")
-        app.screen.query_one("#param-0").value = "ops"
+        app.screen.query_one("#param-0").value = ""  # emptied: the default, not ""
         app.screen.query_one("#param-1").value = "2026-11-27"
         await pilot.press("enter")
         await settle(pilot, rounds=1)
-        assert "run of 'greeting' requested (who=ops, run.date=2026-11-27)" in notifications(app)
+        assert "run of 'greeting' requested (who=world, run.date=2026-11-27)" in notifications(app)
         await settle_until(pilot, lambda: query.list_runs(job="greeting")
                            and query.list_runs(job="greeting")[0].state == "succeeded")
-        assert query.list_runs(job="greeting")[0].params == {"who": "ops", "run.date": "2026-11-27"}
+        assert query.list_runs(job="greeting")[0].params == {"who": "world", "run.date": "2026-11-27"}
         await settle_until(pilot, lambda: "✓ #1" in tree_text(app))
 
 

@@ -122,7 +122,14 @@ async def test_a_cut_line_ends_in_an_ellipsis_and_z_gives_the_log_the_whole_scre
         shown = tail.scrollable_content_region.width
         row = tail.render_line(0).text
         assert row[:shown].endswith("…") and row[:shown - 1] == log_lines(app)[0][:shown - 1]
-        await pilot.press("l", "z")
+        await pilot.press("l", "slash", *"word39", "enter")  # past the right edge: the pane goes sideways to it
+        column = log_lines(app)[0].index("word39")
+        assert tail.scroll_offset.x <= column and column + 6 <= tail.scroll_offset.x + shown
+        await pilot.press("g", "escape", "l")
+        start = tail.scroll_offset.x
+        await pilot.press("right")
+        assert tail.scroll_offset.x == start + 8
+        await pilot.press("z")
         await settle(pilot)
         assert app.main_screen.maximized is pane and pane.size.width == 80 - 2  # all but its border
         await pilot.press("w")
@@ -318,3 +325,26 @@ async def test_a_runs_log_stays_on_the_step_being_read_while_the_run_moves_on(ha
         await pilot.press("G", "escape")  # following again, back in the tree: the run's log moves on
         screen.poll_now()
         await settle_until(pilot, lambda: "log · b ·" in str(pane.border_title))
+
+
+async def test_a_followed_log_that_outgrows_the_pane_says_so_at_its_top():
+    from textual.app import App
+
+    from tui.widgets.log_tail import TailLog
+
+    class One(App[None]):
+        def compose(self):  # type: ignore[no-untyped-def]
+            yield TailLog()
+
+    app = One()
+    async with app.run_test(size=(80, 24)) as pilot:
+        log = app.query_one(TailLog)
+        keep = log.max_lines
+        log.write_lines([f"line {i}" for i in range(keep)])
+        assert log.lines[0] == "line 0"
+        log.write_lines(["one more", "and another"])
+        await pilot.pause()
+        assert len(log.lines) == keep
+        assert log.lines[0] == (f"… earlier lines not shown: the pane keeps the last {keep - 1:,}; `stepline logs` "
+                                "prints all of them")
+        assert log.lines[1] == "line 3" and log.lines[-1] == "and another"

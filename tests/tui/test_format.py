@@ -20,6 +20,8 @@ def test_durations_read_exactly_like_the_cli(seconds):
 
 def test_a_sub_second_duration_shows_milliseconds_not_zero_seconds():
     assert fmt.duration_text(0.85) == "850ms"
+    assert fmt.duration_text(0.9994) == "999ms"
+    assert fmt.duration_text(0.9996) == "1.0s"  # not "1000ms"
 
 
 def test_relative_next_fire_is_coarse():
@@ -87,3 +89,14 @@ def test_the_header_says_a_killed_engine_is_gone(utc_zone):
                           heartbeat_at=datetime(2026, 11, 27, 3, 12, 40, tzinfo=timezone.utc))
     assert fmt.engine_text(status, "attached").plain == "✗ engine gone (pid 4242) since 03:12:40"
     assert fmt.engine_text(status, "attached", compact=True).plain == "✗ engine gone since 03:12:40"
+
+
+def test_a_step_line_too_long_for_the_tree_cuts_the_name_not_the_duration():
+    now = datetime(2026, 11, 27, 6, 0, tzinfo=timezone.utc)
+    step = StepView(name="transform_stage_number_01", position=0, state="succeeded", kind="shell", waiting_for=None,
+                    attempts=2, started_at=now - timedelta(milliseconds=2), ended_at=now, reason=None,
+                    has_output=False, output_preview=None, upstream=(), downstream=())
+    assert fmt.step_label(step, now).plain == "✓ transform_stage_number_01  2ms  ×2"
+    assert fmt.step_label(step, now, width=40).plain == "✓ transform_stage_number_01  2ms  ×2"
+    assert fmt.step_label(step, now, width=25).plain == "✓ transform_sta…  2ms  ×2"
+    assert fmt.step_label(step, now, width=25).cell_len == 25

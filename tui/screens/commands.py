@@ -86,9 +86,11 @@ class CommandActions:
                 return None  # a step that succeeded runs again too, once confirmed (action_retry)
             view = self.selected_view if self.selected_view and self.selected_view.id == run.id else None
             if view is not None and not any(s.state in ("failed", "upstream_failed", "cancelled") for s in view.steps):
-                return f"run #{run.id} {run.state}; it has no failed steps to retry"
+                return (f"run #{run.id} {run.state}; it has no failed steps to retry (on one of its steps, r runs "
+                        "that step and those after it again; R starts a new run)")
             if view is None and run.state == "succeeded":
-                return f"run #{run.id} succeeded; it has no failed steps to retry"
+                return (f"run #{run.id} succeeded; it has no failed steps to retry (on one of its steps, r runs that "
+                        "step and those after it again; R starts a new run)")
             return None
         if action in ("rerun_job", "trigger", "pause_schedule", "resume_schedule"):
             if job is None:
@@ -207,7 +209,8 @@ class CommandActions:
 
         view = self.selected_view if self.selected_view and self.selected_view.id == run.id else None
         after = view.plan.all_downstream(step.name) if view is not None else []
-        also = f", and the {len(after)} step{'s' if len(after) != 1 else ''} after it ({', '.join(after)})" if after else ""
+        named = ", ".join(after[:3]) + (f", … {len(after) - 3} more" if len(after) > 3 else "")
+        also = f", and the {len(after)} step{'s' if len(after) != 1 else ''} after it ({named})" if after else ""
 
         def answered(yes: bool | None) -> None:
             if not yes:

@@ -46,7 +46,7 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
             box.border_subtitle = "enter runs · tab next field · escape cancels"
             # Widget ids by position: a param's name may hold what an id may not ("run.date", spaces).
             for index, (key, value) in enumerate(self.defaults.items()):
-                yield Label(f"{key}  (default {value!r})")
+                yield Label(f"{key}  (default {value!r}, also when left empty)")
                 yield Input(value, id=f"param-{index}", classes="param")
             if not self.defaults:  # a job that declares its params takes those only (JobDef.unknown_param)
                 yield Label("params: key=value key2='two words'")
@@ -60,7 +60,9 @@ class TriggerScreen(ModalScreen[dict[str, str] | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        params = {key: self.query_one(f"#param-{index}", Input).value for index, key in enumerate(self.defaults)}
+        # A field emptied by mistake runs with the default, as a -p left out does; not with "".
+        params = {key: self.query_one(f"#param-{index}", Input).value or default
+                  for index, (key, default) in enumerate(self.defaults.items())}
         try:
             if not self.defaults:
                 params.update(parse_params(self.query_one("#param-extra", Input).value))

@@ -89,6 +89,15 @@ class TailLog(Log):
     and rendered lines are kept by their text until the search term or the styles change.
     """
 
+    BINDINGS = [
+        # A column at a time, reaching the end of a 200-character line took 200 presses.
+        Binding("right", "sideways(8)", "Right", show=False),
+        Binding("left", "sideways(-8)", "Left", show=False),
+    ]
+
+    def action_sideways(self, columns: int) -> None:
+        self.scroll_relative(x=columns, animate=False)
+
     def __init__(self, **kwargs: object) -> None:
         super().__init__(highlight=True, max_lines=MAX_LINES * 4, **kwargs)  # type: ignore[arg-type]
         self.highlighter = LogHighlighter()
@@ -118,7 +127,10 @@ class TailLog(Log):
         at_end = self.is_vertical_scroll_end
         self._lines.extend(new)
         if self.max_lines is not None and len(self._lines) > self.max_lines:
-            del self._lines[:len(self._lines) - self.max_lines]
+            del self._lines[:len(self._lines) - self.max_lines + 1]
+            # The top says that more came before, as it does when a long log is opened.
+            self._lines.insert(0, f"… earlier lines not shown: the pane keeps the last {self.max_lines - 1:,}; "
+                                  "`stepline logs` prints all of them")
             # Line numbers moved: nothing cached by number is valid any more.
             self._render_line_cache.clear()
         self._width = max(self._width, _widest(new))
@@ -507,7 +519,11 @@ class LogTail(Vertical):
     def _go(self, line: int) -> None:
         self.follow = False
         log = self.log_widget
-        log.scroll_to(y=max(0, line - log.size.height // 2), animate=False)
+        # Sideways too, when the match lies past the pane's right edge (a line not wrapped).
+        column = log.lines[line].lower().find(self._term.lower()) if self._term and line < len(log.lines) else -1
+        view = log.scrollable_content_region.width
+        x = 0 if column < 0 or column + len(self._term or "") < view - 1 else max(0, column - view // 3)
+        log.scroll_to(x=x, y=max(0, line - log.size.height // 2), animate=False)
 
     def action_next_match(self, forward: bool = True) -> None:
         if not self._term:

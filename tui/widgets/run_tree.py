@@ -64,6 +64,8 @@ class InfoNode:
 
 
 JOB_LINE_INDENT = 3
+STEP_LINE_INDENT = 7
+"""Cells before a step's label (its run's guide and its own) and the scrollbar's."""
 """Columns a job line needs besides its label: the expander and the scrollbar."""
 
 NodeData = JobNode | RunNode | StepNode | MoreNode | ProblemNode | InfoNode | None
@@ -214,6 +216,11 @@ class RunTree(Tree[NodeData]):
 
     def on_resize(self) -> None:
         self.relabel_jobs()
+        for (run_id, _), node in self.steps.items():  # a step's name gives way to its duration at the new width
+            if isinstance(node.data, StepNode):
+                self._relabel(node, self._step_label(run_id, node.data.step))
+        if self.cursor_line >= 0:  # a smaller terminal must not leave the highlighted line out of sight
+            self.call_after_refresh(self._line_into_view, self.cursor_line)
 
     # --- runs ------------------------------------------------------------------------------------------------
 
@@ -429,7 +436,8 @@ class RunTree(Tree[NodeData]):
         return fmt.run_label(run, self.now, abandoned=run.id in self.abandoned)
 
     def _step_label(self, run_id: int, step: StepView) -> Text:
-        return fmt.step_label(step, self.now, abandoned=run_id in self.abandoned)
+        width = self.size.width - STEP_LINE_INDENT if self.size.width else None
+        return fmt.step_label(step, self.now, abandoned=run_id in self.abandoned, width=width)
 
     # --- navigation ------------------------------------------------------------------------------------------
 
