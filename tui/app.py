@@ -144,3 +144,15 @@ class SteplineApp(App[None]):
         for key, action, text in MAIN_KEYS:
             shown = {"slash": "/", "question_mark": "?"}.get(key, key)
             yield SystemCommand(text, f"key {shown}", partial(self._palette_action, action))
+        from tui.widgets.log_tail import LogTail
+
+        for binding in LogTail.BINDINGS:  # the log's own keys, which act on the log pane wherever the focus is
+            if isinstance(binding, Binding) and binding.show and binding.tooltip:
+                shown = {"slash": "/"}.get(binding.key, binding.key)
+                yield SystemCommand(f"Log: {binding.tooltip}", f"key {shown} in the log",
+                                    partial(self._log_action, binding.action))
+
+    async def _log_action(self, action: str) -> None:
+        pane = self.main_screen.log_pane
+        pane.log_widget.focus()
+        await pane.run_action(action)

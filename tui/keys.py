@@ -3,7 +3,7 @@ from __future__ import annotations
 
 MAIN_KEYS: list[tuple[str, str, str]] = [
     # (key, action, description)
-    ("r", "retry", "Retry failed step(s)"),
+    ("r", "retry", "Retry failed steps, or run a step and those after it again"),
     ("R", "rerun_job", "Re-run job now"),
     ("c", "cancel_run", "Cancel run"),
     ("t", "trigger", "Trigger with params"),

@@ -249,9 +249,16 @@ async def test_the_command_palette_lists_every_action(harness):
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         titles = [c.title for c in app.get_system_commands(app.main_screen)]
-        for title in ("Retry failed step(s)", "Cancel run", "Trigger with params", "Timeline of run", "Help"):
+        for title in ("Retry failed steps, or run a step and those after it again", "Cancel run", "Trigger with params", "Timeline of run", "Help"):
             assert title in titles
         assert titles.count("Quit") == 1  # ours, which asks when runs are active; not Textual's "at once"
+        for title in ("Log: The log on the whole screen on/off", "Log: Wrap long lines on/off",
+                      "Log: Search the loaded lines"):
+            assert title in titles
+        zoom = next(c for c in app.get_system_commands(app.main_screen) if c.title.startswith("Log: The log on"))
+        await zoom.callback()
+        await pilot.pause()
+        assert app.main_screen.maximized is app.main_screen.log_pane
 
 
 async def test_the_header_names_the_daemon_the_console_is_attached_to(harness):
