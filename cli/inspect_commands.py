@@ -129,7 +129,7 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, be
         render.print_json({"runs": found, "total": total, "next_before": next_before})
         return
     if not found:
-        click.echo("no runs yet; start one with `stepline run JOB`" if not (job or status or before_id)
+        click.echo("no runs yet; start one with `stepline run JOB`" if not (job or status or before_id is not None)
                    else "no runs match" + _unknown_job_hint(job))
         return
     now = datetime.now(timezone.utc)
@@ -142,7 +142,8 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, be
     click.echo(render.table(["run", "job", "state", "trigger", "started", "duration", "reason"], rows,
                             states, 2, render.use_color()))
     if next_before is not None:
-        click.echo(f"{len(found)} of {total:,} runs; older ones: `stepline runs --before {next_before}` "
+        kept = "".join(f" --{name} {value}" for name, value in (("job", job), ("status", status)) if value)
+        click.echo(f"{len(found)} of {total:,} runs; older ones: `stepline runs{kept} --before {next_before}` "
                    "(or --limit N)")
 
 
@@ -229,7 +230,9 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
     lines.append("")
     rows, states = [], []
     for step in run.steps:
-        last = attempts[step.name][-1] if attempts[step.name] else None
+        # Exit code, CPU and memory of the step's attempt in this round only: a step a retry reset (and that
+        # has not started again) has none yet, whatever its earlier attempts did.
+        last = attempts[step.name][-1] if attempts[step.name] and step.started_at is not None else None
         exit_text = "-"
         if last is not None:
             exit_text = (f"signal {last.signal}" if last.signal else

@@ -44,7 +44,7 @@ def prune(settings: Settings, older_than: str, dry_run: bool) -> None:
 
     age_s = parse_age(older_than)
     home = settings.open_home()
-    cutoff = time.time() - age_s
+    cutoff = max(0.0, time.time() - age_s)  # "older than 10,000 years": everything that ended
     run_ids = store.prunable_runs(cutoff)
     folders = [folder for run_id in run_ids for folder in (os.path.join(home.logs, str(run_id)),
                                                                os.path.join(home.outputs, str(run_id)))

@@ -1,6 +1,7 @@
 """Commands that act: run, retry, cancel."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -77,6 +78,26 @@ class Printer:
         glyph = GLYPHS.get(drawn_state(change.state, change.message), " ")
         state = render.paint(f"{change.state:<15}", change.state, self.color)
         return f"{clock}  {glyph} {render.pad(change.step, self.width)} {state} {note}".rstrip()
+
+
+def _refuse_if_job_file_broken(run_id: int) -> None:
+    """A retry runs the job file's current code: with that file broken, every step it reruns would fail on
+    the import and lose the output it had. (A daemon retries with the file's last good version.)"""
+    from pathlib import Path
+
+    from engine.jobfile import import_timeout_s
+    from engine.loader import display_path
+    from engine.plan import JobPlan
+    from engine.reader import read_job_files
+
+    row = store.Run.get_or_none(store.Run.id == run_id)
+    if row is None or not os.path.exists(JobPlan.from_json(row.snapshot).file):
+        return  # the engine says what is wrong
+    path = JobPlan.from_json(row.snapshot).file
+    [(jobs, problems)] = read_job_files([Path(path)], import_timeout_s())
+    if problems and row.job not in {job_def.name for job_def in jobs}:
+        raise NotApplicableError(f"job '{row.job}' of run {run_id} does not load from {display_path(path)} now "
+                                 f"({problems[0]}); fix the file, then retry: its steps would run the broken file")
 
 
 def _names_job(path: str, job_name: str) -> bool:
@@ -271,6 +292,7 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
     close_if_abandoned(run_id)
+    _refuse_if_job_file_broken(run_id)
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), as_json, _step_names(run_id)))
     close_runs_of_stopped_engines(engine)
     caught = install_interrupt()

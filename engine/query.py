@@ -354,6 +354,8 @@ class EngineStatus:
 
 
 def process_exists(pid: int | None) -> bool:
+    """Whether process `pid` runs; a zombie (killed, not yet reaped: forever under a PID 1 that never reaps, as
+    in some containers) does not."""
     if pid is None:
         return False
     try:
@@ -362,7 +364,11 @@ def process_exists(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True  # another user's process
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"  # the state follows "(command name)"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): os.kill said it exists
 
 
 def engine_status(now: float) -> EngineStatus:

@@ -92,6 +92,8 @@ class ActiveRun:
     flags), so the 200 steps of a fan-out do not each read the same one back from the database."""
     in_files: set[str] = field(default_factory=set)
     """Steps that succeeded here with an output kept in its own file (too large for the database)."""
+    retrying: set[str] | None = None
+    """The steps a retry runs again, while the retry waits in the queue for its turn (max_active_runs)."""
     step_plans: dict[str, StepPlan] = field(init=False)
     downstream: dict[str, list[str]] = field(init=False)
     """Direct downstream steps of every step (the plan's, computed once)."""
@@ -184,6 +186,9 @@ class Engine:
         self._queued.append((run, max_active_runs))
         return run.id
 
+    def is_queued(self, run_id: int) -> bool:
+        return any(run.id == run_id for run, _ in self._queued)
+
     def active_runs_of(self, job: str) -> int:
         """Runs of `job` running or queued in this engine."""
         return (sum(1 for r in self._runs.values() if r.plan.job == job)
@@ -214,10 +219,14 @@ class Engine:
 
     def adopt_queued(self, run_id: int, max_active_runs: int = 1) -> None:
         """Queue here a run that an earlier engine of the home queued and never started (stopped or killed
-        before its turn): it keeps its place, as a scheduler's queue survives a restart."""
+        before its turn): it keeps its place, as a scheduler's queue survives a restart. A queued retry runs
+        its pending steps only: the steps that succeeded before keep their outputs."""
         row = store.Run.get_by_id(run_id)
         rows = {r.name: r for r in store.StepRun.select().where(store.StepRun.run == run_id)}
-        run = _stored_run(row, JobPlan.from_json(row.snapshot), rows, {name: StepState.PENDING for name in rows})
+        states = {name: StepState(r.state) for name, r in rows.items()}
+        run = _stored_run(row, JobPlan.from_json(row.snapshot), rows, states)
+        if any(state != StepState.PENDING for state in states.values()):
+            run.retrying = {name for name, state in states.items() if state == StepState.PENDING}
         self._queued.append((run, max_active_runs))
 
     def release_queued(self) -> list[int]:
@@ -233,10 +242,13 @@ class Engine:
                 self._queued.remove(entry)
                 if store.Run.select(store.Run.state).where(store.Run.id == run.id).scalar() != "queued":
                     continue  # ended meanwhile from outside (a cancel): its end stands
-                self._activate(run, set(run.states))
+                if run.retrying is not None:
+                    self._activate(run, run.retrying, retry=True)
+                else:
+                    self._activate(run, set(run.states))
 
     def retry(self, run_id: int, step: str | None = None, new_budget: bool = True,
-              steps: Sequence[str] | None = None) -> list[str]:
+              steps: Sequence[str] | None = None, max_active_runs: int | None = None) -> list[str]:
         """Re-run the failed steps of a finished run (or `step`, whatever its state, and every step after it)
         in the same run.
 
@@ -281,7 +293,7 @@ class Engine:
                                 if states[u] != StepState.SUCCEEDED and u not in again), None)
                 if blocked is not None:
                     raise NotApplicableError(
-                        f"step '{name}' of run {run_id} waits on '{blocked}', which {states[blocked].value.replace('_', ' ')}; retry "
+                        f"step '{name}' of run {run_id} waits on '{blocked}', which {_did(states[blocked])}; retry "
                         f"that one (`stepline retry {run_id} {blocked}` runs '{name}' after it), or the run from "
                         f"its failure (`stepline retry {run_id}`)")
         if step is None and steps is None:
@@ -295,8 +307,18 @@ class Engine:
         for name in again:
             run.states[name] = StepState.PENDING
             changes.append((run.step_ids[name], name, StepState.PENDING.value,
-                            {"reason": None, "detail": None, "waiting_for": None, "ended_at": None}))
+                            # Nothing of the earlier round stays on the step: a pending step that showed an
+                            # old output and a duration counting from an old start read as done or running.
+                            {"reason": None, "detail": None, "waiting_for": None, "ended_at": None,
+                             "started_at": None, "has_output": False, "output_preview": None}))
         store.set_step_states(run_id, changes, now)
+        if max_active_runs is not None and self.active_runs_of(row.job) >= max_active_runs:
+            # It waits its turn as a new run would: max_active_runs keeps two loads off one warehouse.
+            run.retrying = set(again)
+            store.set_run_state(run_id, RunState.QUEUED, now, reason="retry: " + ", ".join(again), clear_end=True)
+            self._announce(Change(run_id, None, RunState.QUEUED, f"retry of run {run_id} waits its turn", now))
+            self._queued.append((run, max_active_runs))
+            return again
         self._activate(run, set(again), retry=True)
         return again
 
@@ -844,6 +866,13 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return "unknown"
+
+
+def _did(state: StepState) -> str:
+    """What a step that did not succeed did: "failed", "was cancelled", "did not run (upstream failed)"."""
+    return {StepState.FAILED: "failed", StepState.CANCELLED: "was cancelled",
+            StepState.UPSTREAM_FAILED: "did not run (its upstream failed)", StepState.SKIPPED: "was skipped"
+            }.get(state, f"is {state.value}")
 
 
 def _failed_steps(names: list[str]) -> str:

@@ -427,7 +427,14 @@ class EngineService:
         if kind == "retry":
             if run_id not in self.engine.active_run_ids:  # its own queued runs have no engine recorded yet
                 close_if_abandoned(run_id, clock=self.clock)
-            again = self.engine.retry(run_id, command["step"])
+            job_name = store.Run.select(store.Run.job).where(store.Run.id == run_id).scalar()
+            job_def = self.jobs.jobs.get(job_name) if job_name else None
+            limit = job_def.max_active_runs if job_def is not None else None
+            active = self.engine.active_runs_of(job_name) if job_name else 0
+            again = self.engine.retry(run_id, command["step"], max_active_runs=limit)
+            if self.engine.is_queued(run_id):
+                return (f"retry of {', '.join(again)} in run {run_id} queued: {active} run"
+                        f"{'s' if active != 1 else ''} of {job_name} active, max_active_runs={limit}"), run_id
             return f"retrying {', '.join(again)} in run {run_id}", run_id
         if kind == "cancel":
             if run_id in self.engine.active_run_ids:

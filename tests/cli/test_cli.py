@@ -239,6 +239,20 @@ def test_logs_tail_prints_the_last_lines_of_each_log(harness):
     assert len(harness.cli("logs", "1", "count").stdout.splitlines()) == 5000
 
 
+def test_retry_while_the_job_file_is_broken_is_refused_and_loses_nothing(harness):
+    path = harness.write_job("j.py", FAILING)
+    harness.cli("run", "j")
+    good = path.read_text()
+    path.write_text(good + "\ndef broken(:\n")
+    refused = harness.cli("retry", "1", "extract")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("stepline: job 'j' of run 1 does not load from jobs/j.py now (jobs/j.py:")
+    assert refused.stderr.rstrip().endswith("fix the file, then retry: its steps would run the broken file")
+    assert query.get_run(1).step("extract").output_preview == "[1, 2, 3]"  # untouched
+    path.write_text(good)
+    assert "retrying extract, check, report in run 1" in harness.cli("retry", "1", "extract").stdout
+
+
 def test_run_of_a_job_whose_file_is_broken_cites_that_files_problem(harness):
     harness.write_job("aaa_helpers.py", "def broken(:\n", header=False)
     harness.write_job("nightly.py", 'nightly = job("nightly", [shell("a", "true")]\n')  # ) missing

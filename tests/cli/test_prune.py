@@ -47,3 +47,11 @@ def test_prune_refuses_an_age_it_cannot_read(harness):
     assert result.returncode == 2
     assert result.stderr.strip() == ("stepline: --older-than 'a month': write a number and a unit, m, h, d or w "
                                      "(e.g. 30d)")
+
+
+def test_prune_with_an_age_older_than_any_clock_deletes_what_ended_and_says_so(harness):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    harness.cli("run", "j", check=True)
+    result = harness.cli("prune", "--older-than", "99999999999d")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("no run ended before 19") and result.stdout.rstrip().endswith("nothing to delete")

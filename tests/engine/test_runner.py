@@ -932,6 +932,8 @@ def test_retry_of_a_succeeded_step_runs_it_and_every_step_after_it_again(home, w
         with pytest.raises(NotApplicableError, match="no failed, upstream_failed or cancelled steps"):
             engine.retry(run.id)
         assert engine.retry(run.id, "b") == ["b", "c"]
+        reset = query.get_run(run.id).step("b")  # nothing of the earlier round reads as current
+        assert (reset.state, reset.started_at, reset.has_output, reset.output_preview) == ("pending", None, False, None)
         engine.run_until_done([run.id])
     finally:
         engine.close()

@@ -94,6 +94,20 @@ def test_a_stale_lock_file_from_a_dead_engine_is_taken_over(harness):
         lock.release()
 
 
+def test_a_killed_engine_not_yet_reaped_counts_as_gone():
+    # A zombie keeps its pid until its parent reaps it, for ever under a PID 1 that never does: a new
+    # daemon must not refuse to start because of it.
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        wait_until(lambda: open(f"/proc/{child}/stat").read().rpartition(")")[2].split()[0] == "Z")
+        assert not query.process_exists(child)
+        assert query.process_exists(os.getpid())
+    finally:
+        os.waitpid(child, 0)
+
+
 def test_the_engine_keeps_working_while_a_changed_job_file_is_stuck_at_import(harness, service):
     # The reload ran on the engine's thread: one file stuck at import held every step timeout, cancel
     # and schedule of the daemon for the whole import timeout (30 s).
@@ -592,3 +606,32 @@ def test_runs_left_queued_by_a_stopped_engine_are_taken_up_by_the_next(harness):
         wait_until(lambda: all(query.run_summary(i).state == "cancelled" for i in waiting))
     finally:
         stop_daemon(second)
+
+
+def test_a_retry_waits_its_turn_behind_max_active_runs_and_keeps_what_succeeded(harness, service, tmp_path):
+    # Two loads into one warehouse at once are what max_active_runs=1 prevents: a retry sent while another
+    # run of the job runs waits, queued, as a new run would, and then runs only the steps it retries.
+    gate = tmp_path / "open"
+    harness.write_job("j.py", f"""
+        first = shell("first", "echo once")
+        load = shell("load", "while [ ! -e {gate} ]; do sleep 0.05; done", after=["first"])
+        j = job("j", [first, load])
+    """)
+    service(kill_grace_s=0.5)
+    trigger = store.add_command("trigger", job="j")
+    earlier = wait_until(lambda: answered(trigger)).run_id
+    wait_until(lambda: query.get_run(earlier).step("load").state == "running")
+    store.add_command("cancel", run_id=earlier)
+    wait_until(lambda: query.run_summary(earlier).state == "cancelled")
+    again = store.add_command("trigger", job="j")
+    blocking = wait_until(lambda: answered(again)).run_id
+    wait_until(lambda: query.get_run(blocking).step("load").state == "running")
+
+    command = store.add_command("retry", run_id=earlier)
+    retry = wait_until(lambda: answered(command))
+    assert retry.result == f"retry of load in run {earlier} queued: 1 run of j active, max_active_runs=1"
+    assert query.run_summary(earlier).state == "queued"
+    gate.touch()  # the blocking run ends; the retry's turn comes
+    wait_until(lambda: query.run_summary(earlier).state == "succeeded")
+    assert [len(query.attempts(earlier, name)) for name in ("first", "load")] == [1, 2]
+    assert query.run_summary(blocking).state == "succeeded"
