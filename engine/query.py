@@ -164,26 +164,23 @@ def _run_summary(row: Run) -> RunSummary:
 def list_runs(job: str | None = None, state: str | None = None, limit: int = 50,
               before_id: int | None = None) -> list[RunSummary]:
     """Runs newest first; page with `before_id` (the smallest id of the previous page)."""
-    query = Run.select(*_RUN_COLUMNS)
-    if job is not None:
-        query = query.where(Run.job == job)
-    if state is not None:
-        query = query.where(Run.state == state)
-    if before_id is not None:
-        query = query.where(Run.id < before_id)
+    query = _runs_where(Run.select(*_RUN_COLUMNS), job, state, before_id)
     return [_run_summary(row) for row in query.order_by(Run.id.desc()).limit(limit)]
 
 
 def count_runs(job: str | None = None, state: str | None = None, before_id: int | None = None) -> int:
     """How many runs list_runs would page through with these filters."""
-    query = Run.select()
+    return _runs_where(Run.select(), job, state, before_id).count()
+
+
+def _runs_where(query: Any, job: str | None, state: str | None, before_id: int | None) -> Any:
     if job is not None:
         query = query.where(Run.job == job)
     if state is not None:
         query = query.where(Run.state == state)
     if before_id is not None:
         query = query.where(Run.id < before_id)
-    return query.count()
+    return query
 
 
 def run_summary(run_id: int) -> RunSummary:
