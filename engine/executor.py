@@ -37,6 +37,8 @@ from engine.worker import (boot_ticks, decode, encode, env_key, input_variables,
 
 KILL_GRACE_S = 5.0
 SPARES = 2
+INHERITED_PEAK_MARGIN_KB = 8 * 1024
+"""A shell step's peak memory counts only when above the engine's own mark by this much (see _reap_shell)."""
 """Processes each worker keeps forked ahead of need: one per slot of a 2-CPU machine's default parallelism."""
 SPARE_IDLE_S = 60.0
 """Spares unused this long are let go (a daemon between runs holds no idle processes)."""
@@ -477,7 +479,10 @@ class Executor:
         code = os.waitstatus_to_exitcode(status) if status is not None else None
         process.returncode = code  # reaped: subprocess must not try again
         self._shells.pop(key, None)
-        peak = usage.ru_maxrss * 1024 if usage and usage.ru_maxrss > engine_peak_kb else None
+        # Above the engine's own mark by a margin: Linux counts each thread's pages in batches, so the mark the
+        # engine read a moment before the vfork can trail the one the step inherited by a few megabytes.
+        peak = (usage.ru_maxrss * 1024 if usage and usage.ru_maxrss > engine_peak_kb + INHERITED_PEAK_MARGIN_KB
+                else None)
         self._exited(Exited(key, code if code is not None and code >= 0 else None,
                             -code if code is not None and code < 0 else None,
                             usage.ru_utime + usage.ru_stime if usage else None, peak, self._clock()))
