@@ -14,6 +14,7 @@ from cli.main import Settings, group, load_job_files, pass_settings
 from cli.remote import stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
+from engine.humanize import natural_key
 from engine.loader import LoadResult
 from engine.states import GLYPHS, drawn_state, waiting_note
 
@@ -56,7 +57,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
     paused = {name: j.paused for name, j in catalog.items()}
     now = datetime.now(timezone.utc)
     entries: list[dict[str, Any]] = []
-    for name, job_def in sorted(result.jobs.items()):
+    for name, job_def in sorted(result.jobs.items(), key=lambda item: natural_key(item[0])):
         # The engine's own next fire keeps an interval's phase; without an engine, compute it.
         recorded = catalog[name].next_fire_at if name in catalog else None
         next_fire = recorded if recorded and recorded > now else timing.next_fire(
@@ -123,8 +124,9 @@ def runs(settings: Settings, job: str | None, status: str | None, limit: int, be
     """Run history, newest first."""
     settings.open_home(to_read=True)
     found = query.list_runs(job=job, state=status, limit=limit, before_id=before_id)
-    total = query.count_runs(job=job, state=status, before_id=before_id)
-    next_before = found[-1].id if len(found) < total else None
+    total = query.count_runs(job=job, state=status)  # every page's: it stays the same from page to page
+    older = query.count_runs(job=job, state=status, before_id=found[-1].id) if found else 0
+    next_before = found[-1].id if older else None
     if as_json:
         render.print_json({"runs": found, "total": total, "next_before": next_before})
         return
@@ -369,7 +371,7 @@ def _say_if_cut(run_id: int, step: str, attempt: int) -> None:
 
 def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str, int], int], prefix: str,
                      header: str | None, tail: int | None = None) -> None:
-    from engine.logread import read_from, tail_start
+    from engine.logread import read_from, read_unended, tail_start
 
     key = (name, item.number)
     first = key not in offsets
@@ -386,6 +388,10 @@ def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str
         if new_offset == offset:
             break
         offset = new_offset
+    if item.state != "running":  # its last line may never have ended (a kill, a full disk): it is final
+        rest, offset = read_unended(item.log_path, offset)
+        if rest:
+            click.echo(f"{prefix}{rest[0]}")
     if headed and offset == 0:
         click.echo("(no output)")  # a section of its own, not the next step's header right below
     offsets[key] = offset

@@ -1,6 +1,8 @@
 """Numbers as people read them, shared by the command line and the console: 850ms, 12.3s, 4m05s, 31.5MB."""
 from __future__ import annotations
 
+import re
+
 
 def duration(seconds: float | None) -> str:
     """850ms, 12.3s, 4m05s, 2h03m, 3d04h; "-" for None."""
@@ -30,3 +32,8 @@ def byte_size(value: int | None) -> str:
             return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1024
     return f"{size:.1f}GB"
+
+
+def natural_key(name: str) -> list[str | int]:
+    """Sort key reading runs of digits as numbers: job_2 before job_10, as people count."""
+    return [int(piece) if piece.isdigit() else piece.lower() for piece in re.split(r"(\d+)", name)]

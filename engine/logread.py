@@ -86,6 +86,19 @@ def read_from(path: str | os.PathLike[str], offset: int, max_bytes: int = 1 << 2
     return [decode_line(line) for line in lines], offset + cut + 1
 
 
+def read_unended(path: str | os.PathLike[str], offset: int) -> tuple[list[str], int]:
+    """The last line of a finished log that has no newline (the step was killed, or a full disk cut it), and
+    the file's end; read_from keeps waiting for the end of such a line."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(MAX_LINE_CHARS * 4)
+            end = handle.seek(0, os.SEEK_END)
+    except OSError:
+        return [], offset
+    return ([decode_line(data, total_bytes=end - offset)] if data else []), end
+
+
 def _line_end(handle: BinaryIO) -> int | None:
     """The offset of the next newline from the handle's position on, or None if the file ends first."""
     while True:

@@ -355,3 +355,26 @@ async def test_a_followed_log_that_outgrows_the_pane_says_so_at_its_top():
         assert log.lines[0] == (f"… earlier lines not shown: the pane keeps the last {keep - 1:,}; `stepline logs` "
                                 "prints all of them")
         assert log.lines[1] == "line 3" and log.lines[-1] == "and another"
+
+
+async def test_a_log_a_full_disk_cut_short_says_so_at_its_end(harness):
+    import subprocess
+
+    logs = harness.home.logs
+    logs.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(logs)], capture_output=True).returncode:
+        pytest.skip("mounting a 1 MB tmpfs needs root")
+    try:
+        harness.write_job("fill.py", """
+            fill = shell("fill", "for i in $(seq 1 30000); do echo 'filler line of about seventy characters' $i; done")
+            j = job("j", [fill])
+        """)
+        run = harness.run_now("j")
+        app = make_app(harness)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            select(app, is_run(run.id))
+            await settle_until(pilot, lambda: log_lines(app) and log_lines(app)[-1].startswith("[stepline: the log"))
+            assert log_lines(app)[-1].endswith("No space left on device; the rest of the step's output was lost]")
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)

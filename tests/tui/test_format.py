@@ -100,3 +100,10 @@ def test_a_step_line_too_long_for_the_tree_cuts_the_name_not_the_duration():
     assert fmt.step_label(step, now, width=40).plain == "✓ transform_stage_number_01  2ms  ×2"
     assert fmt.step_label(step, now, width=25).plain == "✓ transform_sta…  2ms  ×2"
     assert fmt.step_label(step, now, width=25).cell_len == 25
+
+
+def test_job_names_sort_as_people_count():
+    from engine.humanize import natural_key
+
+    assert sorted(["job_10", "job_2", "Job_1", "etl", "job_100"], key=natural_key) == [
+        "etl", "Job_1", "job_2", "job_10", "job_100"]

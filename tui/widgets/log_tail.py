@@ -29,7 +29,7 @@ from textual.strip import Strip
 from textual.widgets import Input, Log, Static
 from textual.worker import get_current_worker
 
-from engine.logread import read_from
+from engine.logread import read_from, read_unended
 from engine.query import AttemptView
 
 MAX_LINES = 10_000
@@ -174,6 +174,14 @@ class TailLog(Log):
 
 
 CUT_STYLE = Style(dim=True)
+
+
+def _log_cut(run_id: int, step: str, number: int) -> str | None:
+    """Why the attempt's log lacks the end of its output, if a full disk cut it (read on a worker's thread)."""
+    from engine import store
+    from tui.data import closing_connection
+
+    return closing_connection(lambda: store.log_cuts(run_id)).get((step, number))
 
 
 def _widest(lines: list[str]) -> int:
@@ -329,10 +337,11 @@ class LogTail(Vertical):
             return
         self._reading = True
         self._read(self._token, attempt.log_path, self._offset, not self._raw and self._offset == 0,
-                   attempt.state != "running")
+                   attempt.state != "running", (source.run_id, source.step, attempt.number))
 
     @work(thread=True, group="log-read")
-    def _read(self, token: int, path: str, offset: int, first: bool, finished: bool) -> None:
+    def _read(self, token: int, path: str, offset: int, first: bool, finished: bool,
+              attempt: tuple[int, str, int]) -> None:
         try:
             size = os.path.getsize(path)
         except OSError:
@@ -351,9 +360,16 @@ class LogTail(Vertical):
                                 "prints all of it")
         else:
             lines, end = read_from(path, offset)
+        if finished and end < size:  # a last line the step never ended (cut by a kill or a full disk)
+            tail, end = read_unended(path, end)
+            lines += tail
+        lines = [local_stamp(line) for line in lines]
+        if finished and end >= size:
+            cut = _log_cut(*attempt)
+            if cut:  # a full disk ended the file early: its end says so, as `stepline logs` does
+                lines.append(f"[stepline: {cut}]")
         if not get_current_worker().is_cancelled:
-            self.post_message(self._Read(token, [local_stamp(line) for line in lines], end, reset, False,
-                                         finished and end >= size))
+            self.post_message(self._Read(token, lines, end, reset, False, finished and end >= size))
 
     def on_log_tail__read(self, message: _Read) -> None:
         self._reading = False

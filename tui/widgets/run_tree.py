@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from engine.humanize import natural_key
 from engine.query import JobSummary, RunSummary, RunView, StepView
 from tui import format as fmt
 
@@ -131,12 +132,12 @@ class RunTree(Tree[NodeData]):
         by_name = {j.name: j for j in jobs}
         self.catalog_known = bool(jobs)
         self.problems_by_file = {file: (line, message) for file, line, message in reversed(problems)}
-        names = sorted(set(by_name) | set(last_runs))
+        names = sorted(set(by_name) | set(last_runs), key=natural_key)
         added = []
         for name in names:
             node = self.jobs.get(name)
             if node is None:
-                later = [n for n in sorted(self.jobs) if n > name]
+                later = [n for n in sorted(self.jobs, key=natural_key) if natural_key(n) > natural_key(name)]
                 before = self.jobs[later[0]] if later else None
                 data = JobNode(name, by_name.get(name), last_runs.get(name))
                 node = self.root.add(self._job_label(data), data, before=before)
