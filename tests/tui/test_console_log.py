@@ -378,3 +378,27 @@ async def test_a_log_a_full_disk_cut_short_says_so_at_its_end(harness):
             assert log_lines(app)[-1].endswith("No space left on device; the rest of the step's output was lost]")
     finally:
         subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+async def test_the_timeline_of_a_running_run_keeps_time(harness, engine):
+    import time
+
+    from engine import query
+    from tui.widgets.timeline import TimelineScreen
+
+    harness.write_job("slow.py", 'slow = job("slow", [shell("wait", "sleep 300")])\n')
+    engine.start()
+    ahead = [0.0]
+    app = make_app(harness, mode="embedded", clock=lambda: time.time() + ahead[0])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "slow")
+        await settle_until(pilot, lambda: query.get_run(1).step("wait").state == "running")
+        await pilot.press("T")
+        await settle_until(pilot, lambda: isinstance(app.screen, TimelineScreen))
+        ahead[0] = 3600.0  # an hour on, the run still running: the chart's clock moves with it
+
+        def title() -> str:
+            return str(app.screen.query_one("#timeline-title").render())
+
+        await settle_until(pilot, lambda: "1h00m so far" in title())

@@ -249,6 +249,15 @@ class Timeline(Vertical):
         self.now = now
         self._cache: tuple[int, TimelineText] | None = None
 
+    def move_clock(self, now: datetime) -> None:
+        """A running run's bars grow with the clock (what ran is as loaded; T again reads new attempts)."""
+        self.now = now
+        self._cache = None
+        for part in self.query(_TimelineAxis).results():
+            part.refresh()
+        for rows in self.query(_TimelineRows).results():
+            rows.refresh()
+
     def chart(self, width: int) -> TimelineText:
         """The chart at `width`, computed once per width."""
         if self._cache is None or self._cache[0] != width:
@@ -299,6 +308,15 @@ class TimelineScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(Timeline).query_one(VerticalScroll).focus()
+        if self.run.run.state in ("running", "queued"):
+            self.set_interval(1.0, self._tick)
+
+    def _tick(self) -> None:
+        from tui import format as fmt
+
+        self.now = fmt.utc_now(self.app.clock())  # type: ignore[attr-defined]
+        self.query_one(Timeline).move_clock(self.now)
+        self.query_one("#timeline-title", Static).update(self._title())
 
     def action_close(self) -> None:
         self.dismiss(None)
