@@ -159,8 +159,11 @@ async def test_ticks_that_change_nothing_on_screen_repaint_nothing(harness, engi
         await settle(pilot)
         await run_first_run_of(pilot, app, "slow")
         await pilot.press("enter")
-        await settle_until(pilot, lambda: "● wait" in tree_text(app))
         screen = app.main_screen
+        # Settled: the step runs and the header has counted the run as running (no event comes after that).
+        await settle_until(pilot, lambda: "● wait" in tree_text(app)
+                           and "● 1 running" in screen.header.render().plain)
+        await settle(pilot)
         header_text = screen.header._shown
         labels = {id(node): node._updates for node in screen.run_tree._tree_nodes.values()}
         for _ in range(8):
