@@ -65,9 +65,9 @@ class InfoNode:
 
 
 JOB_LINE_INDENT = 3
+"""Columns a job line needs besides its label: the expander and the scrollbar."""
 STEP_LINE_INDENT = 7
 """Cells before a step's label (its run's guide and its own) and the scrollbar's."""
-"""Columns a job line needs besides its label: the expander and the scrollbar."""
 
 NodeData = JobNode | RunNode | StepNode | MoreNode | ProblemNode | InfoNode | None
 
@@ -242,7 +242,7 @@ class RunTree(Tree[NodeData]):
             data.oldest_id = min(r.id for r in runs) if data.oldest_id is None else min(
                 data.oldest_id, *(r.id for r in runs))
         if has_more and data.oldest_id is not None:
-            node.add_leaf(Text("… more runs (enter)", style="italic bright_black"), MoreNode(job, data.oldest_id))
+            self._add_more_line(node, data)
         # A job without runs says "no runs" on its own line; only a filter that hides runs needs a child.
         if not node.children and self.run_filter != "all":
             empty = f"no {self.run_filter} runs (f: filter)"
@@ -297,10 +297,23 @@ class RunTree(Tree[NodeData]):
         cursor = self.cursor_line_node()
         if cursor is not None and (cursor is node or cursor.parent is node):
             return
+        self._remove_run(node, run_id)
+
+    def _remove_run(self, node: TreeNode[NodeData], run_id: int) -> None:
         self.runs.pop(run_id, None)
         for key in [key for key in self.steps if key[0] == run_id]:
             del self.steps[key]
         node.remove()
+
+    def _add_more_line(self, job_node: TreeNode[NodeData], data: JobNode) -> None:
+        """The "more runs" line at the end of a job's runs (the only one): enter loads the runs before its
+        oldest shown run."""
+        assert data.oldest_id is not None
+        for child in list(job_node.children):
+            if isinstance(child.data, MoreNode):
+                child.remove()
+        job_node.add_leaf(Text("… more runs (enter)", style="italic bright_black"),
+                          MoreNode(data.name, data.oldest_id))
 
     def _keep_newest_runs(self, job_node: TreeNode[NodeData]) -> None:
         """A console left open on a job that runs every minute would hold every run since it opened (memory
@@ -317,18 +330,11 @@ class RunTree(Tree[NodeData]):
         for node in old:
             run_data = node.data
             assert isinstance(run_data, RunNode)
-            self.runs.pop(run_data.summary.id, None)
-            for name in [name for (run_id, name) in self.steps if run_id == run_data.summary.id]:
-                del self.steps[run_data.summary.id, name]
-            node.remove()
+            self._remove_run(node, run_data.summary.id)
         job_data = job_node.data
         assert isinstance(job_data, JobNode)
         job_data.oldest_id = min(c.data.summary.id for c in runs[:KEPT_RUNS])  # type: ignore[union-attr]
-        for child in list(job_node.children):
-            if isinstance(child.data, MoreNode):
-                child.remove()
-        job_node.add_leaf(Text("… more runs (enter)", style="italic bright_black"),
-                          MoreNode(job_data.name, job_data.oldest_id))
+        self._add_more_line(job_node, job_data)
 
     def watch_cursor_line(self, previous_line: int, line: int) -> None:
         super().watch_cursor_line(previous_line, line)
