@@ -250,9 +250,7 @@ def format_run(run: query.RunView, attempts: dict[str, list[query.AttemptView]],
         states.append(step.state)
     lines.append(render.table(["step", "state", "tries", "duration", "exit", "cpu", "peak mem", "reason / output"],
                               rows, states, 1, color))
-    from engine import store
-
-    for (step_name, number), cut in sorted(store.log_cuts(summary.id).items()):
+    for (step_name, number), cut in sorted(_log_cuts(summary.id).items()):
         lines.append(f"log of {step_name} (attempt {number}): {cut}")
     for step in run.steps:
         if step.state == "failed" and step.reason and step.reason.detail:
@@ -308,6 +306,7 @@ def logs(settings: Settings, run_id: int, step: str | None, attempt: int | None,
 def _print_logs(run_id: int, chosen: list[str], step: str | None, attempt: int | None, follow: bool,
                 tail: int | None = None) -> None:
     offsets: dict[tuple[str, int], int] = {}
+    cuts = {} if follow else _log_cuts(run_id)  # following, the cuts are known at the end (see _drain)
     next_owner_check = time.monotonic() + 1.0
     multiple = len(chosen) > 1
     while True:
@@ -330,7 +329,7 @@ def _print_logs(run_id: int, chosen: list[str], step: str | None, attempt: int |
                                  header=None if follow or not multiple else f"== {name} (attempt {item.number}) ==",
                                  tail=tail)
                 if not follow:
-                    _say_if_cut(run_id, name, item.number)
+                    _say_if_cut(cuts, name, item.number)
         if not follow:
             return
         current = query.run_summary(run_id)
@@ -354,17 +353,22 @@ def _print_logs(run_id: int, chosen: list[str], step: str | None, attempt: int |
 
 
 def _drain(run_id: int, names: list[str], offsets: dict[tuple[str, int], int], multiple: bool) -> None:
+    cuts = _log_cuts(run_id)
     for name in names:
         for item in query.attempts(run_id, name):
             _print_new_lines(item, name, offsets, prefix=f"{name} | " if multiple else "", header=None)
-            _say_if_cut(run_id, name, item.number)
+            _say_if_cut(cuts, name, item.number)
 
 
-def _say_if_cut(run_id: int, step: str, attempt: int) -> None:
-    """A log a full disk cut short says so where it ends, not only in the engine's log."""
+def _log_cuts(run_id: int) -> dict[tuple[str, int], str]:
     from engine import store
 
-    cut = store.log_cuts(run_id).get((step, attempt))
+    return store.log_cuts(run_id)
+
+
+def _say_if_cut(cuts: dict[tuple[str, int], str], step: str, attempt: int) -> None:
+    """A log a full disk cut short says so where it ends, not only in the engine's log."""
+    cut = cuts.get((step, attempt))
     if cut:
         click.echo(f"[stepline: {cut}]")
 

@@ -91,9 +91,11 @@ def _refuse_if_job_file_broken(run_id: int) -> None:
     from engine.reader import read_job_files
 
     row = store.Run.get_or_none(store.Run.id == run_id)
-    if row is None or not os.path.exists(JobPlan.from_json(row.snapshot).file):
+    if row is None:
         return  # the engine says what is wrong
     path = JobPlan.from_json(row.snapshot).file
+    if not os.path.exists(path):
+        return
     [(jobs, problems)] = read_job_files([Path(path)], import_timeout_s())
     if problems and row.job not in {job_def.name for job_def in jobs}:
         raise NotApplicableError(f"job '{row.job}' of run {run_id} does not load from {display_path(path)} now "

@@ -421,8 +421,7 @@ class EngineService:
                                          trigger=command["payload"].get("trigger", "manual"),
                                          max_active_runs=job_def.max_active_runs)
             if active >= job_def.max_active_runs:
-                return (f"run {new_id} of {job} queued: {active} run{'s' if active != 1 else ''} of it active, "
-                        f"max_active_runs={job_def.max_active_runs}"), new_id
+                return f"run {new_id} of {job} queued: {_waiting(active, 'it', job_def.max_active_runs)}", new_id
             return f"run {new_id} of {job} started", new_id
         if kind == "retry":
             if run_id not in self.engine.active_run_ids:  # its own queued runs have no engine recorded yet
@@ -433,8 +432,8 @@ class EngineService:
             active = self.engine.active_runs_of(job_name) if job_name else 0
             again = self.engine.retry(run_id, command["step"], max_active_runs=limit)
             if self.engine.is_queued(run_id):
-                return (f"retry of {', '.join(again)} in run {run_id} queued: {active} run"
-                        f"{'s' if active != 1 else ''} of {job_name} active, max_active_runs={limit}"), run_id
+                waiting = _waiting(active, job_name, limit)
+                return f"retry of {', '.join(again)} in run {run_id} queued: {waiting}", run_id
             return f"retrying {', '.join(again)} in run {run_id}", run_id
         if kind == "cancel":
             if run_id in self.engine.active_run_ids:
@@ -459,3 +458,8 @@ class EngineService:
                 self.scheduler.resume(job)
             return f"{job} {'paused' if kind == 'pause' else 'resumed'}", None
         raise NotApplicableError(f"unknown command '{kind}'")
+
+
+def _waiting(active: int, job: str | None, max_active_runs: int | None) -> str:
+    """Why a run (or a retry) waits its turn: "1 run of it active, max_active_runs=1"."""
+    return f"{active} run{'s' if active != 1 else ''} of {job} active, max_active_runs={max_active_runs}"

@@ -23,7 +23,7 @@ from peewee import (AutoField, BlobField, BooleanField, CharField, FloatField, F
 
 from engine.errors import StateDirError
 from engine.home import Home, unusable_database
-from engine.states import waiting_note
+from engine.states import RunState, waiting_note
 
 SCHEMA_VERSION = 2
 AUTOCHECKPOINT_PAGES = 10_000
@@ -674,7 +674,7 @@ def process_identity() -> tuple[int, float]:
 
 # --- retention -------------------------------------------------------------------------------------------------
 
-ENDED_RUN_STATES = ("succeeded", "failed", "cancelled")
+ENDED_RUN_STATES = tuple(state.value for state in RunState if state.is_terminal)
 
 
 def prunable_runs(ended_before: float) -> list[int]:
