@@ -368,9 +368,11 @@ def _log_cuts(run_id: int) -> dict[tuple[str, int], str]:
 
 def _say_if_cut(cuts: dict[tuple[str, int], str], step: str, attempt: int) -> None:
     """A log a full disk cut short says so where it ends, not only in the engine's log."""
+    from engine.logread import cut_note
+
     cut = cuts.get((step, attempt))
     if cut:
-        click.echo(f"[stepline: {cut}]")
+        click.echo(cut_note(cut))
 
 
 def _print_new_lines(item: query.AttemptView, name: str, offsets: dict[tuple[str, int], int], prefix: str,

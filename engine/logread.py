@@ -86,6 +86,11 @@ def read_from(path: str | os.PathLike[str], offset: int, max_bytes: int = 1 << 2
     return [decode_line(line) for line in lines], offset + cut + 1
 
 
+def cut_note(reason: str) -> str:
+    """The line that ends a log a full disk cut short (`stepline logs` and the console print it the same)."""
+    return f"[stepline: {reason}]"
+
+
 def read_unended(path: str | os.PathLike[str], offset: int) -> tuple[list[str], int]:
     """The last line of a finished log that has no newline (the step was killed, or a full disk cut it), and
     the file's end; read_from keeps waiting for the end of such a line."""

@@ -29,7 +29,7 @@ from textual.strip import Strip
 from textual.widgets import Input, Log, Static
 from textual.worker import get_current_worker
 
-from engine.logread import read_from, read_unended
+from engine.logread import cut_note, read_from, read_unended
 from engine.query import AttemptView
 
 MAX_LINES = 10_000
@@ -367,7 +367,7 @@ class LogTail(Vertical):
         if finished and end >= size:
             cut = _log_cut(*attempt)
             if cut:  # a full disk ended the file early: its end says so, as `stepline logs` does
-                lines.append(f"[stepline: {cut}]")
+                lines.append(cut_note(cut))
         if not get_current_worker().is_cancelled:
             self.post_message(self._Read(token, lines, end, reset, False, finished and end >= size))
 
