@@ -32,8 +32,8 @@ import psutil
 
 from engine.jobfile import engine_path
 from engine.logpump import LogPump
-from engine.worker import (boot_ticks, decode, encode, env_key, input_variables, receive, send_with_fds,
-                           start_ticks)
+from engine.worker import (BIND_NOW_MARK, boot_ticks, decode, encode, env_key, input_variables, receive,
+                           send_with_fds, start_ticks)
 
 KILL_GRACE_S = 5.0
 SPARES = 2
@@ -171,6 +171,20 @@ def environment_changes(env: dict[str, str], base: dict[str, str]) -> tuple[dict
     return changed, [key for key in base if key not in env]
 
 
+def worker_start_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment the worker starts with: its own (`environ`), and the dynamic linker told to bind
+    every symbol at start-up unless the user chose otherwise.
+
+    Lazy binding writes each function's address into the process the first time it is called. In the
+    worker, what its attempts call first would be bound in every forked attempt again, each write a
+    copy-on-write page copy (about 16 per attempt). The worker removes the variable again at once
+    (worker.BIND_NOW_MARK), so steps and the programs they run start as they would anywhere.
+    """
+    if "LD_BIND_NOW" in environ:
+        return environ
+    return {**environ, "LD_BIND_NOW": BIND_NOW_MARK}
+
+
 class Worker:
     """One `python -m engine.worker` process for one job file."""
 
@@ -198,7 +212,7 @@ class Worker:
                 [sys.executable, "-P", "-m", "engine.worker", str(worker_end.fileno()), str(spare_count),
                  str(spare_idle_s), job_file] + ([source_file] if source_file else []),
                 pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                cwd=os.path.dirname(job_file) or None, env=self.environ,
+                cwd=os.path.dirname(job_file) or None, env=worker_start_environment(self.environ),
                 # Its own session: a terminal's Ctrl-C or hang-up reaches the engine, which decides; the
                 # worker goes when the engine closes its socket.
                 start_new_session=True)

@@ -741,7 +741,13 @@ def abandon(children: dict[int, int | None], spares: set[int]) -> None:
             pass
 
 
+BIND_NOW_MARK = "stepline-worker"
+"""LD_BIND_NOW as the engine sets it for the worker alone (executor.worker_start_environment)."""
+
+
 def main() -> None:
+    if os.environ.get("LD_BIND_NOW") == BIND_NOW_MARK:
+        del os.environ["LD_BIND_NOW"]  # bound already; the attempts' environment is the engine's
     fd, spare_count, spare_idle_s, job_file = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     source_file = sys.argv[5] if len(sys.argv) > 5 else None
     sock = socket.socket(fileno=fd)

@@ -245,6 +245,38 @@ def test_a_job_file_broken_after_loading_fails_the_step_with_the_import_error(ho
     assert query.get_run(run_id).step("b").state == "succeeded"
 
 
+@pytest.mark.parametrize("users_setting", [None, "1"])
+def test_steps_see_the_engines_environment_not_the_workers_start_up_settings(home, write_job, monkeypatch,
+                                                                              users_setting):
+    # The worker starts with LD_BIND_NOW (its attempts then bind nothing themselves); a Python step, a shell
+    # step and a program either starts see the variable only if the user set it.
+    if users_setting is None:
+        monkeypatch.delenv("LD_BIND_NOW", raising=False)
+    else:
+        monkeypatch.setenv("LD_BIND_NOW", users_setting)
+    write_job("j.py", """
+        import os, subprocess
+
+        @step
+        def py():
+            child = subprocess.run(["sh", "-c", "echo ${LD_BIND_NOW-unset}"], capture_output=True, text=True)
+            return [os.environ.get("LD_BIND_NOW", "unset"), child.stdout.strip()]
+
+        sh = shell("sh", "echo ${LD_BIND_NOW-unset} > $STEPLINE_OUTPUT", after=[py])
+        j = job("j", [py, sh])
+    """)
+    engine = home.engine()
+    try:
+        run_id = engine.submit(home.load().jobs["j"])
+        engine.run_until_done([run_id])
+    finally:
+        engine.close()
+    run = query.get_run(run_id)
+    expected = users_setting or "unset"
+    assert run.step("py").output_preview == repr([expected, expected])
+    assert run.step("sh").output_preview == repr(expected)
+
+
 def test_a_new_attempt_runs_the_job_files_current_code(home, write_job):
     path = write_job("j.py", """
         @step
