@@ -215,10 +215,23 @@ def attempts(run_id: int, step: str) -> list[AttemptView]:
     """Attempts of one step run, oldest first."""
     query = (Attempt.select(Attempt).join(StepRun)
              .where((StepRun.run == run_id) & (StepRun.name == step)).order_by(Attempt.number))
-    return [AttemptView(number=a.number, state=a.state, started_at=utc(a.started_at), ended_at=utc(a.ended_at),
-                        pid=a.pid, exit_code=a.exit_code, signal=a.signal, cpu_s=a.cpu_s,
-                        peak_rss_bytes=a.peak_rss_bytes, log_path=a.log_path, reason=_reason(a.reason, a.detail))
-            for a in query]
+    return [_attempt_view(a) for a in query]
+
+
+def run_attempts(run_id: int) -> dict[str, list[AttemptView]]:
+    """Attempts of every step of a run by step name, each step's oldest first: one query, not one per step."""
+    query = (Attempt.select(Attempt, StepRun.name).join(StepRun)
+             .where(StepRun.run == run_id).order_by(StepRun.id, Attempt.number))
+    by_step: dict[str, list[AttemptView]] = {}
+    for row in query:
+        by_step.setdefault(row.step_run.name, []).append(_attempt_view(row))
+    return by_step
+
+
+def _attempt_view(a: Attempt) -> AttemptView:
+    return AttemptView(number=a.number, state=a.state, started_at=utc(a.started_at), ended_at=utc(a.ended_at),
+                       pid=a.pid, exit_code=a.exit_code, signal=a.signal, cpu_s=a.cpu_s,
+                       peak_rss_bytes=a.peak_rss_bytes, log_path=a.log_path, reason=_reason(a.reason, a.detail))
 
 
 def events_since(last_id: int, limit: int = 1000, run_id: int | None = None) -> list[EventView]:

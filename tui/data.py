@@ -168,7 +168,8 @@ def load_attempts(run_id: int, step: str) -> list[AttemptView]:
 
 def load_timeline(run_id: int) -> tuple[RunView, dict[str, list[AttemptView]]]:
     view = query.get_run(run_id)
-    return view, {s.name: query.attempts(run_id, s.name) for s in view.steps}
+    by_step = query.run_attempts(run_id)
+    return view, {s.name: by_step.get(s.name, []) for s in view.steps}
 
 
 def write_command(kind: str, **fields: object) -> int:

@@ -16,12 +16,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ScrollableContainer
-from textual.screen import Screen
 from textual.widgets import Static
 
 from engine.plan import JobPlan
-from engine.query import RunView, StepView
+from engine.query import AttemptView, RunView, StepView
 from engine.states import COLORS, GLYPHS, drawn_state
+from tui.live_run import LiveRunScreen
 from tui.widgets.footer import KeyFooter
 
 LEGEND = (("✓", "succeeded"), ("✗", "failed"), ("●", "running"), ("◷", "waiting"), ("↻", "waiting to retry"),
@@ -328,9 +328,13 @@ class DagGraph(ScrollableContainer):
     def compose(self) -> ComposeResult:
         yield Static(render_graph(self.run), id="graph-body")
 
+    def show(self, run: RunView) -> None:
+        self.run = run
+        self.query_one("#graph-body", Static).update(render_graph(run))
 
-class GraphScreen(Screen[None]):
-    """`D`: the job's dependency graph, steps marked with their state in the selected run."""
+
+class GraphScreen(LiveRunScreen):
+    """`D`: the job's dependency graph, steps marked with their state in the selected run (kept up while it runs)."""
 
     BINDINGS = [
         Binding("escape", "close", "Close"),
@@ -340,18 +344,18 @@ class GraphScreen(Screen[None]):
     GraphScreen > #graph-title { height: 1; padding: 0 1; text-style: bold; }
     """
 
-    def __init__(self, run: RunView) -> None:
-        super().__init__()
-        self.run = run
-
     def compose(self) -> ComposeResult:
         yield Static(run_title(self.run), id="graph-title", markup=False)
         yield DagGraph(self.run)
         yield Legend(LEGEND, id="graph-legend")
         yield KeyFooter()
 
-    def on_mount(self) -> None:
+    def on_mount(self) -> None:  # LiveRunScreen's runs too: Textual calls the handler of every class
         self.query_one(DagGraph).focus()
+
+    def show_run(self, run: RunView, attempts: dict[str, list[AttemptView]]) -> None:
+        self.query_one("#graph-title", Static).update(run_title(run))
+        self.query_one(DagGraph).show(run)
 
     def action_close(self) -> None:
         self.dismiss(None)

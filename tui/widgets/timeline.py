@@ -17,7 +17,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -25,6 +24,7 @@ from engine.humanize import duration
 from engine.query import AttemptView, RunView, StepView
 from engine.states import COLORS, GLYPHS
 from tui.widgets.dag_graph import Legend, run_title, shorten, step_drawn_state
+from tui.live_run import LIVE_STATES, LiveRunScreen
 from tui.widgets.footer import KeyFooter
 
 FILLS = {"succeeded": "█", "failed": "▓", "running": "▒", "cancelled": "╳", "waiting": "░"}
@@ -249,14 +249,14 @@ class Timeline(Vertical):
         self.now = now
         self._cache: tuple[int, TimelineText] | None = None
 
-    def move_clock(self, now: datetime) -> None:
-        """A running run's bars grow with the clock (what ran is as loaded; T again reads new attempts)."""
-        self.now = now
+    def show(self, run: RunView, attempts: dict[str, list[AttemptView]], now: datetime) -> None:
+        """Draw the run again: read anew, or its bars grown with the clock."""
+        self.run, self.attempts, self.now = run, attempts, now
         self._cache = None
         for part in self.query(_TimelineAxis).results():
             part.refresh()
         for rows in self.query(_TimelineRows).results():
-            rows.refresh()
+            rows.refresh(layout=True)  # a retry's reset can change nothing in height, but a new plan could
 
     def chart(self, width: int) -> TimelineText:
         """The chart at `width`, computed once per width."""
@@ -270,8 +270,8 @@ class Timeline(Vertical):
             yield _TimelineRows()
 
 
-class TimelineScreen(Screen[None]):
-    """`T`: the selected run as a Gantt chart of its steps and their attempts."""
+class TimelineScreen(LiveRunScreen):
+    """`T`: the selected run as a Gantt chart of its steps and their attempts; a live run's chart keeps up."""
 
     BINDINGS = [
         Binding("escape", "close", "Close"),
@@ -283,14 +283,13 @@ class TimelineScreen(Screen[None]):
     """
 
     def __init__(self, run: RunView, attempts: dict[str, list[AttemptView]], now: datetime) -> None:
-        super().__init__()
-        self.run = run
+        super().__init__(run)
         self.attempts = attempts
-        self.now = now
+        self.clock_now = now
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="timeline-title", classes="timeline-line")
-        yield Timeline(self.run, self.attempts, self.now)
+        yield Timeline(self.run, self.attempts, self.clock_now)
         yield Legend(TIMELINE_LEGEND, id="timeline-legend")
         yield KeyFooter()
 
@@ -300,22 +299,25 @@ class TimelineScreen(Screen[None]):
         if summary.started_at is not None:
             # UTC, not local time: the axis is relative anyway, and this keeps snapshots machine-independent.
             title.append(f"  {summary.started_at:%Y-%m-%d %H:%M:%S} UTC", style="not bold bright_black")
-            live = summary.state in ("running", "queued")
-            took = summary.duration_s(self.now if live else None)
+            live = summary.state in LIVE_STATES
+            took = summary.duration_s(self.clock_now if live else None)
             if took is not None:
                 title.append(f" · {duration_text(took)}{' so far' if live else ''}", style="not bold bright_black")
         return title
 
-    def on_mount(self) -> None:
+    def on_mount(self) -> None:  # LiveRunScreen's runs too: Textual calls the handler of every class
         self.query_one(Timeline).query_one(VerticalScroll).focus()
-        if self.run.run.state in ("running", "queued"):
-            self.set_interval(1.0, self._tick)
 
-    def _tick(self) -> None:
-        from tui import format as fmt
+    def tick(self) -> None:
+        """The bars grow with the clock at once; what ran since comes with the run read again."""
+        super().tick()
+        self.clock_now = self.now()
+        self.query_one(Timeline).show(self.run, self.attempts, self.clock_now)
+        self.query_one("#timeline-title", Static).update(self._title())
 
-        self.now = fmt.utc_now(self.app.clock())  # type: ignore[attr-defined]
-        self.query_one(Timeline).move_clock(self.now)
+    def show_run(self, run: RunView, attempts: dict[str, list[AttemptView]]) -> None:
+        self.attempts = attempts
+        self.query_one(Timeline).show(run, attempts, self.clock_now)
         self.query_one("#timeline-title", Static).update(self._title())
 
     def action_close(self) -> None:
