@@ -1,6 +1,8 @@
-"""Numbers as people read them, shared by the command line and the console: 850ms, 12.3s, 4m05s, 31.5MB."""
+"""Numbers and paths as people read them, shared by the command line and the console: 850ms, 12.3s, 4m05s,
+31.5MB, jobs/etl.py."""
 from __future__ import annotations
 
+import os
 import re
 
 
@@ -37,3 +39,13 @@ def byte_size(value: int | None) -> str:
 def natural_key(name: str) -> list[str | int]:
     """Sort key reading runs of digits as numbers: job_2 before job_10, as people count."""
     return [int(piece) if piece.isdigit() else piece.lower() for piece in re.split(r"(\d+)", name)]
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """`path` relative to the working directory when it lies below it ("jobs/etl.py"), else as given."""
+    text = os.fspath(path)
+    try:
+        relative = os.path.relpath(text)
+    except ValueError:
+        return text
+    return text if relative.startswith("..") else relative

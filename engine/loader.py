@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.definition import RESERVED_PARAMETERS, JobDef, StepDef, collecting_jobs
 from engine.errors import JobDefinitionError
+from engine.humanize import display_path
 from engine.jobfile import ExitAtImport, import_job_file, import_timeout_s, is_from
 from engine.worker import env_key
 
@@ -43,16 +44,6 @@ class LoadResult:
     """Every problem of every file, in file order."""
     files: tuple[str, ...] = ()
     """Job files looked at."""
-
-
-def display_path(path: str | os.PathLike[str]) -> str:
-    """`path` relative to the working directory when it lies below it."""
-    text = os.fspath(path)
-    try:
-        relative = os.path.relpath(text)
-    except ValueError:
-        return text
-    return text if relative.startswith("..") else relative
 
 
 def job_files(jobs_dir: Path) -> list[Path]:

@@ -107,3 +107,15 @@ def test_job_names_sort_as_people_count():
 
     assert sorted(["job_10", "job_2", "Job_1", "etl", "job_100"], key=natural_key) == [
         "etl", "Job_1", "job_2", "job_10", "job_100"]
+
+
+def test_a_job_file_reads_relative_to_where_stepline_was_started_when_below_it(tmp_path, monkeypatch):
+    # The details pane is 40 columns at 80x24: "sample_jobs/etl_orders.py", not the absolute path cut mid-word.
+    from engine.humanize import display_path
+
+    (tmp_path / "jobs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert display_path(tmp_path / "jobs" / "etl.py") == "jobs/etl.py"
+    assert display_path("/elsewhere/etl.py") == "/elsewhere/etl.py"
+    monkeypatch.chdir(tmp_path / "jobs")
+    assert display_path(tmp_path / "other" / "etl.py") == str(tmp_path / "other" / "etl.py")

@@ -21,6 +21,7 @@ from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
+from engine.humanize import display_path
 from engine.query import AttemptView, EngineStatus, JobSummary, RunSummary, RunView, StepView
 from tui import format as fmt
 
@@ -181,7 +182,8 @@ class DetailsPane(VerticalScroll):
         self._show(title, Text(text))
 
     def show_problem(self, file: str, line: int, message: str) -> None:
-        self._show("job file problem", _fields([("file", f"{file}:{line}" if line else file)]), Text(""),
+        shown = display_path(file)
+        self._show("job file problem", _fields([("file", f"{shown}:{line}" if line else shown)]), Text(""),
                    Text(message, style="red"), Text(""),
                    Text("The other job files still load. Fix this one; `stepline check` re-checks every file, "
                         "and a running engine reloads the file as soon as it is saved.", style="italic"))
@@ -200,10 +202,10 @@ class DetailsPane(VerticalScroll):
                                            "(its file was removed or failed to load)."))
             return
         schedule = job.schedule or (f"every {job.every}" if job.every else "none (runs only when triggered)")
-        rows: list[tuple[str, Text | str]] = [("file", job.file)]
+        rows: list[tuple[str, Text | str]] = [("file", display_path(job.file))]
         if file_problem is not None:
             file, line, message = file_problem
-            where = f"{file}:{line}" if line else file
+            where = f"{display_path(file)}:{line}" if line else display_path(file)
             rows.append(("⚠ broken", Text(f"{where} {message}. Runs and schedules use the file's last good "
                                           "version until it is fixed.", style="yellow")))
         rows.append(("schedule", schedule + (f"  ({job.timezone})" if job.timezone else "")))

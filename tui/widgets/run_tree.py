@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from engine.humanize import natural_key
+from engine.humanize import display_path, natural_key
 from engine.query import JobSummary, RunSummary, RunView, StepView
 from tui import format as fmt
 
@@ -166,7 +166,7 @@ class RunTree(Tree[NodeData]):
         first = next(iter(self.root.children), None)
         node = self.root.add(label, InfoNode("problems"), before=first, expand=True)
         for file, line, message in problems:
-            text = Text(f"✗ {_short_path(file)}{f':{line}' if line else ''} ", style="red")
+            text = Text(f"✗ {display_path(file)}{f':{line}' if line else ''} ", style="red")
             text.append(message.splitlines()[0] if message else "", style="")
             node.add_leaf(text, ProblemNode(file, line, message))
         self._problems = node
@@ -554,11 +554,3 @@ def _filter_states(run_filter: str) -> tuple[str, ...]:
 def _plain(label: object) -> str:
     return label.plain if isinstance(label, Text) else str(label)
 
-
-def _short_path(path: str) -> str:
-    import os
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return path
-    return relative if not relative.startswith("../..") else path
