@@ -49,10 +49,10 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("T", "timeline of the selected run"),
         ("D", "dependency graph of the selected run's job"),
     ]),
-    ("Log (bottom right, l to focus)", [
+    ("Log (l to focus)", [
         ("/  n  N", "search the loaded lines; next / previous match"),
         ("g  G", "top / bottom (G follows again)"),
-        ("F", "follow the end on/off"),
+        ("F", "follow the end on/off; scrolling up stops following, G or end follows again"),
         ("w", "wrap long lines on/off"),
         ("e", "jump to the first error line"),
         ("a", "pick another attempt"),

@@ -14,6 +14,7 @@ from tui.screens.attempts import AttemptScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.widgets.log_tail import LogTail
+from tui.widgets.run_tree import StepNode
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
 
@@ -433,3 +434,69 @@ async def test_the_timeline_and_graph_of_a_running_run_show_what_happens_next(ha
         go.touch()  # first ends, second starts: the open view shows it without being opened again
         await settle_until(pilot, second_drawn_running)
         assert app.screen is screen
+
+
+async def test_runs_of_a_job_above_leave_the_log_being_read_as_it_is(harness, engine):
+    # A job firing every few seconds above the failed step being read: each new run shifts the lines
+    # under the cursor, and the log kept losing its search and its place (and following again).
+    harness.write_job("a.py", 'tick = job("alpha", [shell("tick", "echo tick")], every="1s")\n')
+    harness.write_job("b.py", """
+        @step
+        def boom():
+            for i in range(300):
+                print("line", i)
+            raise ValueError("the file is bad")
+
+        beta = job("beta", [boom])
+    """)
+    harness.run_now("beta")
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.main_screen
+        await settle_until(pilot, lambda: "alpha" in screen.run_tree.jobs)
+        select(app, is_job("alpha"))
+        await pilot.press("enter")  # alpha's runs are shown, above beta's
+        await settle(pilot)
+        select(app, is_step("boom"))
+        await settle_until(pilot, lambda: any(line.endswith("line 299") for line in log_lines(app)))
+        pane = log_pane(app)
+        await pilot.press("l", "g", "slash", *"line 12", "enter")
+        await settle_until(pilot, lambda: pane._term == "line 12")
+        top = pane.log_widget.scroll_offset.y
+        runs_before = sum(1 for run_id in screen.run_tree.runs if run_id != 1)
+        await settle_until(pilot, lambda: sum(1 for run_id in screen.run_tree.runs if run_id != 1) >= runs_before + 3)
+        await settle(pilot)
+        assert (pane._term, pane.follow, pane.log_widget.scroll_offset.y) == ("line 12", False, top)
+        assert isinstance(screen.selected, StepNode) and screen.selected.step.name == "boom"
+
+
+@pytest.mark.parametrize("key", ["up", "pageup", "home"])
+async def test_scrolling_up_in_a_growing_log_stops_following_and_end_follows_again(harness, engine, key):
+    harness.write_job("talk.py", """
+        a = shell("talk", "for i in $(seq 1 3000); do echo line $i; sleep 0.01; done")
+        talk = job("talk", [a])
+    """)
+    engine.start()
+    app = make_app(harness, mode="embedded")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await run_first_run_of(pilot, app, "talk")
+        await settle_until(pilot, lambda: len(log_lines(app)) > 100)
+        pane = log_pane(app)
+        await pilot.press("l", key)
+        await settle_until(pilot, lambda: not pane.follow)
+        await settle(pilot)
+        held = pane.log_widget.scroll_offset.y
+        seen = len(log_lines(app))
+        await settle_until(pilot, lambda: len(log_lines(app)) > seen + 20)  # the log grows under the reader
+        await settle(pilot)
+        assert pane.log_widget.scroll_offset.y == held
+        assert "follow off (F)" in str(pane.query_one("#log-status").render())
+        await pilot.press("end")
+        await settle_until(pilot, lambda: pane.follow)
+        grown = len(log_lines(app))
+        await settle_until(pilot, lambda: len(log_lines(app)) > grown + 20)
+        await settle(pilot)
+        assert pane.log_widget.scroll_offset.y == pane.log_widget.max_scroll_y

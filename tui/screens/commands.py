@@ -222,7 +222,8 @@ class CommandActions:
         self.app.push_screen(ConfirmScreen(
             f"run step '{step.name}' again",
             f"Step '{step.name}' of run #{run.id} {step.state}. Run it again{also}, with the job file's current "
-            "code? Their new outputs replace the old ones; steps before it keep theirs.", yes="run again"), answered)
+            "code? Their new outputs replace the old ones; steps before it keep theirs.", yes="run again",
+            no="leave it as it is"), answered)
 
     def action_rerun_job(self: MainScreen) -> None:
         if not self._guard("rerun_job"):
@@ -271,7 +272,7 @@ class CommandActions:
         self.app.push_screen(ConfirmScreen(
             f"cancel run #{run.id}", f"Cancel run #{run.id} of {run.job}? Its running steps are killed and its "
             "steps that have not started are marked cancelled. Finished steps keep their results; r retries "
-            "the cancelled steps later.", yes="cancel the run"), answered)
+            "the cancelled steps later.", yes="cancel the run", no="keep it running"), answered)
 
     def _ended(self: MainScreen, run_id: int) -> str | None:
         """The state of the run if the tree knows it has ended, else None."""

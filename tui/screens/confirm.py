@@ -23,17 +23,19 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("escape", "answer(False)", "No", show=False),
     ]
 
-    def __init__(self, title: str, question: str, yes: str = "yes") -> None:
+    def __init__(self, title: str, question: str, yes: str = "yes", no: str = "keep going") -> None:
+        """`yes` and `no` say what each answer does ("run again", "leave it as it is")."""
         super().__init__()
         self.title_text = title
         self.question = question
         self.yes = yes
+        self.no = no
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.border_title = self.title_text
             yield Static(self.question, id="confirm-question")
-            yield Static(f"y {self.yes}    n / escape keep going", id="confirm-keys")
+            yield Static(f"y {self.yes}    n / escape {self.no}", id="confirm-keys")
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)

@@ -20,7 +20,7 @@ from rich.highlighter import Highlighter
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.geometry import Size
@@ -155,6 +155,32 @@ class TailLog(Log):
 
     class Resized(Message):
         """The lines have a new width: a wrapped log wraps again."""
+
+    class ScrolledBack(Message):
+        """The user scrolled up (keys or wheel): they read something above, the end must not pull them back."""
+
+    class ScrolledToEnd(Message):
+        """The user asked for the end (the End key): it follows again, as G does."""
+
+    def action_scroll_up(self) -> None:
+        super().action_scroll_up()
+        self.post_message(self.ScrolledBack())
+
+    def action_page_up(self) -> None:
+        super().action_page_up()
+        self.post_message(self.ScrolledBack())
+
+    def action_scroll_home(self) -> None:
+        super().action_scroll_home()
+        self.post_message(self.ScrolledBack())
+
+    def action_scroll_end(self) -> None:
+        super().action_scroll_end()
+        self.post_message(self.ScrolledToEnd())
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        if not (event.ctrl or event.shift):  # those scroll sideways
+            self.post_message(self.ScrolledBack())
 
     def on_resize(self) -> None:
         self.post_message(self.Resized())
@@ -445,6 +471,14 @@ class LogTail(Vertical):
         # modal can undo; following means the end, whatever happened in between.
         if self.follow:
             self.log_widget.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def on_tail_log_scrolled_back(self) -> None:
+        if self.follow:
+            self.follow = False
+            self._update_title()
+
+    def on_tail_log_scrolled_to_end(self) -> None:
+        self.action_bottom()
 
     def on_tail_log_resized(self) -> None:
         # The lines' own widget, not this pane: when the pane hears of a new size, its lines may not

@@ -350,14 +350,17 @@ class RunTree(Tree[NodeData]):
 
     def cursor_line_node(self) -> TreeNode[NodeData] | None:
         """The node the cursor's line shows now. Tree.cursor_node can still name a node removed under the
-        cursor (the problem lines are rebuilt when job files change) until the cursor moves."""
+        cursor (the problem lines are rebuilt when job files change) until the cursor moves: then the
+        node now on that line is announced as the selection."""
+        _ = self.last_line  # lay the lines out first: that moves the cursor's line along with its node
         if self.cursor_line < 0:
             return None
         node = self.get_node_at_line(self.cursor_line)
         if node is not None and node is not self.cursor_node:
-            line = self.cursor_line
-            self.cursor_line = -1  # setting the same line again would not announce the node
-            self.cursor_line = line
+            # Not through another line on the way (the cursor at -1 is clamped to the first line, which
+            # would announce the first job, and reset the log being read to its end).
+            self.move_cursor(node)  # the same line: the cursor takes the node without a word
+            self.post_message(self.SelectionChanged(node.data))
         return node
 
     def clear_runs(self) -> None:
