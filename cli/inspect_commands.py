@@ -1,6 +1,7 @@
 """Commands that look: check, jobs, runs, show, logs."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -14,8 +15,8 @@ from cli.main import Settings, group, load_job_files, pass_settings
 from cli.remote import stop_if_engine_gone
 from engine import query
 from engine.errors import NotApplicableError, UnknownStepError, UsageError
-from engine.humanize import natural_key
-from engine.loader import LoadResult
+from engine.humanize import display_path, natural_key
+from engine.loader import LoadResult, Problem
 from engine.states import GLYPHS, drawn_state, waiting_note
 
 
@@ -47,33 +48,48 @@ def check(settings: Settings) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_settings
 def jobs(settings: Settings, as_json: bool) -> None:
-    """Jobs with their steps, schedule, next fire time and last run."""
+    """Jobs with their steps, schedule, next fire time and last run.
+
+    With an engine running the home, as that engine loaded them (see cli/catalog.py)."""
+    from cli.catalog import engine_catalog
     from engine import timing
 
-    result = load_or_report(settings)
     home = settings.open_home(to_read=True)
+    engine = engine_catalog(settings, home)
+    listed: list[tuple[str, str, list[str], str, str | None, str | None, str | None]]
+    if engine is not None:
+        listed = [(j.name, j.file, [s.name for s in j.plan.steps], j.description, j.schedule, j.every, j.timezone)
+                  for j in engine.jobs.values()]
+        found = [_in_folder(problem, settings) for problem in engine.problems]
+    else:
+        result = load_or_report(settings)
+        listed = [(name, d.file, list(d.step_names), d.description, d.schedule, d.every, d.timezone)
+                  for name, d in result.jobs.items()]
+        found = list(result.problems)
     last = query.last_run_by_job()
     catalog = {j.name: j for j in query.jobs()}
     paused = {name: j.paused for name, j in catalog.items()}
     now = datetime.now(timezone.utc)
     entries: list[dict[str, Any]] = []
-    for name, job_def in sorted(result.jobs.items(), key=lambda item: natural_key(item[0])):
+    for name, file, steps, description, schedule, every, zone_name in sorted(listed, key=lambda j: natural_key(j[0])):
         # The engine's own next fire keeps an interval's phase; without an engine, compute it.
         recorded = catalog[name].next_fire_at if name in catalog else None
-        next_fire = recorded if recorded and recorded > now else timing.next_fire(
-            job_def.schedule, job_def.every, job_def.timezone, now)
-        zone = timing.parse_zone(job_def.timezone)
+        next_fire = recorded if recorded and recorded > now else timing.next_fire(schedule, every, zone_name, now)
+        zone = timing.parse_zone(zone_name)
         last_run = last.get(name)
+        broken = engine.broken_file_of(engine.jobs[name]) if engine is not None else None
         entries.append({
-            "name": name, "file": render_path(job_def.file), "steps": list(job_def.step_names),
-            "description": job_def.description,
-            "schedule": job_def.schedule or (f"every {job_def.every}" if job_def.every else None),
-            "timezone": job_def.timezone, "paused": paused.get(name, False),
+            "name": name, "file": os.path.normpath(os.path.abspath(file)), "steps": steps,
+            "description": description,
+            "schedule": schedule or (f"every {every}" if every else None),
+            "timezone": zone_name, "paused": paused.get(name, False),
             "next_fire": next_fire.astimezone(zone) if next_fire and not paused.get(name) else None,
             "last_run": {"id": last_run.id, "state": last_run.state, "ended_at": last_run.ended_at}
             if last_run else None,
+            "file_broken": str(broken) if broken is not None else None,
         })
-    problems = [{"file": p.file, "line": p.line, "message": p.message} for p in result.problems]
+    problems = [{"file": os.path.normpath(os.path.abspath(p.file)), "line": p.line or None, "message": p.message}
+                for p in found]
     if as_json:
         render.print_json({"jobs": entries, "problems": problems})
         return
@@ -96,19 +112,26 @@ def jobs(settings: Settings, as_json: bool) -> None:
         if any(descriptions):
             headers, rows = _with_descriptions(headers, rows, descriptions)
         click.echo(render.table(headers, rows, states, 4, color))
-        if any(entry["next_fire"] for entry in entries) and remote.engine_holder(home) is None:
+        if any(entry["next_fire"] for entry in entries) and engine is None and remote.engine_holder(home) is None:
             click.echo("no engine runs this home now: the fires above happen only while `stepline daemon` (or "
                        "`stepline up`) runs", err=True)
     stderr_color = render.use_color(sys.stderr)
-    for problem in result.problems:
+    for problem in found:
         click.echo(render.paint(str(problem), "failed", stderr_color), err=True)
+    kept = [entry["name"] for entry in entries if entry["file_broken"]]
+    if kept:
+        click.echo(f"the engine (pid {engine.pid if engine else '?'}) keeps running the last good version of "
+                   f"{', '.join(repr(name) for name in kept)} until {'its file is' if len(kept) == 1 else 'their files are'}"
+                   " fixed", err=True)
     if problems:
         click.echo(f"{len(problems)} problem(s) in job files; `stepline check` lists them", err=True)
 
 
-def render_path(path: str) -> str:
-    from engine.loader import display_path
-    return display_path(path)
+def _in_folder(problem: Problem, settings: Settings) -> Problem:
+    """An engine's problem names the file as the engine's working directory saw it: name it in the jobs folder."""
+    if not problem.file.endswith(".py"):
+        return problem
+    return Problem(display_path(settings.jobs_dir / os.path.basename(problem.file)), problem.line, problem.message)
 
 
 @group.command(epilog="Example: stepline runs --job nightly_sales --status failed --limit 5")

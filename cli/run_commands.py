@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli import remote, render
+from cli.catalog import engine_catalog
 from cli.inspect_commands import format_run, pass_settings, run_document
 from cli.main import Settings, group, load_job_files
 from engine import query, store
@@ -219,6 +220,13 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
     to follow it to the end.
     """
     parsed = parse_params(params)
+    home = settings.open_home()
+    engine_jobs = engine_catalog(settings, home)
+    if engine_jobs is not None and job_name in engine_jobs.jobs:
+        # The engine runs the job as it loaded it (the last good version, if its file broke since): no import.
+        hand_off(home, engine_jobs.pid, job_name, [s.name for s in engine_jobs.jobs[job_name].plan.steps], parsed,
+                 parallel, as_json, wait)
+        return
     result = load_job_files(settings)
     if job_name not in result.jobs:
         broken = [p for p in result.problems if f"'{job_name}'" in p.message] or [
@@ -236,22 +244,10 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}{hint}; `stepline jobs` lists them")
     job_def = result.jobs[job_name]
     refuse_unknown_params(job_def, parsed)
-    home = settings.open_home()
     pid = remote.engine_holder(home)
     if pid is not None:
-        since = query.last_event_id()
-        answer = remote.send("trigger", home, pid, job=job_name, payload={"params": parsed})
-        assert answer.run_id is not None
-        if parallel is not None and not as_json:
-            click.echo(f"stepline: --parallel applies to a run's own engine; the engine (pid {pid}) runs this one "
-                       "with its own limit (`stepline daemon --parallel N`)", err=True)
-        if not wait:
-            queued = answer.result is not None and " queued: " in answer.result
-            handed_off(f"run {answer.run_id} of {job_name} {'queued' if queued else 'started'}", answer.run_id, pid,
-                       as_json, answer.result.partition(": ")[2] if queued and answer.result else "")
-            return
-        remote.follow(answer.run_id, Printer(render.use_color(), as_json, job_def.step_names), since)
-        finish(home, answer.run_id, as_json)
+        hand_off(home, pid, job_name, list(job_def.step_names), parsed, parallel, as_json, wait)
+        return
     from engine.runner import Engine  # only the commands that run steps pay for importing the engine
 
     engine = Engine(home, parallel=parallel, listener=Printer(render.use_color(), as_json, job_def.step_names))
@@ -263,6 +259,24 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
     finally:
         engine.close()
     finish(home, run_id, as_json)
+
+
+def hand_off(home: Home, pid: int, job_name: str, step_names: list[str], params: dict[str, str],
+             parallel: int | None, as_json: bool, wait: bool) -> None:
+    """Have the engine (`pid`) running the home start the run; follow it to its end with `wait`."""
+    since = query.last_event_id()
+    answer = remote.send("trigger", home, pid, job=job_name, payload={"params": params})
+    assert answer.run_id is not None
+    if parallel is not None and not as_json:
+        click.echo(f"stepline: --parallel applies to a run's own engine; the engine (pid {pid}) runs this one "
+                   "with its own limit (`stepline daemon --parallel N`)", err=True)
+    if not wait:
+        queued = answer.result is not None and " queued: " in answer.result
+        handed_off(f"run {answer.run_id} of {job_name} {'queued' if queued else 'started'}", answer.run_id, pid,
+                   as_json, answer.result.partition(": ")[2] if queued and answer.result else "")
+        return
+    remote.follow(answer.run_id, Printer(render.use_color(), as_json, step_names), since)
+    finish(home, answer.run_id, as_json)
 
 
 @group.command(epilog="""

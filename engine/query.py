@@ -347,6 +347,11 @@ def jobs() -> list[JobSummary]:
     return result
 
 
+def catalog_published_at() -> float | None:
+    """When the engine last published the job catalogue (each load of the job files, good or not)."""
+    return JobInfo.select(fn.MAX(JobInfo.updated_at)).scalar()
+
+
 def load_problems() -> list[tuple[str, int, str]]:
     """(file, line, message) of every problem found when the engine last loaded the job files."""
     return [(p.file, p.line, p.message) for p in LoadProblem.select().order_by(LoadProblem.id).limit(500)]

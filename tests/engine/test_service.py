@@ -635,3 +635,34 @@ def test_a_retry_waits_its_turn_behind_max_active_runs_and_keeps_what_succeeded(
     wait_until(lambda: query.run_summary(earlier).state == "succeeded")
     assert [len(query.attempts(earlier, name)) for name in ("first", "load")] == [1, 2]
     assert query.run_summary(blocking).state == "succeeded"
+
+
+def test_with_a_daemon_jobs_and_run_use_the_jobs_it_loaded_broken_file_and_hanging_import_included(harness,
+                                                                                                   monkeypatch):
+    monkeypatch.setenv("STEPLINE_IMPORT_TIMEOUT", "2")  # the daemon's; the commands below get 600
+    harness.write_job("good.py", 'good = job("good", [shell("a", "echo good")])\n')
+    sched = harness.write_job("sched.py", 'sched = job("sched", [shell("a", "echo last good")], every="1h")\n')
+    daemon = harness.cli_process("daemon")
+    try:
+        wait_until(lambda: query.engine_status(time.time()).state == "running")
+        wait_until(lambda: {j.name for j in query.jobs()} == {"good", "sched"})
+        published = query.catalog_published_at()
+        sched.write_text(sched.read_text() + "def broken(:\n")
+        # The import of this file never ends: the daemon gives up on it after its own time limit.
+        harness.write_job("hangs.py", "import time\nwhile True:\n    time.sleep(1)\n", header=False)
+        wait_until(lambda: (query.catalog_published_at() or 0) > published and len(query.load_problems()) == 2)
+        listing = harness.cli("jobs", env={"STEPLINE_IMPORT_TIMEOUT": "600"})
+        assert listing.returncode == 0, listing.stderr
+        assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == ["good", "sched"]
+        assert "keeps running the last good version of 'sched' until its file is fixed" in listing.stderr
+        assert "sched.py:3: syntax error" in listing.stderr, listing.stderr
+        assert "is taking long" not in listing.stderr  # nothing imported: the engine's catalogue was read
+        document = json.loads(harness.cli("jobs", "--json").stdout)
+        broken = {j["name"]: j["file_broken"] for j in document["jobs"]}
+        assert broken["good"] is None and "syntax error" in broken["sched"]
+        ran = harness.cli("run", "sched", "--wait", env={"STEPLINE_IMPORT_TIMEOUT": "600"})
+        assert ran.returncode == 0, ran.stderr
+        run_id = query.list_runs(job="sched", limit=1)[0].id
+        assert "last good" in harness.cli("logs", str(run_id), "a").stdout
+    finally:
+        stop_daemon(daemon)
