@@ -50,10 +50,14 @@ def job_files(jobs_dir: Path) -> list[Path]:
     return sorted(p for p in jobs_dir.glob("*.py") if not p.name.startswith(("_", ".")) and p.is_file())
 
 
-def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None) -> LoadResult:
+def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None,
+              keep: dict[str, str] | None = None) -> LoadResult:
     """Load every job file in `jobs_dir` (not recursive; files starting with _ are helpers), each imported in
     the reader process (engine/reader.py). `output`: a file for what job files print at import (default:
-    stderr)."""
+    stderr). Two files defining one job name: the first file (by name) keeps it, or the file `keep` names
+    for it (absolute path by job name: a running engine's, so a new file cannot take over a job it runs);
+    the other file's definition is the problem."""
+    keep = keep or {}
     folder = Path(jobs_dir)
     if not folder.is_dir():
         problem = Problem(display_path(folder), 0,
@@ -68,10 +72,13 @@ def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None) -> Lo
         problems += file_problems
         for job_def in file_jobs:
             if job_def.name in jobs:
-                first = jobs[job_def.name]
-                problems.append(Problem(display_path(job_def.file), job_def.line,
-                                        f"job '{job_def.name}' is already defined at "
-                                        f"{display_path(first.file)}:{first.line}; rename one of them"))
+                kept, other = jobs[job_def.name], job_def
+                if keep.get(job_def.name) == os.path.abspath(job_def.file) != os.path.abspath(kept.file):
+                    kept, other = job_def, kept
+                    jobs[job_def.name] = job_def
+                problems.append(Problem(display_path(other.file), other.line,
+                                        f"job '{other.name}' is already defined at "
+                                        f"{display_path(kept.file)}:{kept.line}; rename one of them"))
                 continue
             jobs[job_def.name] = job_def
     return LoadResult(jobs=jobs, problems=tuple(problems), files=tuple(display_path(p) for p in files))

@@ -302,7 +302,9 @@ class EngineService:
             self._loading.start()
 
     def _load(self) -> LoadResult:
-        return load_jobs(self.jobs_dir, output=str(self.home.engine_log))  # not onto a console's screen
+        # A new file defining a job this engine runs does not take the job over: the job stays its file's.
+        keep = {name: os.path.abspath(job_def.file) for name, job_def in self.jobs.jobs.items()}
+        return load_jobs(self.jobs_dir, output=str(self.home.engine_log), keep=keep)  # not onto a console's screen
 
     def reload_jobs(self) -> LoadResult:
         """Load the job files now and apply them (see apply_jobs)."""

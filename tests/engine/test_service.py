@@ -666,3 +666,19 @@ def test_with_a_daemon_jobs_and_run_use_the_jobs_it_loaded_broken_file_and_hangi
         assert "last good" in harness.cli("logs", str(run_id), "a").stdout
     finally:
         stop_daemon(daemon)
+
+
+def test_a_new_file_defining_a_job_the_engine_runs_does_not_take_it_over(harness, service):
+    harness.write_job("beta.py", 'beta = job("beta", [shell("fetch", "true"), shell("publish", "true")])\n')
+    svc = service()
+    assert svc.jobs.jobs["beta"].step_names == ("fetch", "publish")
+    # Sorted first, this file would win a plain load: the engine keeps the job where it was.
+    harness.write_job("aaa_dup.py", 'beta = job("beta", [shell("x", "echo dup")], every="5s")\n')
+    loaded = svc.reload_jobs()
+    assert loaded.jobs["beta"].step_names == ("fetch", "publish")
+    [problem] = loaded.problems
+    assert problem.file.endswith("aaa_dup.py")
+    assert "job 'beta' is already defined at" in problem.message and "beta.py:" in problem.message
+    assert [s.name for s in {j.name: j for j in query.jobs()}["beta"].plan.steps] == ["fetch", "publish"]
+    # Without a running engine, `stepline check` reports the clash all the same.
+    assert harness.cli("check").returncode == 1
