@@ -186,6 +186,10 @@ class Engine:
         self._queued.append((run, max_active_runs))
         return run.id
 
+    def queued_runs(self) -> list[tuple[int, str]]:
+        """(run id, job) of the runs waiting in this engine's queue, oldest first."""
+        return [(run.id, run.plan.job) for run, _ in self._queued]
+
     def is_queued(self, run_id: int) -> bool:
         return any(run.id == run_id for run, _ in self._queued)
 

@@ -227,6 +227,7 @@ class EngineService:
                 job_def = self.jobs.jobs.get(run.job)
                 self.engine.adopt_queued(run.id, job_def.max_active_runs if job_def else 1)
                 log.info("run %s of %s was left queued by the previous engine; queued here", run.id, run.job)
+        self._cancel_queued_runs_of_gone_jobs()  # renamed while no engine ran
 
     def _shutdown(self) -> None:
         assert self.engine is not None
@@ -319,6 +320,7 @@ class EngineService:
             if name not in jobs and os.path.abspath(job_def.file) in broken:
                 jobs[name] = job_def
         self.jobs = LoadResult(jobs=jobs, problems=fresh.problems, files=fresh.files)
+        self._cancel_queued_runs_of_gone_jobs()
         self.engine.keep_code(self._keep_good_sources(jobs, broken))
         self.scheduler.sync(self.jobs.jobs)
         plans = [(plan_job(j), j.description) for j in self.jobs.jobs.values()]
@@ -326,6 +328,17 @@ class EngineService:
         for problem in self.jobs.problems:
             log.warning("%s", problem)
         return self.jobs
+
+    def _cancel_queued_runs_of_gone_jobs(self) -> None:
+        """A queued run of a job that no file defines any more (renamed or removed) would fail each step on
+        "no longer defined" when its turn came, and alert as a failure: it ends now, cancelled, saying why."""
+        assert self.engine is not None
+        for run_id, job in self.engine.queued_runs():
+            if job not in self.jobs.jobs:
+                reason = (f"job '{job}' is no longer defined in the job files (renamed or removed?) and this run "
+                          "had not started; start a run of the job it became")
+                log.info("run %s of %s: %s", run_id, job, reason)
+                self.engine.cancel(run_id, reason)
 
     def _keep_good_sources(self, jobs: dict, broken: set[str]) -> dict[str, str]:
         """Copy every good job file aside; return the copies standing in for files now broken."""

@@ -674,11 +674,27 @@ def test_a_new_file_defining_a_job_the_engine_runs_does_not_take_it_over(harness
     assert svc.jobs.jobs["beta"].step_names == ("fetch", "publish")
     # Sorted first, this file would win a plain load: the engine keeps the job where it was.
     harness.write_job("aaa_dup.py", 'beta = job("beta", [shell("x", "echo dup")], every="5s")\n')
-    loaded = svc.reload_jobs()
-    assert loaded.jobs["beta"].step_names == ("fetch", "publish")
-    [problem] = loaded.problems
-    assert problem.file.endswith("aaa_dup.py")
-    assert "job 'beta' is already defined at" in problem.message and "beta.py:" in problem.message
+    [(file, _, message)] = wait_until(query.load_problems)  # the engine reloads the files
+    assert svc.jobs.jobs["beta"].step_names == ("fetch", "publish")
+    assert file.endswith("aaa_dup.py")
+    assert "job 'beta' is already defined at" in message and "beta.py:" in message
     assert [s.name for s in {j.name: j for j in query.jobs()}["beta"].plan.steps] == ["fetch", "publish"]
     # Without a running engine, `stepline check` reports the clash all the same.
     assert harness.cli("check").returncode == 1
+
+
+def test_queued_runs_of_a_job_renamed_in_its_file_end_cancelled_saying_why(harness, service, tmp_path):
+    # Each one used to fail at its turn on "step 'long' of job 'delta' is no longer defined", an alert apiece.
+    gate = tmp_path / "open"
+    path = harness.write_job("delta.py", f'delta = job("delta", [shell("long", "while [ ! -e {gate} ]; do sleep 0.05; done")])\n')
+    service(kill_grace_s=0.5)
+    runs = [wait_until(lambda c=store.add_command("trigger", job="delta"): answered(c)).run_id for _ in range(3)]
+    wait_until(lambda: query.run_summary(runs[0]).state == "running")
+    assert [query.run_summary(r).state for r in runs[1:]] == ["queued", "queued"]
+    path.write_text(path.read_text().replace('job("delta"', 'job("delta2"'))  # the engine reloads the file
+    for run_id in runs[1:]:
+        run = wait_until(lambda r=run_id: (v := query.get_run(r)).state == "cancelled" and v)
+        assert run.step("long").state == "cancelled"
+        assert run.step("long").reason.summary.startswith("job 'delta' is no longer defined in the job files (renamed")
+    gate.touch()  # the run that had started keeps the job it started with
+    wait_until(lambda: query.run_summary(runs[0]).state == "succeeded")
