@@ -98,9 +98,16 @@ def _refuse_if_job_file_broken(run_id: int) -> None:
     if not os.path.exists(path):
         return
     [(jobs, problems)] = read_job_files([Path(path)], import_timeout_s())
-    if problems and row.job not in {job_def.name for job_def in jobs}:
+    if row.job in {job_def.name for job_def in jobs}:
+        return
+    if problems:
         raise NotApplicableError(f"job '{row.job}' of run {run_id} does not load from {display_path(path)} now "
                                  f"({problems[0]}); fix the file, then retry: its steps would run the broken file")
+    names = ", ".join(repr(job_def.name) for job_def in jobs)
+    raise NotApplicableError(f"job '{row.job}' of run {run_id} is no longer defined in {display_path(path)} "
+                             f"(renamed?{f' the file defines {names}' if names else ''}); a retry runs the file's "
+                             "current code, so put the job's name back to retry this run, or start a run of the job "
+                             "it became")
 
 
 def _names_job(path: str, job_name: str) -> bool:

@@ -629,7 +629,8 @@ class Engine:
                     stored = (run.step_ids[name], output[2])
             changes.append((run.step_ids[name], name, state.value, extra))
             attempt_state = AttemptState.SUCCEEDED
-        elif state == StepState.FAILED and self._may_retry(run, step_plan) and not run.cancelling:
+        elif (state == StepState.FAILED and self._may_retry(run, step_plan) and not run.cancelling
+              and (attempt.result or {}).get("retry", True)):
             used = run.attempts[name] - run.budget_base[name]
             delay = self._retry_delay(step_plan, used)
             due = now + delay

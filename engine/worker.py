@@ -217,6 +217,9 @@ class StepTable:
         try:
             return self.steps[job_name, step_name]
         except KeyError:
+            if all(job != job_name for job, _ in self.steps):
+                raise LookupError(f"job '{job_name}' is no longer defined in {self.file} (renamed?); put its name "
+                                  "back to run this run's steps, or start a run of the job it became") from None
             raise LookupError(f"step '{step_name}' of job '{job_name}' is no longer defined in {self.file}; "
                               "restore it in the job file, or start a new run of the job") from None
 
@@ -265,7 +268,7 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
                 "with); start a new run of the job, or give the parameter a default")
         value = step_def.func(**kwargs)
     except (StepFailed, LookupError) as error:
-        return fail(str(error), "")
+        return fail(str(error), "", retry=False)  # the job file or stored data must change first
     except SystemExit as error:
         code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
         if code == 0:
@@ -285,7 +288,9 @@ def run_python_attempt(steps: StepTable, request: dict[str, Any]) -> Result:
         summary = (f"output of step '{request['step']}' cannot be persisted: {type(error).__name__}: {error}; "
                    "return plain data (str, numbers, lists, dicts, dataclasses) or write a file and return its path")
         sys.stderr.write(summary + "\n")
-        return fail(summary, traceback.format_exc())
+        # The step's own code ran fine: the detail is what it returned, not stepline's pickling frames.
+        detail = f"the step returned {preview(value)} (type {type(value).__module__}.{type(value).__qualname__})"
+        return fail(summary, detail, retry=False)  # the same code returns the same kind of value again
     result = {"ok": True, "preview": preview(value), "has_output": value is not None}
     if len(data) <= INLINE_OUTPUT_MAX:
         return 0, {**result, "output": data}
@@ -309,9 +314,11 @@ def user_traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, tb))
 
 
-def fail(summary: str, detail: str, code: int = 1) -> Result:
+def fail(summary: str, detail: str, code: int = 1, retry: bool = True) -> Result:
+    """`retry`: False when another attempt cannot go otherwise (the job file must change first): the engine
+    then spends none of the step's retries on it."""
     # An exit status is one byte: sys.exit(256) must not turn into a success.
-    return (code if 0 < code < 256 else 1), {"ok": False, "summary": summary, "detail": detail}
+    return (code if 0 < code < 256 else 1), {"ok": False, "summary": summary, "detail": detail, "retry": retry}
 
 
 def attempt_environment(request: dict[str, Any], base: dict[str, str]) -> dict[str, str]:

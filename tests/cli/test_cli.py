@@ -251,6 +251,12 @@ def test_retry_while_the_job_file_is_broken_is_refused_and_loses_nothing(harness
     assert refused.stderr.startswith("stepline: job 'j' of run 1 does not load from jobs/j.py now (jobs/j.py:")
     assert refused.stderr.rstrip().endswith("fix the file, then retry: its steps would run the broken file")
     assert query.get_run(1).step("extract").output_preview == "[1, 2, 3]"  # untouched
+    path.write_text(good.replace('job("j"', 'job("j_v2"'))  # renamed: the run's job is gone from the file
+    renamed = harness.cli("retry", "1", "extract")
+    assert renamed.returncode == 1
+    assert renamed.stderr.startswith("stepline: job 'j' of run 1 is no longer defined in jobs/j.py (renamed? the "
+                                     "file defines 'j_v2')")
+    assert query.get_run(1).state == "failed" and query.get_run(1).step("extract").state == "succeeded"
     path.write_text(good)
     assert "retrying extract, check, report in run 1" in harness.cli("retry", "1", "extract").stdout
 

@@ -377,7 +377,7 @@ def test_a_retry_of_a_step_that_now_takes_another_upstream_says_so(home, write_j
         def a():
             return 1
 
-        @step
+        @step(retries=2)
         def b(a):
             return a
 
@@ -386,6 +386,26 @@ def test_a_retry_of_a_step_that_now_takes_another_upstream_says_so(home, write_j
     assert run.step("b").reason.summary == (
         f"step 'b' now takes 'a', which it did not when run {run.id} started (a run keeps the steps and dependencies "
         "it started with); start a new run of the job, or give the parameter a default")
+    # Automatic retries could not go otherwise: none is spent (the first failure and this one attempt).
+    assert len(query.attempts(run.id, "b")) == 2
+
+
+def test_a_retry_after_the_job_was_renamed_says_the_job_is_gone(home, write_job):
+    run = _retry_after_edit(home, write_job, """
+        @step
+        def extract():
+            raise ValueError("bad data")
+
+        j = job("j", [extract])
+    """, """
+        @step
+        def extract():
+            return 1
+
+        j = job("j_v2", [extract])
+    """)
+    assert run.step("extract").reason.summary.startswith("job 'j' is no longer defined in ")
+    assert "(renamed?)" in run.step("extract").reason.summary
 
 
 def python_requests(harness, tmp_path: Path, count: int) -> list[AttemptRequest]:

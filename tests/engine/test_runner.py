@@ -593,7 +593,7 @@ def test_an_output_that_cannot_be_pickled_fails_the_step(home, write_job, value)
     write_job("j.py", f"""
         import threading
 
-        @step
+        @step(retries=3)
         def make():
             return {value}
 
@@ -606,6 +606,9 @@ def test_an_output_that_cannot_be_pickled_fails_the_step(home, write_job, value)
     run = home.run_now("j")
     assert run.step("make").state == "failed"
     assert "output of step 'make' cannot be persisted" in run.step("make").reason.summary
+    # What the step returned, not stepline's pickling frames; and no retry: the same code returns the same.
+    assert "the step returned" in run.step("make").reason.detail and "worker.py" not in run.step("make").reason.detail
+    assert len(query.attempts(run.id, "make")) == 1
     assert run.step("use").state == "upstream_failed"
 
 
