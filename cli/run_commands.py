@@ -134,10 +134,11 @@ def _step_names(run_id: int) -> list[str]:
 def install_interrupt() -> dict[str, int]:
     """Ctrl-C, SIGTERM and SIGHUP ask the engine to cancel; a second one kills the run's steps without their
     grace period (see drive); a third quits at once, whatever state the engine is in."""
-    caught = {"count": 0}
+    caught = {"count": 0, "signal": 0}
 
     def handler(number: int, frame: object) -> None:
         caught["count"] += 1
+        caught["signal"] = caught["signal"] or number
         if caught["count"] > 2:
             raise KeyboardInterrupt
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -190,14 +191,19 @@ def handed_off(what: str, run_id: int, pid: int, as_json: bool, why: str = "") -
                f"{run_id} --follow` or `stepline show {run_id}`")
 
 
-def finish(home: Home, run_id: int, as_json: bool) -> None:
-    """Print the finished run and exit by its outcome, whether or not anybody still reads the output."""
+def finish(home: Home, run_id: int, as_json: bool, caught: dict[str, int] | None = None) -> None:
+    """Print the finished run and exit by its outcome, whether or not anybody still reads the output: 0 if
+    it succeeded, 1 if not, and 128 + the signal's number (130 for Ctrl-C) when a signal (`caught`, see
+    install_interrupt) cancelled it, as a shell reports a command a signal ended: a wrapper script tells a
+    user's abort from a failed job."""
     run, attempts = _run_and_attempts(run_id)
     if as_json:
         render.echo_or_mute(render.json_text(run_document(run, attempts)))
     else:
         render.echo_or_mute("\n" + format_run(run, attempts, render.use_color()))
-    raise SystemExit(0 if run.state == "succeeded" else 1)
+    if run.state == "succeeded":
+        raise SystemExit(0)
+    raise SystemExit(128 + caught["signal"] if caught and caught["signal"] else 1)
 
 
 def refuse_unknown_params(job_def: JobDef, params: dict[str, str]) -> None:
@@ -265,7 +271,7 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         drive(engine, run_id, caught)
     finally:
         engine.close()
-    finish(home, run_id, as_json)
+    finish(home, run_id, as_json, caught)
 
 
 def hand_off(home: Home, pid: int, job_name: str, step_names: list[str], params: dict[str, str],
@@ -326,7 +332,7 @@ def retry(settings: Settings, run_id: int, step: str | None, parallel: int | Non
         drive(engine, run_id, caught)
     finally:
         engine.close()
-    finish(home, run_id, as_json)
+    finish(home, run_id, as_json, caught)
 
 
 def close_runs_of_stopped_engines(engine: Engine) -> None:
