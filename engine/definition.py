@@ -377,6 +377,9 @@ def _options(options: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         for key in value:
             if not isinstance(key, str) or not key or "=" in key:
                 raise JobDefinitionError(f"env must be a dict of NAME: value, got the name {key!r}")
+            if value[key] is None:  # str(None) would hand the step the text "None"
+                raise JobDefinitionError(f"env {key!r} is None; give it a value (numbers become text), or leave "
+                                         "the name out")
         return {k: str(v) for k, v in value.items()}
 
     def cwd(value: Any) -> str | None:

@@ -73,7 +73,9 @@ def parse_zone(name: str | None) -> tzinfo:
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
+        zones = sorted(zoneinfo.available_timezones())
+        same_but_case = [zone for zone in zones if zone.lower() == name.lower()]  # "utc", "europe/berlin"
+        close = same_but_case or difflib.get_close_matches(name, zones, n=1)
         hint = f"did you mean '{close[0]}'?" if close else "use an IANA name such as 'Europe/Berlin'"
         raise ScheduleError(f"unknown time zone '{name}' ({hint})") from None
 

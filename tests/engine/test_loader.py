@@ -634,6 +634,7 @@ def test_step_options_reach_the_definition(harness, write_job):
     ("backoff=0.5", "backoff multiplies the delay before each further retry and must be 1 or more "
                     "(True means 2), got 0.5"),
     ("env=['A=1']", "env must be a dict of NAME: value, got list ['A=1']"),
+    ("env={'A': 1, 'B': None}", "env 'B' is None; give it a value (numbers become text), or leave the name out"),
     ("pool=''", "pool must be a non-empty name, got ''"),
     ("after=[3]", "after must be a list of step names, got 3 in it"),
     ("retry=2", "there is no option 'retry' (did you mean 'retries'?)"),

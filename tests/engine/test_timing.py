@@ -180,3 +180,10 @@ def test_no_zone_follows_the_machines_daylight_saving_rules(monkeypatch):
         tzlocal.reload_localzone()
     assert winter.astimezone(UTC).hour == 5
     assert summer.astimezone(UTC).hour == 4
+
+
+@pytest.mark.parametrize("typed, meant", [("utc", "UTC"), ("europe/berlin", "Europe/Berlin")])
+def test_a_zone_written_in_the_wrong_case_suggests_its_spelling(typed, meant):
+    with pytest.raises(ScheduleError) as caught:
+        parse_zone(typed)
+    assert str(caught.value) == f"unknown time zone '{typed}' (did you mean '{meant}'?)"
