@@ -219,3 +219,24 @@ async def test_the_header_counts_the_failures_of_the_last_day_not_of_all_time(ha
         await settle(pilot)
         header = app.main_screen.header.render().plain
         assert recent.state == "failed" and "✗ 1 failed in 24h" in header, header
+
+
+async def test_a_long_failure_reason_is_cut_in_the_state_row_and_whole_below(harness):
+    # A 500-character exception message filled the details pane: run, kind, started and attempts went out of view.
+    harness.write_job("j.py", """
+        @step
+        def long_message():
+            raise ValueError("Z" * 500)
+
+        j = job("j", [long_message])
+    """)
+    harness.run_now("j")
+    publish_catalog(harness)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle_until(pilot, lambda: "long_message" in details_text(app))
+        lines = details_text(app).splitlines()
+        [state] = [line for line in lines if line.startswith("state")]
+        assert state.rstrip().endswith("Z…") and len(state.rstrip()) <= len("state      ✗ failed — ") + 120
+        assert any(line.startswith("run ") for line in lines)
+        assert "ValueError: " + "Z" * 500 in "".join(lines)  # the whole reason, over its traceback

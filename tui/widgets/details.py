@@ -260,7 +260,8 @@ class DetailsPane(VerticalScroll):
                     steps.append("\n")
                 steps.append_text(fmt.glyph(step.state, step.waiting_for, gone))
                 steps.append(f" {step.name}", style="bold")
-                steps.append(f"  {fmt.step_reason(step)}", style="red" if step.state == "failed" else "bright_black")
+                steps.append(f"  {_cut(fmt.step_reason(step))}",
+                             style="red" if step.state == "failed" else "bright_black")
             parts += [Text(""), _fields([("steps", steps)])]
             failed = [s for s in view.steps if s.state == "failed" and s.reason and s.reason.detail]
             if failed:
@@ -279,7 +280,7 @@ class DetailsPane(VerticalScroll):
         if gone:
             state.append(f" — {engine_gone}", style="yellow")
         elif reason != step.state:
-            state.append(f" — {reason}")
+            state.append(f" — {_cut(reason)}")  # whole below, with the detail
         live = step.state == "running" and not gone
         rows: list[tuple[str, Text | str]] = [
             ("state", state), ("run", f"#{run.id} of {run.job} ({run.state}, {run.trigger})"),
@@ -310,6 +311,15 @@ class DetailsPane(VerticalScroll):
         self._show(f"step {step.name} · run #{run.id}", *parts, scroll_home=not ticking)
         if live:
             self._live = partial(self.show_step, run, step, attempts, view, engine_gone=engine_gone, ticking=True)
+
+
+REASON_IN_ROW = 120
+"""Characters of a failure reason in a field row: a 500-character exception message pushed every other
+field out of the pane. The whole reason follows the fields, over its traceback."""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= REASON_IN_ROW else text[:REASON_IN_ROW - 1] + "…"
 
 
 def _lines(parts: tuple[RenderableType, ...]) -> tuple[tuple[str, ...], ...] | None:
