@@ -124,11 +124,13 @@ def close_abandoned_run(run_id: int, reason: str = ENGINE_GONE, cancelled: bool 
             new_state = step_state if state == StepState.RUNNING or retrying else StepState.CANCELLED
             if state == StepState.RUNNING or retrying:
                 cut_short.append(step_run.name)
-            store.StepRun.update(state=new_state, reason=reason, waiting_for=None, ended_at=ended).where(
+            # A step waiting for its retry was not running: say what it waited for, not that it was cut.
+            said = f"its engine stopped while it waited for its {step_run.waiting_for}" if retrying else reason
+            store.StepRun.update(state=new_state, reason=said, waiting_for=None, ended_at=ended).where(
                 store.StepRun.id == step_run.id).execute()
             step_run.state = new_state
             events.append({"at": now, "run_id": run_id, "step": step_run.name, "kind": "step",
-                           "state": new_state.value, "message": reason})
+                           "state": new_state.value, "message": said})
         final = {StepState(s.state) for s in steps}
         if cancelled:
             run_state = RunState.CANCELLED

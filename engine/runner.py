@@ -355,6 +355,21 @@ class Engine:
                 self._executor.kill(attempt.key)
         self._maybe_finish_run(run)
 
+    def only_waits_for_retries(self, run_id: int) -> bool:
+        """Whether nothing of the run runs now and what is left waits for a retry (or for such a step)."""
+        run = self._runs.get(run_id)
+        if run is None or run.ready or any(a.run_id == run_id and not a.finished for a in self._attempts.values()):
+            return False
+        states = run.states.values()
+        return StepState.WAITING in states and all(
+            state in (StepState.WAITING, StepState.PENDING) or state.is_terminal for state in states)
+
+    def leave(self, run_id: int) -> None:
+        """Stop tracking a run without ending it (a stopping engine, for a run only waiting for retries): it
+        stays running in the database, its engine gone, and the next engine closes it and runs the retries
+        its steps have left (see EngineService.recover), as after a crash, instead of losing them."""
+        self._runs.pop(run_id, None)
+
     def kill_now(self, run_id: int) -> None:
         """A run being cancelled: SIGKILL its steps' processes now instead of after their SIGTERM grace."""
         for attempt in self._attempts.values():

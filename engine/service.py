@@ -244,7 +244,12 @@ class EngineService:
             store.heartbeat(*self.identity, self.mode, self.clock())
             self.engine.step(timeout_s=0.1, consume_commands=False)
         for run_id in self.engine.active_run_ids:
-            self.engine.cancel(run_id, "engine stopping")
+            if self.engine.only_waits_for_retries(run_id):
+                # A deploy's restart must not throw automatic retries away: the next engine runs them.
+                log.info("stopping: run %s only waits for step retries; left for the next engine", run_id)
+                self.engine.leave(run_id)
+            else:
+                self.engine.cancel(run_id, "engine stopping")
         while self.engine.active_run_ids:
             self.engine.step(timeout_s=0.1, consume_commands=False)
 

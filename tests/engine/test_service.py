@@ -698,3 +698,39 @@ def test_queued_runs_of_a_job_renamed_in_its_file_end_cancelled_saying_why(harne
         assert run.step("long").reason.summary.startswith("job 'delta' is no longer defined in the job files (renamed")
     gate.touch()  # the run that had started keeps the job it started with
     wait_until(lambda: query.run_summary(runs[0]).state == "succeeded")
+
+
+def test_a_step_waiting_for_its_retry_when_the_daemon_stops_is_retried_by_the_next(harness, tmp_path):
+    # A deploy's SIGTERM cancelled such runs, while a crash (SIGKILL) kept their retries: now both keep them.
+    marker = tmp_path / "failed once"
+    harness.write_job("j.py", f"""
+        import os
+
+        @step(retries=3, retry_delay=600)
+        def flaky():
+            if not os.path.exists({str(marker)!r}):
+                open({str(marker)!r}, "w").close()
+                raise ConnectionError("503 on attempt 1")
+            return "ok"
+
+        @step
+        def publish(flaky):
+            return flaky
+
+        j = job("j", [flaky, publish])
+    """)
+    first = start_daemon(harness)
+    try:
+        harness.cli("run", "j", check=True)
+        wait_until(lambda: (query.get_run(1).step("flaky").waiting_for or "").startswith("retry 1/3 at "))
+    finally:
+        stop_daemon(first)
+    assert first.returncode == 0
+    assert query.run_summary(1).state == "running"  # left for the next engine, not cancelled
+    second = start_daemon(harness)
+    try:
+        run = wait_until(lambda: (v := query.get_run(1)).state == "succeeded" and v)
+    finally:
+        stop_daemon(second)
+    assert [a.state for a in query.attempts(1, "flaky")] == ["failed", "succeeded"]
+    assert run.step("publish").output_preview == "'ok'"
