@@ -28,7 +28,7 @@ def load_or_report(settings: Settings) -> LoadResult:
 @pass_settings
 def check(settings: Settings) -> None:
     """Load and validate every job file; exit 1 listing every problem."""
-    result = load_or_report(settings)
+    result = load_job_files(settings, fresh=True)  # a file that hung before is tried again
     for problem in result.problems:
         click.echo(str(problem), err=True)
     count = len(result.jobs)

@@ -62,12 +62,19 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings)
 
 
-def load_job_files(settings: Settings) -> LoadResult:
+STUCK_IMPORTS = "stuck-imports.json"
+"""In the home: the job files whose import timed out, until they change (see engine/reader.py)."""
+
+
+def load_job_files(settings: Settings, fresh: bool = False) -> LoadResult:
     """The jobs of the jobs folder. What the files print while they are imported goes to stderr (see
-    engine/reader.py): stdout carries the command's own output, which `--json` and pipes must get unmixed."""
+    engine/reader.py): stdout carries the command's own output, which `--json` and pipes must get unmixed.
+    A file whose import timed out before is not imported again until it changes, unless `fresh`."""
     from engine.loader import load_jobs
 
-    return load_jobs(settings.jobs_dir)
+    root = resolve_home(settings.home_path)
+    memory = root / STUCK_IMPORTS if root.is_dir() else None
+    return load_jobs(settings.jobs_dir, memory=memory, fresh=fresh)
 
 
 class SteplineGroup(click.Group):
@@ -158,6 +165,23 @@ def group(ctx: click.Context, home_path: str | None, jobs_path: str | None) -> N
     # the home or the jobs folder of a relative --home or --jobs.
     ctx.obj = Settings(str(resolve_home(home_path)), jobs_path)
     ctx.obj.jobs_path = str(ctx.obj.jobs_dir)
+    _check_import_timeout()
+
+
+def _check_import_timeout() -> None:
+    """A mistyped STEPLINE_IMPORT_TIMEOUT fell back to 30s unsaid, and 0 made every job file "hang"."""
+    import math
+
+    value = os.environ.get("STEPLINE_IMPORT_TIMEOUT")
+    if value is None:
+        return
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise click.UsageError(f"STEPLINE_IMPORT_TIMEOUT must be a number of seconds more than 0, got {value!r}; "
+                               "unset it for the default of 30")
 
 
 def main() -> None:

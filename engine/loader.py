@@ -51,12 +51,12 @@ def job_files(jobs_dir: Path) -> list[Path]:
 
 
 def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None,
-              keep: dict[str, str] | None = None) -> LoadResult:
+              keep: dict[str, str] | None = None, memory: Path | None = None, fresh: bool = False) -> LoadResult:
     """Load every job file in `jobs_dir` (not recursive; files starting with _ are helpers), each imported in
     the reader process (engine/reader.py). `output`: a file for what job files print at import (default:
     stderr). Two files defining one job name: the first file (by name) keeps it, or the file `keep` names
     for it (absolute path by job name: a running engine's, so a new file cannot take over a job it runs);
-    the other file's definition is the problem."""
+    the other file's definition is the problem. `memory` and `fresh`: see reader.read_job_files."""
     keep = keep or {}
     folder = Path(jobs_dir)
     if not folder.is_dir():
@@ -68,7 +68,7 @@ def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None,
     from engine.reader import read_job_files  # imports this module: loaded on first use
 
     files = job_files(folder)
-    for file_jobs, file_problems in read_job_files(files, import_timeout_s(), output):
+    for file_jobs, file_problems in read_job_files(files, import_timeout_s(), output, memory, fresh):
         problems += file_problems
         for job_def in file_jobs:
             if job_def.name in jobs:

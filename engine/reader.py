@@ -16,6 +16,7 @@ Run as `python -m engine.reader CALLER_PID RESULT_FD DUMP_FD FILE...`.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -45,19 +46,25 @@ _stuck: dict[str, tuple[tuple[int, int], Problem]] = {}
 not imported again: each reload of the other files would otherwise wait the whole timeout for it."""
 
 
-def read_job_files(paths: list[Path], timeout_s: float, output: str | None = None) -> list[FileResult]:
+def read_job_files(paths: list[Path], timeout_s: float, output: str | None = None, memory: Path | None = None,
+                   fresh: bool = False) -> list[FileResult]:
     """Import each of `paths` in a reader process; their results in the same order.
 
     `output`: a file for what the job files print at import (default: this process's stderr; stdout
-    carries a command's own output, which `--json` and pipes must get unmixed).
+    carries a command's own output, which `--json` and pipes must get unmixed). `memory`: a file (in the
+    home) that keeps the files whose import timed out across commands, so each `stepline run` from cron
+    does not wait the whole timeout for the same file again. `fresh`: import those too (`stepline check`).
     """
+    if memory is not None:
+        _recall(memory)
     results: dict[int, FileResult] = {}
     todo = []
     for index, path in enumerate(paths):
         known = _stuck.get(os.fspath(path))
-        if known is not None and known[0] == _version(path):
+        if known is not None and known[0] == _version(path) and not fresh:
             results[index] = ([], [known[1]])
         else:
+            _stuck.pop(os.fspath(path), None)  # imported again: it says anew whether it is stuck
             todo.append(index)
     while todo:
         batch = [paths[i] for i in todo]
@@ -65,7 +72,38 @@ def read_job_files(paths: list[Path], timeout_s: float, output: str | None = Non
         for offset, result in enumerate(read):
             results[todo[offset]] = result
         todo = todo[len(read):]
+    if memory is not None:
+        _remember(memory, paths)
     return [results[index] for index in range(len(paths))]
+
+
+def _recall(memory: Path) -> None:
+    """Take up the stuck files another command remembered, those not changed since."""
+    try:
+        entries = json.loads(memory.read_text(encoding="utf-8"))
+        for path, entry in entries.items():
+            version = (int(entry["version"][0]), int(entry["version"][1]))
+            if version == _version(Path(path)):
+                _stuck[path] = (version, Problem(str(entry["file"]), int(entry["line"]), str(entry["message"])))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return  # none yet, or unreadable: every file is imported, as without a memory
+
+
+def _remember(memory: Path, paths: list[Path]) -> None:
+    """Write the stuck files among `paths` for the next command (nothing when the home is read-only)."""
+    looked_at = {os.fspath(path) for path in paths}
+    entries = {path: {"version": list(version), "file": problem.file, "line": problem.line,
+                      "message": problem.message}
+               for path, (version, problem) in _stuck.items() if path in looked_at}
+    try:
+        if not entries:
+            memory.unlink(missing_ok=True)
+            return
+        partial = memory.with_name(memory.name + ".tmp")
+        partial.write_text(json.dumps(entries), encoding="utf-8")
+        os.replace(partial, memory)
+    except OSError:
+        pass
 
 
 class _Reader:
@@ -154,8 +192,8 @@ class _Reader:
         dump = self._dump(time.monotonic() + DUMP_WAIT_S)
         self.process.kill()
         problem = Problem(display_path(path), _line_in_dump(dump, path),
-                          f"{ImportTimedOut(self.timeout_s)}; the file is tried again when it changes "
-                          "(STEPLINE_IMPORT_TIMEOUT sets the limit)")
+                          f"{ImportTimedOut(self.timeout_s)}; the file is not imported again until it changes "
+                          "(`stepline check` tries it now; STEPLINE_IMPORT_TIMEOUT sets the limit)")
         _stuck[os.fspath(path)] = (_version(path), problem)
         return problem
 

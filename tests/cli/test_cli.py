@@ -789,3 +789,30 @@ def test_a_read_only_home_can_still_be_read(harness, tmp_path):
         assert refused.returncode == 1 and f"state directory {view} is read-only" in refused.stderr
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def test_a_job_file_whose_import_hangs_is_not_imported_again_by_later_commands_until_it_changes(harness):
+    # Every cron'd `stepline run` of every other job waited the whole timeout for the same file.
+    harness.write_job("good.py", 'good = job("good", [shell("a", "true")])\n')
+    hangs = harness.write_job("hangs.py", "import time\nwhile True:\n    time.sleep(1)\n", header=False)
+    # The home exists (the harness made it): the file whose import timed out is remembered there.
+    first = harness.cli("jobs", env={"STEPLINE_IMPORT_TIMEOUT": "1"})
+    assert "jobs/hangs.py:3: importing the file did not finish within 1s" in first.stderr
+    later = harness.cli("run", "good", env={"STEPLINE_IMPORT_TIMEOUT": "600"})
+    assert later.returncode == 0, later.stderr
+    assert "is taking long" not in later.stderr  # not imported: remembered
+    listing = harness.cli("jobs", env={"STEPLINE_IMPORT_TIMEOUT": "600"})
+    assert "jobs/hangs.py:3: importing the file did not finish within 1s" in listing.stderr
+    assert "`stepline check` tries it now" in listing.stderr
+    checked = harness.cli("check", env={"STEPLINE_IMPORT_TIMEOUT": "2"})  # check imports it again
+    assert "did not finish within 2s" in checked.stderr and checked.returncode == 1
+    hangs.write_text('from engine import job, shell\nfixed = job("fixed", [shell("a", "true")])\n')
+    fixed = harness.cli("jobs", env={"STEPLINE_IMPORT_TIMEOUT": "600"})
+    assert fixed.returncode == 0 and "fixed" in fixed.stdout and "hangs.py" not in fixed.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "inf"])
+def test_a_bad_import_timeout_is_refused_naming_the_variable(harness, value):
+    result = harness.cli("jobs", env={"STEPLINE_IMPORT_TIMEOUT": value})
+    assert result.returncode == 2
+    assert f"STEPLINE_IMPORT_TIMEOUT must be a number of seconds more than 0, got '{value}'" in result.stderr

@@ -253,8 +253,8 @@ def test_problems_of_every_file_are_all_reported_in_file_order(harness, write_jo
 
 
 TIMED_OUT = ("importing the file did not finish within 1s (a loop, or a call that waits, at import time?); do "
-             "slow work such as connections and downloads inside a step, not at import; the file is tried again "
-             "when it changes (STEPLINE_IMPORT_TIMEOUT sets the limit)")
+             "slow work such as connections and downloads inside a step, not at import; the file is not imported "
+             "again until it changes (`stepline check` tries it now; STEPLINE_IMPORT_TIMEOUT sets the limit)")
 
 
 def test_a_file_whose_import_loops_is_stopped_and_reported_at_its_line_and_others_load(harness, write_job,
