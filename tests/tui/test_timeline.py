@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from textual.containers import VerticalScroll
 
-from tests.tui.fixed_runs import (ScreenApp, attempt, failed_run, plan, run_view, running_run, screen_text,
+from tests.tui.fixed_runs import (ScreenApp, at, attempt, failed_run, plan, run_view, running_run, screen_text,
                                   step)
 from tui.widgets.timeline import Timeline, TimelineScreen, layout_timeline
 
@@ -121,3 +121,18 @@ def test_timeline_snapshot_80x24(snap_compare) -> None:  # type: ignore[no-untyp
 
 def test_timeline_snapshot_120x40(snap_compare) -> None:  # type: ignore[no-untyped-def]
     assert snap_compare(timeline_app(), terminal_size=(120, 40))
+
+
+def test_a_retry_asked_for_by_hand_after_the_run_ended_is_not_drawn_as_waiting() -> None:
+    # validate failed, the run ended; minutes later `r` retried it: nothing waited in between.
+    def retried_by_hand():  # type: ignore[no-untyped-def]
+        job_plan = plan("validate_invoices", {"fetch": (), "validate": ("fetch",)})
+        tries = {"fetch": [attempt(1, "succeeded", 0, 1, 0)],
+                 "validate": [attempt(1, "failed", 1, 2, 1, "ValueError"), attempt(2, "succeeded", 165, 166, 0)]}
+        steps = [step(job_plan, "fetch", "succeeded", tries["fetch"]),
+                 step(job_plan, "validate", "succeeded", tries["validate"])]
+        return run_view(1, job_plan, "succeeded", steps, end=166), tries, at(170)
+
+    row = row_of("validate", retried_by_hand)
+    assert "✗" in row and "█" in row
+    assert "░" not in row

@@ -171,9 +171,11 @@ def _row(run: RunView, step: StepView, tries: list[AttemptView], now: datetime, 
     timed = [a for a in tries if a.started_at is not None]
     if ready is not None and first is not None and scale.cell_range(ready, first).start < int(scale.position(first)):
         paint(ready, first, "waiting")  # waited for a free slot or pool after its upstream ended
-    for before, after in zip(timed, timed[1:]):
+    for failures, (before, after) in enumerate(zip(timed, timed[1:]), start=1):
         if before.ended_at is not None and after.started_at is not None and after.started_at > before.ended_at:
-            paint(before.ended_at, after.started_at, "waiting")  # the retry delay
+            if _waited_for_retry(run, step, failures, (after.started_at - before.ended_at).total_seconds()):
+                paint(before.ended_at, after.started_at, "waiting")  # the retry delay
+            # else a retry asked for by hand, after the run had ended: nothing ran or waited meanwhile
     if timed and step.state == "waiting" and timed[-1].ended_at is not None:
         paint(timed[-1].ended_at, now, "waiting")  # waiting for the next retry now
     if not timed and step.state == "waiting" and ready is not None:
@@ -205,6 +207,23 @@ def _row(run: RunView, step: StepView, tries: list[AttemptView], now: datetime, 
     took = "" if first is None or end is None else duration_text(max(0.0, (end - first).total_seconds()))
     text.append(" " + took.rjust(DURATION_WIDTH), style="yellow" if step.state == "running" else "")
     return text
+
+
+RETRY_SLACK_S = 5.0
+"""Time a retry may start after its delay ran out (the engine's turn, a free slot)."""
+
+
+def _waited_for_retry(run: RunView, step: StepView, failures: int, gap_s: float) -> bool:
+    """Whether a gap between two attempts was an automatic retry's delay: no longer than the step's delay
+    after that many failures could be (backoff, jitter and cap included). A longer gap is a retry asked
+    for by hand after the run ended, which the chart must not draw as waiting."""
+    try:
+        plan = run.plan.step(step.name)
+    except KeyError:
+        return True
+    delay = plan.retry_delay_s * plan.backoff ** min(failures - 1, 60)
+    longest = min(plan.max_retry_delay_s, delay * (1 + plan.jitter))
+    return gap_s <= longest + RETRY_SLACK_S
 
 
 def _upstream_end(run: RunView, step: StepView) -> datetime | None:
