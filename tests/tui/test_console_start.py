@@ -195,6 +195,9 @@ async def test_a_console_left_open_keeps_the_newest_runs_and_a_more_line(harness
         tree = app.main_screen.run_tree
         job = tree.jobs["minutely"]
         assert [c.data.summary.id for c in job.children] == [3, 2, 1]  # type: ignore[union-attr]
+        tree.runs[2].expand()  # a run left open, the cursor elsewhere: no reason to keep every run
+        tree.move_cursor(job)
+        await settle(pilot)
         add_runs(KEPT_RUNS + 20)
         await settle_until(pilot, lambda: KEPT_RUNS + 23 in tree.runs)
         runs = [c.data.summary.id for c in job.children if isinstance(c.data, RunNode)]  # type: ignore[union-attr]

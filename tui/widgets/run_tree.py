@@ -318,14 +318,15 @@ class RunTree(Tree[NodeData]):
     def _keep_newest_runs(self, job_node: TreeNode[NodeData]) -> None:
         """A console left open on a job that runs every minute would hold every run since it opened (memory
         and CPU grow by the day): past KEPT_RUNS, the oldest lines go, behind a "more runs" line that
-        brings them back. Not while the cursor is on one of them or one is open: the user is reading it."""
+        brings them back. Not while the cursor is on one of them or inside one: the user is reading it. (A run
+        left open further down is no reason: one open run kept the job's runs growing all day.)"""
         runs = [c for c in job_node.children if isinstance(c.data, RunNode)]
         if len(runs) <= KEPT_RUNS:
             return
         old = runs[KEPT_RUNS:]
         cursor = self.cursor_line_node()
         in_use = {cursor, cursor.parent} if cursor is not None else set()
-        if any(node in in_use or node.is_expanded for node in old):
+        if any(node in in_use for node in old):
             return
         for node in old:
             run_data = node.data
