@@ -24,11 +24,17 @@ def load_or_report(settings: Settings) -> LoadResult:
     return load_job_files(settings)
 
 
-@group.command(epilog="Example: stepline check --jobs sample_jobs")
+@group.command(epilog="Example: stepline check --jobs sample_jobs   (in CI: stepline check --json > problems.json)")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document: the problems, the jobs and files.")
 @pass_settings
-def check(settings: Settings) -> None:
+def check(settings: Settings, as_json: bool) -> None:
     """Load and validate every job file; exit 1 listing every problem."""
     result = load_job_files(settings, fresh=True)  # a file that hung before is tried again
+    if as_json:
+        render.print_json({"ok": not result.problems and bool(result.files), "jobs": sorted(result.jobs, key=natural_key),
+                           "files": [os.path.normpath(os.path.abspath(f)) for f in result.files],
+                           "problems": [_problem_document(p) for p in result.problems]})
+        raise SystemExit(1 if result.problems or not result.files else 0)
     for problem in result.problems:
         click.echo(str(problem), err=True)
     count = len(result.jobs)
@@ -88,8 +94,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
             if last_run else None,
             "file_broken": str(broken) if broken is not None else None,
         })
-    problems = [{"file": os.path.normpath(os.path.abspath(p.file)), "line": p.line or None, "message": p.message}
-                for p in found]
+    problems = [_problem_document(p) for p in found]
     if as_json:
         render.print_json({"jobs": entries, "problems": problems})
         return
@@ -125,6 +130,12 @@ def jobs(settings: Settings, as_json: bool) -> None:
                    " fixed", err=True)
     if problems:
         click.echo(f"{len(problems)} problem(s) in job files; `stepline check` lists them", err=True)
+
+
+def _problem_document(problem: Problem) -> dict[str, Any]:
+    """A problem in JSON: the file absolute (the same from any working directory), no line for a whole file."""
+    return {"file": os.path.normpath(os.path.abspath(problem.file)), "line": problem.line or None,
+            "message": problem.message}
 
 
 def _in_folder(problem: Problem, settings: Settings) -> Problem:

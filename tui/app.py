@@ -36,6 +36,8 @@ class SteplineApp(App[None]):
     TITLE = "stepline"
     # Keys the main screen hides because they do not apply to the selection land here and say why.
     BINDINGS = [Binding(key, f"explain('{action}')", text, show=False) for key, action, text in MAIN_KEYS]
+    # Ctrl-C quits, as in htop or k9s (Textual's own answer is a hint to press ctrl+q); asks first as q does.
+    BINDINGS += [Binding("ctrl+c", "quit", "Quit", show=False)]
 
     def __init__(self, home: Home, mode: str = "attached", poll_interval_s: float = 0.25,
                  clock: Callable[[], float] = time.time, stop_grace_s: float | None = None) -> None:
@@ -82,7 +84,8 @@ class SteplineApp(App[None]):
         self.push_screen(self.main_screen)
 
     async def action_quit(self) -> None:
-        """ctrl+q and the palette's Quit: the same as q, which asks first when quitting would stop active runs."""
+        """ctrl+q, ctrl+c and the palette's Quit: the same as q, which asks first when quitting would stop active
+        runs."""
         self.main_screen.action_quit_console()
 
     def first_screen_ready(self) -> None:

@@ -62,6 +62,6 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Console", [
         ("?", "this help (escape closes)"),
         ("ctrl+p", "command palette: every action by name"),
-        ("q", "quit (in `stepline up`, asks first when runs are active)"),
+        ("q  ctrl+c", "quit (in `stepline up`, asks first when runs are active)"),
     ]),
 ]

@@ -175,6 +175,13 @@ def test_check_lists_every_problem_and_exits_1(harness, monkeypatch):
     assert "jobs/bad.py:2: step 'a' waits on 'nope', which is not a step of job 'bad'" in errors
     assert any(line.startswith("jobs/syntax.py:1: syntax error") for line in errors)
     assert errors[-1].startswith("2 problems in ") and errors[-1].endswith("1 job OK")
+    as_json = harness.cli("check", "--json")  # for CI: the same verdict, as one document
+    assert as_json.returncode == 1
+    document = json.loads(as_json.stdout)
+    assert (document["ok"], document["jobs"]) == (False, ["good"])
+    assert {"file": str(harness.jobs_dir / "bad.py"), "line": 2,
+            "message": "step 'a' waits on 'nope', which is not a step of job 'bad'"} in document["problems"]
+    assert len(document["files"]) == 3
 
 
 def test_check_survives_a_job_file_that_crashes_or_exits_at_import(harness):

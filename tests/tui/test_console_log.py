@@ -207,11 +207,12 @@ async def test_another_log_opens_following_its_end_with_no_search(harness):
         assert pane.follow is True and "row 16" not in status and "follow off" not in status
 
 
-async def test_q_when_attached_quits_at_once(harness):
+@pytest.mark.parametrize("key", ["q", "ctrl+c"])
+async def test_q_or_ctrl_c_when_attached_quits_at_once(harness, key):
     app = make_app(harness)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("q")
+        await pilot.press(key)
         await pilot.pause()
         assert not app.is_running
 

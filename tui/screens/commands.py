@@ -219,6 +219,7 @@ class CommandActions:
                 self.send_command(f"retry requested for step '{step.name}' of run {run.id}", "retry",
                                   run_id=run.id, step=step.name)
 
+        self.app.clear_notifications()  # a notice over the question would hide its keys
         self.app.push_screen(ConfirmScreen(
             f"run step '{step.name}' again",
             f"Step '{step.name}' of run #{run.id} {step.state}. Run it again{also}, with the job file's current "
@@ -269,6 +270,7 @@ class CommandActions:
             else:
                 self.app.notify(f"run {run.id} keeps running")
 
+        self.app.clear_notifications()  # a notice over the question would hide its keys
         self.app.push_screen(ConfirmScreen(
             f"cancel run #{run.id}", f"Cancel run #{run.id} of {run.job}? Its running steps are killed and its "
             "steps that have not started are marked cancelled. Finished steps keep their results; r retries "
@@ -329,6 +331,7 @@ class CommandActions:
             if yes:
                 self.quit()
 
+        self.app.clear_notifications()  # a notice over the question would hide its keys
         self.app.push_screen(ConfirmScreen("quit stepline up?", question, yes="quit"), answered)
 
     # --- timeline and graph (screens by another module) ------------------------------------------------------
@@ -355,6 +358,7 @@ class CommandActions:
         self.post_message(self.TimelineLoaded(view, attempts, graph))
 
     def on_command_actions_timeline_loaded(self: MainScreen, message: CommandActions.TimelineLoaded) -> None:
+        self.app.clear_notifications()  # "loading the timeline…" is done; it would cover the legend
         try:
             if message.graph:
                 from tui.widgets.dag_graph import GraphScreen
