@@ -870,10 +870,11 @@ def _exit_columns(exited: Exited) -> dict[str, Any]:
 
 
 def _iso(at: float | None) -> str | None:
+    """UTC as every JSON document of stepline writes it: "2026-11-28T06:00:00Z"."""
     if at is None:
         return None
     from datetime import datetime, timezone
-    return datetime.fromtimestamp(at, timezone.utc).isoformat()
+    return datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _seconds(value: float) -> str:

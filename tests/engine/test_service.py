@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from datetime import datetime, timedelta
 
 import psutil
 import pytest
@@ -734,3 +735,18 @@ def test_a_step_waiting_for_its_retry_when_the_daemon_stops_is_retried_by_the_ne
         stop_daemon(second)
     assert [a.state for a in query.attempts(1, "flaky")] == ["failed", "succeeded"]
     assert run.step("publish").output_preview == "'ok'"
+
+
+def test_a_scheduled_run_tells_its_steps_the_fire_time_in_utc_as_json_writes_times(harness, service):
+    harness.write_job("j.py", """
+        @step
+        def when(context):
+            return context.scheduled_for
+
+        j = job("j", [when], every="1s", timezone="Asia/Kolkata")
+    """)
+    service()
+    run = wait_until(lambda: (runs := query.list_runs(job="j", state="succeeded")) and query.get_run(runs[-1].id))
+    stamp = run.step("when").output_preview.strip("'")  # the repr of a str
+    assert stamp.endswith("Z") and datetime.fromisoformat(stamp).utcoffset() == timedelta(0)
+    assert abs(datetime.fromisoformat(stamp).timestamp() - run.run.scheduled_for.timestamp()) < 0.001
