@@ -213,7 +213,7 @@ def _name_problems(name: str, what: str) -> list[str]:
     name follows the same rule, so that either can name a file or folder."""
     if name in (".", "..") or any(c in "/\\" or not c.isprintable() for c in name):
         return [f"the {what} name {name!r} cannot be '.' or '..' or contain '/', '\\' or control characters "
-                "(step names are part of file names in the home); use letters, digits, '_' or '-'"]
+                f"({what} names are part of file names in the home); use letters, digits, '_' or '-'"]
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES:
         return [f"the {what} name '{name[:3]}…{name[-3:]}' is {size} bytes long; a name can be at most "

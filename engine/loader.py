@@ -60,8 +60,9 @@ def load_jobs(jobs_dir: str | os.PathLike[str], output: str | None = None,
     keep = keep or {}
     folder = Path(jobs_dir)
     if not folder.is_dir():
-        problem = Problem(display_path(folder), 0,
-                          "jobs directory not found; pass --jobs DIR or set STEPLINE_JOBS")
+        what = ("is a file, not the folder of job files" if folder.exists() else
+                "jobs directory not found")
+        problem = Problem(display_path(folder), 0, f"{what}; pass --jobs DIR or set STEPLINE_JOBS")
         return LoadResult(problems=(problem,))
     jobs: dict[str, JobDef] = {}
     problems: list[Problem] = []

@@ -315,6 +315,9 @@ def test_missing_jobs_directory_says_how_to_point_at_one(harness, monkeypatch):
     result = load_jobs(harness.root / "nowhere")
     assert [str(p) for p in result.problems] == [
         "nowhere: jobs directory not found; pass --jobs DIR or set STEPLINE_JOBS"]
+    (harness.root / "etl.py").write_text("")
+    assert [str(p) for p in load_jobs(harness.root / "etl.py").problems] == [
+        "etl.py: is a file, not the folder of job files; pass --jobs DIR or set STEPLINE_JOBS"]
 
 
 # --- names --------------------------------------------------------------------------------
@@ -788,12 +791,14 @@ def test_a_step_or_job_name_that_would_be_a_path_is_reported_and_other_jobs_stil
         fine = job("fine", [shell("zähle", "echo hi")])
         bad = job("nightly/eu", [escape, shell("a\\tb", "echo hi")])
     """)
-    rule = ("cannot be '.' or '..' or contain '/', '\\' or control characters (step names are part of file "
-            "names in the home); use letters, digits, '_' or '-'")
+    def rule(what: str) -> str:
+        return (f"cannot be '.' or '..' or contain '/', '\\' or control characters ({what} names are part of file "
+                "names in the home); use letters, digits, '_' or '-'")
+
     assert problems(harness) == [
-        f"jobs/j.py:7: job 'nightly/eu': the job name 'nightly/eu' {rule}",
-        f"jobs/j.py:2: step '../../escape': the step name '../../escape' {rule}",
-        f"jobs/j.py:7: step 'a\tb': the step name 'a\\tb' {rule}"]
+        f"jobs/j.py:7: job 'nightly/eu': the job name 'nightly/eu' {rule('job')}",
+        f"jobs/j.py:2: step '../../escape': the step name '../../escape' {rule('step')}",
+        f"jobs/j.py:7: step 'a\tb': the step name 'a\\tb' {rule('step')}"]
     assert list(harness.load().jobs) == ["fine"]
 
 
