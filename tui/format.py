@@ -137,6 +137,10 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
             text.append(f"  {schedule}", style="bright_black")
         if job.paused:
             text.append("  paused", style="bold magenta")
+        elif job.next_fire_at is not None and (now - job.next_fire_at).total_seconds() > OVERDUE_AFTER_S:
+            # No engine fired it (stopped, or killed): a time in the past read as the next fire misleads.
+            text.append("  overdue" if compact else f"  overdue since {when_text(job.next_fire_at, now)}",
+                        style="yellow")
         elif job.next_fire_at is not None:
             shown = relative_text(job.next_fire_at, now) if compact else f"next {when_text(job.next_fire_at, now)}"
             text.append(f"  {shown}", style="bright_black")
@@ -144,6 +148,9 @@ def job_label(name: str, job: JobSummary | None, last_run: RunSummary | None, no
         text.append("  no runs", style="italic bright_black")
     return text
 
+
+OVERDUE_AFTER_S = 10.0
+"""A running engine records a fire within a second or two; a next fire this far past was not fired."""
 
 ENGINE_GONE_NOTE = "engine gone"
 """A tree line's note on a running run (or step) whose engine was killed; the details say more."""

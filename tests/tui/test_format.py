@@ -42,6 +42,19 @@ def test_a_compact_job_line_keeps_name_and_next_fire_and_drops_the_schedule():
     assert compact == "  etl_orders  in 4h  no runs"
 
 
+def test_a_next_fire_no_engine_made_reads_overdue_not_as_the_next_one():
+    # With the engine stopped or killed, "next 00:50:02" stayed on screen long after 00:50:02.
+    now = datetime(2026, 11, 27, 6, 0, tzinfo=timezone.utc)
+    plan = JobPlan(job="ticker", file="/jobs/t.py", every="10s", steps=(StepPlan("a", "shell", ()),))
+    job = JobSummary(name="ticker", file="/jobs/t.py", description="", schedule=None, every="10s",
+                     timezone=None, paused=False, next_fire_at=now - timedelta(minutes=8), last_fire_at=None, plan=plan)
+    assert "overdue since" in fmt.job_label("ticker", job, None, now).plain
+    assert fmt.job_label("ticker", job, None, now, compact=True).plain == "  ticker  overdue  no runs"
+    just_due = JobSummary(name="ticker", file="/jobs/t.py", description="", schedule=None, every="10s", timezone=None,
+                          paused=False, next_fire_at=now - timedelta(seconds=1), last_fire_at=None, plan=plan)
+    assert "overdue" not in fmt.job_label("ticker", just_due, None, now).plain  # the engine is about to record it
+
+
 def test_a_running_run_whose_engine_is_gone_reads_so_and_stops_counting():
     now = datetime(2026, 11, 27, 6, 0, tzinfo=timezone.utc)
     started = now - timedelta(minutes=7)
