@@ -52,3 +52,15 @@ def engine_catalog(settings: Settings, home: Home) -> EngineCatalog | None:
         return None  # saved since: the engine's reload may not have happened yet
     problems = tuple(Problem(file, line, message) for file, line, message in query.load_problems())
     return EngineCatalog(pid, {job.name: job for job in jobs}, problems)
+
+
+def other_engine_folder(settings: Settings, home: Home) -> tuple[int, Path] | None:
+    """(pid, folder) when an engine runs `home` on another jobs folder than this command's `--jobs`."""
+    pid = remote.engine_holder(home)
+    if pid is None:
+        return None
+    folders = {Path(job.file).resolve().parent for job in query.jobs()}
+    if len(folders) != 1:
+        return None  # no job loaded yet, or files of many folders: nothing certain to say
+    [folder] = folders
+    return None if folder == settings.jobs_dir.resolve() else (pid, folder)

@@ -57,7 +57,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
     """Jobs with their steps, schedule, next fire time and last run.
 
     With an engine running the home, as that engine loaded them (see cli/catalog.py)."""
-    from cli.catalog import engine_catalog
+    from cli.catalog import engine_catalog, other_engine_folder
     from engine import timing
 
     home = settings.open_home(to_read=True)
@@ -117,7 +117,12 @@ def jobs(settings: Settings, as_json: bool) -> None:
         if any(descriptions):
             headers, rows = _with_descriptions(headers, rows, descriptions)
         click.echo(render.table(headers, rows, states, 4, color))
-        if any(entry["next_fire"] for entry in entries) and engine is None and remote.engine_holder(home) is None:
+        elsewhere = other_engine_folder(settings, home) if engine is None else None
+        if elsewhere is not None:
+            click.echo(f"the engine (pid {elsewhere[0]}) running this home loads the jobs of {elsewhere[1]}, not "
+                       f"these: the fires above are not its; `stepline --jobs {elsewhere[1]} jobs` lists its jobs",
+                       err=True)
+        elif any(entry["next_fire"] for entry in entries) and engine is None and remote.engine_holder(home) is None:
             click.echo("no engine runs this home now: the fires above happen only while `stepline daemon` (or "
                        "`stepline up`) runs", err=True)
     stderr_color = render.use_color(sys.stderr)

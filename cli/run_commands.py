@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cli import remote, render
-from cli.catalog import engine_catalog
+from cli.catalog import engine_catalog, other_engine_folder
 from cli.inspect_commands import format_run, pass_settings, run_document
 from cli.main import Settings, group, load_job_files
 from engine import query, store
@@ -257,6 +257,12 @@ def run(settings: Settings, job_name: str, params: tuple[str, ...], parallel: in
         raise UnknownJobError(f"no job '{job_name}' in {settings.jobs_dir}{hint}; `stepline jobs` lists them")
     job_def = result.jobs[job_name]
     refuse_unknown_params(job_def, parsed)
+    elsewhere = other_engine_folder(settings, home)
+    if elsewhere is not None:
+        raise NotApplicableError(
+            f"the engine (pid {elsewhere[0]}) running this home loads the jobs of {elsewhere[1]}, not of "
+            f"{settings.jobs_dir}: it would run its own '{job_name}', not this folder's; pass --jobs {elsewhere[1]}, "
+            "or use another --home for this folder")
     pid = remote.engine_holder(home)
     if pid is not None:
         hand_off(home, pid, job_name, list(job_def.step_names), parsed, parallel, as_json, wait)

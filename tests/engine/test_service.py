@@ -750,3 +750,25 @@ def test_a_scheduled_run_tells_its_steps_the_fire_time_in_utc_as_json_writes_tim
     stamp = run.step("when").output_preview.strip("'")  # the repr of a str
     assert stamp.endswith("Z") and datetime.fromisoformat(stamp).utcoffset() == timedelta(0)
     assert abs(datetime.fromisoformat(stamp).timestamp() - run.run.scheduled_for.timestamp()) < 0.001
+
+
+def test_commands_on_another_jobs_folder_than_the_daemons_say_so(harness, tmp_path):
+    harness.write_job("j.py", 'j = job("j", [shell("a", "true")])\n')
+    other = tmp_path / "other_jobs"
+    other.mkdir()
+    (other / "o.py").write_text('from engine import job, shell\nother = job("other", [shell("a", "true")], '
+                                'every="10s")\n')
+    daemon = start_daemon(harness)
+    try:
+        wait_until(lambda: [j.name for j in query.jobs()] == ["j"])
+        listing = harness.cli("jobs", env={"STEPLINE_JOBS": str(other)})
+        assert "other" in listing.stdout
+        assert (f"the engine (pid {daemon.pid}) running this home loads the jobs of {harness.jobs_dir}, not these: "
+                "the fires above are not its") in listing.stderr
+        ran = harness.cli("run", "other", env={"STEPLINE_JOBS": str(other)})
+        assert ran.returncode == 1
+        assert ran.stderr.startswith(f"stepline: the engine (pid {daemon.pid}) running this home loads the jobs of "
+                                     f"{harness.jobs_dir}, not of {other}: it would run its own 'other'")
+        assert query.list_runs(job="other") == []
+    finally:
+        stop_daemon(daemon)
