@@ -294,7 +294,9 @@ class EngineService:
             if self._loaded is not None:
                 fresh, self._loaded = self._loaded, None
                 self.apply_jobs(fresh)
-                log.info("job files reloaded: %d jobs, %d problems", len(self.jobs.jobs), len(self.jobs.problems))
+                jobs, problems = len(self.jobs.jobs), len(self.jobs.problems)
+                log.info("job files reloaded: %d job%s, %d problem%s", jobs, "" if jobs == 1 else "s", problems,
+                         "" if problems == 1 else "s")
         if self._jobs_changed.is_set():
             self._jobs_changed.clear()
 
@@ -476,6 +478,7 @@ class EngineService:
                 self.scheduler.pause(job)
             else:
                 self.scheduler.resume(job)
+            log.info("schedule of %s %s", job, "paused" if kind == "pause" else "resumed")  # who stopped the fires?
             return f"{job} {'paused' if kind == 'pause' else 'resumed'}", None
         raise NotApplicableError(f"unknown command '{kind}'")
 

@@ -490,6 +490,8 @@ def test_a_paused_schedule_stays_paused_across_a_real_restart(harness):
     finally:
         again.send_signal(signal.SIGTERM)
         again.wait(timeout=30)
+    log = harness.home.engine_log.read_text()  # who stopped the fires, and when, is in the engine's log
+    assert "schedule of j paused" in log and "schedule of j resumed" in log
 
 
 def test_stepline_cancel_of_a_queued_run_goes_to_the_engine_whose_queue_holds_it(harness, service):
