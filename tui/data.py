@@ -162,6 +162,27 @@ def load_runs(job: str, run_filter: str, before_id: int | None) -> tuple[list[Ru
     return page[:PAGE_SIZE], len(page) > PAGE_SIZE
 
 
+GO_TO_RUN_MAX = 2000
+"""Most runs `/#N` loads to reach an old run: past that, the tree would hold too much; `stepline show N`."""
+
+
+def load_runs_down_to(job: str, run_filter: str, before_id: int | None,
+                      down_to: int) -> tuple[list[RunSummary], bool] | None:
+    """A job's runs from before `before_id` (None: the newest) down to run `down_to`, newest first, and
+    whether older ones remain; None when that is more than GO_TO_RUN_MAX runs."""
+    states: tuple[str | None, ...] = FILTER_STATES.get(run_filter) or (None,)
+    runs: list[RunSummary] = []
+    for state in states:
+        older_included = query.count_runs(job=job, state=state, before_id=before_id) - query.count_runs(
+            job=job, state=state, before_id=down_to)
+        if older_included > GO_TO_RUN_MAX:
+            return None
+        runs += query.list_runs(job=job, state=state, limit=max(1, older_included), before_id=before_id)
+    runs = sorted((r for r in runs if r.id >= down_to), key=lambda r: r.id, reverse=True)
+    more = any(query.count_runs(job=job, state=state, before_id=down_to) for state in states)
+    return runs, more
+
+
 def load_attempts(run_id: int, step: str) -> list[AttemptView]:
     return query.attempts(run_id, step)
 

@@ -37,6 +37,7 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ("← →", "collapse, or go to the parent / expand, or go to the first child"),
         ("shift+↑↓", "previous / next sibling"),
         ("/  n  N", "search the loaded jobs and runs, and their steps; next / previous match"),
+        ("/#12", "go to run 12, however old (its job's runs load down to it)"),
         ("f", "filter runs: all → failed → running"),
         ("tab  escape", "tree → details → log (shift+tab: back); escape: tree"),
     ]),

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.tui.conftest import (details_text, is_job, log_lines, make_app, publish_catalog, run_first_run_of, select,
-                                settle, settle_until, tree_text)
+from tests.tui.conftest import (details_text, is_job, log_lines, make_app, notifications, publish_catalog,
+                                run_first_run_of, select, settle, settle_until, tree_text)
 from tui.widgets.run_tree import ProblemNode
 
 pytestmark = pytest.mark.usefixtures("utc_zone")
@@ -243,3 +243,35 @@ async def test_a_long_failure_reason_is_cut_in_the_state_row_and_whole_below(har
         assert state.rstrip().endswith("Z…") and len(state.rstrip()) <= len("state      ✗ failed — ") + 120
         assert any(line.startswith("run ") for line in lines)
         assert "ValueError: " + "Z" * 500 in "".join(lines)  # the whole reason, over its traceback
+
+
+async def test_slash_hash_n_goes_to_run_n_loading_the_runs_down_to_it(harness):
+    # "run 7 failed" in a mail: the tree holds the newest page of runs; /#7 opens run 7 all the same.
+    from engine import store
+    from engine.plan import JobPlan, StepPlan
+    from tui.data import PAGE_SIZE
+    from tui.widgets.run_tree import MoreNode, RunNode
+
+    plan = JobPlan(job="hourly", file="/srv/jobs/hourly.py", every="1h", steps=(StepPlan("tick", "shell", ()),))
+    store.publish_catalog([(plan, "")], [], time.time())
+    for _ in range(PAGE_SIZE + 40):
+        run_id, _ = store.create_run("hourly", "schedule", {}, plan.to_json(), ["tick"], time.time())
+        store.set_run_state(run_id, "failed" if run_id == 7 else "succeeded", time.time(), started=True, ended=True)
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = app.main_screen.run_tree
+        select(app, is_job("hourly"))
+        await pilot.press("enter")
+        await settle_until(pilot, lambda: PAGE_SIZE + 40 in tree.runs)
+        assert 7 not in tree.runs
+        await pilot.press("slash", *"#7", "enter")
+        await settle_until(pilot, lambda: isinstance(app.main_screen.selected, RunNode)
+                           and app.main_screen.selected.summary.id == 7)
+        assert "run #7 of hourly" in details_text(app)
+        job = tree.jobs["hourly"]
+        runs = [c.data.summary.id for c in job.children if isinstance(c.data, RunNode)]  # type: ignore[union-attr]
+        assert runs == list(range(PAGE_SIZE + 40, 6, -1))  # no gap between the page and run 7
+        assert isinstance(job.children[-1].data, MoreNode) and job.children[-1].data.before_id == 7
+        await pilot.press("slash", *"#9999", "enter")
+        await settle_until(pilot, lambda: "there is no run 9999 in this home" in notifications(app))

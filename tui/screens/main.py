@@ -8,6 +8,7 @@ and pressing them anyway says why (see `why_not`).
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from textual import on, work
@@ -68,6 +69,11 @@ class MainScreen(commands.CommandActions, Screen[None]):
         def __init__(self, job: str, run_filter: str, runs: list[RunSummary], has_more: bool) -> None:
             super().__init__()
             self.job, self.run_filter, self.runs, self.has_more = job, run_filter, runs, has_more
+
+    class RunFound(Message):
+        def __init__(self, run_id: int, run: RunSummary | None) -> None:
+            super().__init__()
+            self.run_id, self.run = run_id, run
 
     class StepFound(Message):
         def __init__(self, term: str, found: tuple[int, str] | None) -> None:
@@ -528,7 +534,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
         event.input.remove_class("-open")
         self.run_tree.focus()
         self.search_term = event.value.strip() or None
-        if self.search_term and not self._find(self.search_term):
+        number = RUN_NUMBER.fullmatch(self.search_term or "")
+        if number is not None:
+            self._go_to_run(int(number.group(1)))
+        elif self.search_term and not self._find(self.search_term):
             # Not loaded: look among the steps of the runs the tree holds but whose steps it never loaded.
             self._search_steps(self.search_term, sorted(self.run_tree.runs, reverse=True))
         self.refresh_keys()
@@ -540,6 +549,54 @@ class MainScreen(commands.CommandActions, Screen[None]):
             self.app.notify(f"/{term}: match {number} of {count} loaded" + (" (n / N: next / previous)"
                                                                              if count > 1 else ""))
         return found is not None
+
+    def _go_to_run(self, run_id: int) -> None:
+        """`/#N`: the run numbered N, loaded into the tree down to it if it is older than what the tree holds."""
+        if run_id in self.run_tree.runs:
+            self.run_tree.select_run_step(run_id, None)
+            return
+        self._find_run(run_id)
+
+    @work(thread=True, group="search", exclusive=True)
+    def _find_run(self, run_id: int) -> None:
+        from engine import query
+        from engine.errors import SteplineError
+
+        def read() -> RunSummary | None:
+            try:
+                return query.run_summary(run_id)
+            except SteplineError:
+                return None
+
+        self.post_message(self.RunFound(run_id, data.closing_connection(read)))
+
+    def on_main_screen_run_found(self, message: RunFound) -> None:
+        run, tree = message.run, self.run_tree
+        if run is None:
+            self.app.notify(f"there is no run {message.run_id} in this home", severity="warning")
+            return
+        if tree.run_filter != "all" and run.state not in data.FILTER_STATES[tree.run_filter]:
+            self.app.notify(f"run {run.id} {run.state}: the tree shows {tree.run_filter} runs only (f: all runs)",
+                            severity="warning")
+            return
+        job = tree.jobs.get(run.job)
+        if job is None or not isinstance(job.data, JobNode):
+            self.app.notify(f"run {run.id} is of job '{run.job}', which the tree does not show", severity="warning")
+            return
+        before = job.data.oldest_id if job.data.runs_requested else None
+        job.data.runs_requested = True  # expanding it now must not load the first page again
+        self._refind = (run.job, run.id, None)  # on_main_screen_runs_loaded selects it
+        self._load_runs_down_to(run.job, tree.run_filter, before, run.id)
+
+    @work(thread=True, group="runs")
+    def _load_runs_down_to(self, job: str, run_filter: str, before_id: int | None, run_id: int) -> None:
+        found = data.closing_connection(lambda: data.load_runs_down_to(job, run_filter, before_id, run_id))
+        if found is None:
+            self.app.call_from_thread(self.app.notify, f"run {run_id} is more than {data.GO_TO_RUN_MAX} runs back in "
+                                      f"'{job}': read it with `stepline show {run_id}`", severity="warning")
+            return
+        runs, more = found
+        self.post_message(self.RunsLoaded(job, run_filter, runs, more))
 
     @work(thread=True, group="search", exclusive=True)
     def _search_steps(self, term: str, run_ids: list[int]) -> None:
@@ -604,6 +661,10 @@ class MainScreen(commands.CommandActions, Screen[None]):
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen
         self.app.push_screen(HelpScreen())
+
+
+RUN_NUMBER = re.compile(r"#(\d+)")
+"""A tree search for "#1234" goes to that run (the tree labels runs so)."""
 
 
 def _node_key(node: NodeData) -> tuple[object, ...]:
