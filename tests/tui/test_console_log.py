@@ -501,3 +501,16 @@ async def test_scrolling_up_in_a_growing_log_stops_following_and_end_follows_aga
         await settle_until(pilot, lambda: len(log_lines(app)) > grown + 20)
         await settle(pilot)
         assert pane.log_widget.scroll_offset.y == pane.log_widget.max_scroll_y
+
+
+async def test_a_log_key_typed_in_the_same_breath_as_l_acts_on_the_log(harness):
+    # `l a` in one read of the terminal: the log took the focus a frame later and the `a` was lost.
+    harness.write_job("j.py", 'j = job("j", [shell("flaky", "echo try; exit 1", retries=1)])\n')
+    harness.run_now("j")
+    app = make_app(harness)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await settle_until(pilot, lambda: isinstance(app.main_screen.selected, StepNode))
+        app.post_message(events.Key("l", "l"))
+        app.post_message(events.Key("a", "a"))
+        await settle_until(pilot, lambda: isinstance(app.screen, AttemptScreen))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import partial
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -121,6 +122,8 @@ class MainScreen(commands.CommandActions, Screen[None]):
         self._focus_run: int | None = None
         self._focus_step: tuple[int, str] | None = None
         self._refind: tuple[str, int, str | None] | None = None
+        self._log_focus_pending = False
+        """`l` was pressed and the log has not taken the focus yet (see on_key)."""
         """(job, run id, step) selected when the filter changed: selected again once a filter shows it, unless
         the user moved off its job meanwhile."""
         """A step a search found in a run whose steps were not loaded yet: selected once they are."""
@@ -480,6 +483,7 @@ class MainScreen(commands.CommandActions, Screen[None]):
     # --- focus, search, log ----------------------------------------------------------------------------------
 
     def on_descendant_focus(self) -> None:
+        self._log_focus_pending = False  # the focus moved: keys go where it is now
         # On the right column, not the screen: a class change restyles the node's whole subtree at
         # once, and the screen's holds the tree and every footer key (a long frame under a flood).
         self.right.set_class(self.log_pane.has_focus_within, "-log-focus")
@@ -490,6 +494,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
         # or it cannot take the focus.
         self.right.set_class(False, "-details-focus")
         self.call_after_refresh(self.log_pane.log_widget.focus)
+
+    def _end_log_focus_pending(self) -> None:
+        self._log_focus_pending = False
 
     def action_cycle_focus(self, step: int = 1) -> None:
         """tab / shift+tab: tree → details → log, whichever of them a narrow console shows now."""
@@ -629,6 +636,17 @@ class MainScreen(commands.CommandActions, Screen[None]):
             event.stop()
             search.remove_class("-open")
             self.run_tree.focus()
+        elif event.key == "l" and not isinstance(self.app.focused, Input) and not self.log_pane.has_focus_within:
+            # Keys reach the widgets before their binding runs: mark it now, for the keys already read with
+            # it; by the next refresh the log has the focus (or `l` did not apply), and keys go their way.
+            self._log_focus_pending = True
+            self.call_after_refresh(self._end_log_focus_pending)
+        elif self._log_focus_pending and event.key in LOG_ACTIONS:
+            # `l a` typed in one breath: the log takes the focus after the next refresh, and the `a` would
+            # reach the tree, which has no such key, and be lost. The log does it once it has the focus.
+            event.stop()
+            event.prevent_default()
+            self.call_after_refresh(partial(self.log_pane.run_action, LOG_ACTIONS[event.key]))
 
     def action_search_next(self, forward: bool = True) -> None:
         if self.search_term and not self._find(self.search_term, forward):
@@ -662,6 +680,9 @@ class MainScreen(commands.CommandActions, Screen[None]):
         from tui.screens.help import HelpScreen
         self.app.push_screen(HelpScreen())
 
+
+LOG_ACTIONS = {binding.key: binding.action for binding in LogTail.BINDINGS if isinstance(binding, Binding)}
+"""The log's keys and what they do, for keys typed before the log has the focus."""
 
 RUN_NUMBER = re.compile(r"#(\d+)")
 """A tree search for "#1234" goes to that run (the tree labels runs so)."""
