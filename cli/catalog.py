@@ -41,7 +41,7 @@ def engine_catalog(settings: Settings, home: Home) -> EngineCatalog | None:
         return None
     jobs = query.jobs()
     folder = settings.jobs_dir.resolve()
-    if not jobs or any(Path(job.file).resolve().parent != folder for job in jobs):
+    if _loaded_folder(jobs) != folder:
         return None
     published = query.catalog_published_at()
     try:
@@ -59,8 +59,11 @@ def other_engine_folder(settings: Settings, home: Home) -> tuple[int, Path] | No
     pid = remote.engine_holder(home)
     if pid is None:
         return None
-    folders = {Path(job.file).resolve().parent for job in query.jobs()}
-    if len(folders) != 1:
-        return None  # no job loaded yet, or files of many folders: nothing certain to say
-    [folder] = folders
-    return None if folder == settings.jobs_dir.resolve() else (pid, folder)
+    folder = _loaded_folder(query.jobs())
+    return None if folder is None or folder == settings.jobs_dir.resolve() else (pid, folder)
+
+
+def _loaded_folder(jobs: list[query.JobSummary]) -> Path | None:
+    """The one folder the engine loaded `jobs` from; None when it loaded none yet (or, oddly, many)."""
+    folders = {Path(job.file).resolve().parent for job in jobs}
+    return folders.pop() if len(folders) == 1 else None

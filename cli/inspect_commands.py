@@ -32,7 +32,7 @@ def check(settings: Settings, as_json: bool) -> None:
     result = load_job_files(settings, fresh=True)  # a file that hung before is tried again
     if as_json:
         render.print_json({"ok": not result.problems and bool(result.files), "jobs": sorted(result.jobs, key=natural_key),
-                           "files": [os.path.normpath(os.path.abspath(f)) for f in result.files],
+                           "files": [_absolute(f) for f in result.files],
                            "problems": [_problem_document(p) for p in result.problems]})
         raise SystemExit(1 if result.problems or not result.files else 0)
     for problem in result.problems:
@@ -85,7 +85,7 @@ def jobs(settings: Settings, as_json: bool) -> None:
         last_run = last.get(name)
         broken = engine.broken_file_of(engine.jobs[name]) if engine is not None else None
         entries.append({
-            "name": name, "file": os.path.normpath(os.path.abspath(file)), "steps": steps,
+            "name": name, "file": _absolute(file), "steps": steps,
             "description": description,
             "schedule": schedule or (f"every {every}" if every else None),
             "timezone": zone_name, "paused": paused.get(name, False),
@@ -129,8 +129,8 @@ def jobs(settings: Settings, as_json: bool) -> None:
     for problem in found:
         click.echo(render.paint(str(problem), "failed", stderr_color), err=True)
     kept = [entry["name"] for entry in entries if entry["file_broken"]]
-    if kept:
-        click.echo(f"the engine (pid {engine.pid if engine else '?'}) keeps running the last good version of "
+    if engine is not None and kept:  # file_broken comes from the engine's catalogue only
+        click.echo(f"the engine (pid {engine.pid}) keeps running the last good version of "
                    f"{', '.join(repr(name) for name in kept)} until {'its file is' if len(kept) == 1 else 'their files are'}"
                    " fixed", err=True)
     if problems:
@@ -139,8 +139,12 @@ def jobs(settings: Settings, as_json: bool) -> None:
 
 def _problem_document(problem: Problem) -> dict[str, Any]:
     """A problem in JSON: the file absolute (the same from any working directory), no line for a whole file."""
-    return {"file": os.path.normpath(os.path.abspath(problem.file)), "line": problem.line or None,
-            "message": problem.message}
+    return {"file": _absolute(problem.file), "line": problem.line or None, "message": problem.message}
+
+
+def _absolute(path: str) -> str:
+    """A file as JSON names it: absolute and normalised, the same from any working directory."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def _in_folder(problem: Problem, settings: Settings) -> Problem:

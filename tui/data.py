@@ -172,15 +172,15 @@ def load_runs_down_to(job: str, run_filter: str, before_id: int | None,
     whether older ones remain; None when that is more than GO_TO_RUN_MAX runs."""
     states: tuple[str | None, ...] = FILTER_STATES.get(run_filter) or (None,)
     runs: list[RunSummary] = []
+    more = False
     for state in states:
-        older_included = query.count_runs(job=job, state=state, before_id=before_id) - query.count_runs(
-            job=job, state=state, before_id=down_to)
-        if older_included > GO_TO_RUN_MAX:
+        older = query.count_runs(job=job, state=state, before_id=down_to)
+        wanted = query.count_runs(job=job, state=state, before_id=before_id) - older
+        if wanted > GO_TO_RUN_MAX:
             return None
-        runs += query.list_runs(job=job, state=state, limit=max(1, older_included), before_id=before_id)
-    runs = sorted((r for r in runs if r.id >= down_to), key=lambda r: r.id, reverse=True)
-    more = any(query.count_runs(job=job, state=state, before_id=down_to) for state in states)
-    return runs, more
+        runs += query.list_runs(job=job, state=state, limit=max(1, wanted), before_id=before_id)
+        more = more or older > 0
+    return sorted((r for r in runs if r.id >= down_to), key=lambda r: r.id, reverse=True), more
 
 
 def load_attempts(run_id: int, step: str) -> list[AttemptView]:

@@ -483,7 +483,6 @@ class MainScreen(commands.CommandActions, Screen[None]):
     # --- focus, search, log ----------------------------------------------------------------------------------
 
     def on_descendant_focus(self) -> None:
-        self._log_focus_pending = False  # the focus moved: keys go where it is now
         # On the right column, not the screen: a class change restyles the node's whole subtree at
         # once, and the screen's holds the tree and every footer key (a long frame under a flood).
         self.right.set_class(self.log_pane.has_focus_within, "-log-focus")

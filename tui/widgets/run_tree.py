@@ -21,6 +21,7 @@ from textual.widgets.tree import TreeNode
 from engine.humanize import display_path, natural_key
 from engine.query import JobSummary, RunSummary, RunView, StepView
 from tui import format as fmt
+from tui.data import FILTER_STATES
 
 
 @dataclass(slots=True)
@@ -552,7 +553,7 @@ KEPT_RUNS = 100
 
 
 def _filter_states(run_filter: str) -> tuple[str, ...]:
-    return {"failed": ("failed",), "running": ("running", "queued")}.get(run_filter, ())
+    return FILTER_STATES.get(run_filter, ())
 
 
 def _plain(label: object) -> str:
